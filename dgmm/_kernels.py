@@ -1,0 +1,544 @@
+"""Pure NumPy maths of the Gaussian mixture: densities, chunk statistics, M-step.
+
+Nothing here knows about Dask. Every function takes in-memory blocks and small
+parameter arrays and returns small arrays, so the orchestration layer can map
+them over chunks and the estimator can call them on NumPy data directly.
+
+Conventions follow scikit-learn so results compare number for number:
+``precisions_cholesky`` holds, per component, a factor ``U`` with
+``precision = U @ U.T``; covariance shapes are full ``(K, d, d)``, tied
+``(d, d)``, diag ``(K, d)`` and spherical ``(K,)``.
+
+Sections: parameters, log-densities, E-step, chunk statistics, M-step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import linalg
+
+from dgmm._stats import SuffStats
+
+COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
+_LOG_2PI = np.log(2.0 * np.pi)
+
+
+# --------------------------------------------------------------------------
+# Parameters
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Params:
+    """One parameter set of a mixture, in float64.
+
+    Attributes
+    ----------
+    covariance_type : {'full', 'tied', 'diag', 'spherical'}
+    weights : ndarray of shape (K,)
+    means : ndarray of shape (K, d)
+    precisions_cholesky : ndarray
+        Shape depends on ``covariance_type`` as in scikit-learn.
+    """
+
+    covariance_type: str
+    weights: np.ndarray
+    means: np.ndarray
+    precisions_cholesky: np.ndarray
+
+    @property
+    def n_components(self) -> int:
+        return self.means.shape[0]
+
+    @property
+    def n_features(self) -> int:
+        return self.means.shape[1]
+
+
+def _ill_defined_error(where: str) -> ValueError:
+    return ValueError(
+        f"Fitting the mixture model failed because {where} has an ill-defined "
+        "empirical covariance (not positive definite). Decrease n_components, "
+        "increase reg_covar, or scale the input data."
+    )
+
+
+def _cholesky_lower(matrix: np.ndarray, where: str) -> np.ndarray:
+    try:
+        return linalg.cholesky(matrix, lower=True)
+    except linalg.LinAlgError:
+        raise _ill_defined_error(where) from None
+
+
+def _chol_prec_full(covariances: np.ndarray) -> np.ndarray:
+    K, d, _ = covariances.shape
+    out = np.empty((K, d, d))
+    eye = np.eye(d)
+    for k in range(K):
+        cov_chol = _cholesky_lower(covariances[k], f"component {k}")
+        out[k] = linalg.solve_triangular(cov_chol, eye, lower=True).T
+    return out
+
+
+def _chol_prec_tied(covariance: np.ndarray) -> np.ndarray:
+    cov_chol = _cholesky_lower(covariance, "the tied covariance")
+    return linalg.solve_triangular(cov_chol, np.eye(covariance.shape[0]), lower=True).T
+
+
+def _chol_prec_diag(covariances: np.ndarray) -> np.ndarray:
+    if np.any(covariances <= 0.0):
+        k = int(np.argwhere(covariances <= 0.0)[0][0])
+        raise _ill_defined_error(f"component {k}")
+    return 1.0 / np.sqrt(covariances)
+
+
+_CHOL_PREC = {
+    "full": _chol_prec_full,
+    "tied": _chol_prec_tied,
+    "diag": _chol_prec_diag,
+    "spherical": _chol_prec_diag,
+}
+
+
+def precision_cholesky(covariances: np.ndarray, covariance_type: str) -> np.ndarray:
+    """Cholesky factor ``U`` of the precision (``precision = U U^T``) from covariances.
+
+    Raises ``ValueError`` naming the component whose covariance is not positive
+    definite.
+    """
+    return _CHOL_PREC[covariance_type](np.asarray(covariances, dtype=np.float64))
+
+
+def precision_cholesky_from_precisions(
+    precisions: np.ndarray, covariance_type: str
+) -> np.ndarray:
+    """Cholesky factor of user-supplied precisions, with a clear error if not PD."""
+    precisions = np.asarray(precisions, dtype=np.float64)
+    if covariance_type in ("diag", "spherical"):
+        if np.any(precisions <= 0.0) or not np.all(np.isfinite(precisions)):
+            raise ValueError(f"precisions_init must be positive; got {precisions!r}")
+        return np.sqrt(precisions)
+    stack = precisions if covariance_type == "full" else precisions[None]
+    out = np.empty_like(stack)
+    for k, prec in enumerate(stack):
+        if not np.allclose(prec, prec.T, rtol=1e-10, atol=0.0):
+            raise ValueError(f"precisions_init[{k}] must be symmetric")
+        try:
+            out[k] = linalg.cholesky(prec, lower=True)
+        except linalg.LinAlgError:
+            raise ValueError(
+                f"precisions_init[{k}] must be positive definite" if covariance_type == "full"
+                else "precisions_init must be positive definite"
+            ) from None
+    return out if covariance_type == "full" else out[0]
+
+
+def precisions_from_cholesky(prec_chol: np.ndarray, covariance_type: str) -> np.ndarray:
+    """Precision matrices ``U U^T`` (or ``U**2`` for diag/spherical)."""
+    if covariance_type == "full":
+        return np.einsum("kij,klj->kil", prec_chol, prec_chol)
+    if covariance_type == "tied":
+        return prec_chol @ prec_chol.T
+    return prec_chol**2
+
+
+def covariances_from_cholesky(prec_chol: np.ndarray, covariance_type: str) -> np.ndarray:
+    """Covariances (inverse precisions) from the precision Cholesky factor."""
+    if covariance_type in ("full", "tied"):
+        inv = np.linalg.inv(prec_chol)  # precision^-1 = U^-T U^-1
+        return np.swapaxes(inv, -1, -2) @ inv
+    return 1.0 / prec_chol**2
+
+
+def log_det_cholesky(prec_chol: np.ndarray, covariance_type: str, n_features: int) -> np.ndarray:
+    """log|det U| per component (a scalar for tied)."""
+    if covariance_type == "full":
+        return np.log(np.diagonal(prec_chol, axis1=1, axis2=2)).sum(axis=1)
+    if covariance_type == "tied":
+        return np.log(np.diag(prec_chol)).sum()
+    if covariance_type == "diag":
+        return np.log(prec_chol).sum(axis=1)
+    return n_features * np.log(prec_chol)
+
+
+def n_parameters(n_components: int, n_features: int, covariance_type: str) -> int:
+    """Number of free parameters of the mixture (for BIC/AIC)."""
+    K, d = n_components, n_features
+    cov = {
+        "full": K * d * (d + 1) // 2,
+        "tied": d * (d + 1) // 2,
+        "diag": K * d,
+        "spherical": K,
+    }[covariance_type]
+    return int(cov + K * d + K - 1)
+
+
+# --------------------------------------------------------------------------
+# Log-densities.  A block is centred once at ``center`` (the same point for
+# every component and every block of a pass), which keeps the expansions below
+# accurate for data far from the origin: what cancellation remains is at the
+# scale of the spread between components, not of the data's offset.  Work
+# arrays are component-major (K, n) and feature-major (d, n) so that the
+# reductions over K and d run along contiguous rows.
+# --------------------------------------------------------------------------
+
+
+def use_outer_features(n_components: int, n_features: int) -> bool:
+    """Whether the outer-product route beats per-component GEMMs (full covariance).
+
+    The outer-product features cost d(d+1)/2 products per row to build but
+    turn every component's quadratic form and scatter matrix into one GEMM,
+    with half the flops thanks to symmetry; with few components the build
+    dominates and per-component GEMMs win.
+    """
+    return 4 * n_components >= n_features + 1
+
+
+@dataclass(frozen=True)
+class CentredBlock:
+    """A block of rows centred at ``center``, in the layouts the kernels use.
+
+    Attributes
+    ----------
+    ZT : ndarray of shape (d, n), C-contiguous
+        The centred rows, feature-major (``Z`` is its transposed view).
+    phiT : ndarray of shape (d(d+1)/2, n) or None
+        Upper triangle of each row's outer product ``z z^T`` (full covariance
+        with many components only).
+    """
+
+    ZT: np.ndarray
+    phiT: np.ndarray | None
+
+    @property
+    def Z(self) -> np.ndarray:
+        return self.ZT.T
+
+    @classmethod
+    def build(cls, X: np.ndarray, center: np.ndarray, covariance_type: str, n_components: int):
+        n, d = X.shape
+        ZT = np.empty((d, n))
+        np.subtract(X.T, center[:, None], out=ZT, casting="unsafe")  # float32 -> float64 here
+        phiT = None
+        if covariance_type == "full" and use_outer_features(n_components, d):
+            phiT = np.empty((d * (d + 1) // 2, n))
+            pos = 0
+            for i in range(d):
+                np.multiply(ZT[i], ZT[i:], out=phiT[pos : pos + d - i])
+                pos += d - i
+        return cls(ZT, phiT)
+
+
+def _sq_maha_full(b: CentredBlock, M, U):
+    K, d, _ = U.shape
+    if b.phiT is not None:
+        P = np.einsum("kij,klj->kil", U, U)
+        iu = np.triu_indices(d)
+        P_tri = (P * (2.0 - np.eye(d)))[:, iu[0], iu[1]]  # off-diagonals count twice
+        PM = np.einsum("kij,kj->ki", P, M)
+        out = P_tri @ b.phiT
+        out -= (2.0 * PM) @ b.ZT
+        out += np.einsum("ki,ki->k", PM, M)[:, None]
+        return out
+    # [U_1 ... U_K]^T [Z^T; 1] with the offsets -U_k^T m_k as the last column:
+    # one GEMM gives (z - m_k)^T U_k for every component.
+    A = np.empty((K * d, d + 1))
+    A[:, :d] = U.transpose(0, 2, 1).reshape(K * d, d)
+    A[:, d] = -np.einsum("kj,kjl->kl", M, U).reshape(K * d)
+    Y = (A[:, :d] @ b.ZT + A[:, d:]).reshape(K, d, -1)
+    return np.einsum("kdn,kdn->kn", Y, Y)
+
+
+def _sq_maha_tied(b: CentredBlock, M, U):
+    Y = U.T @ b.ZT
+    O = M @ U
+    out = (-2.0 * O) @ Y
+    out += np.einsum("dn,dn->n", Y, Y)[None, :]
+    out += np.einsum("kd,kd->k", O, O)[:, None]
+    return out
+
+
+def _sq_maha_diag(b: CentredBlock, M, U):
+    P = U**2
+    out = P @ (b.ZT * b.ZT)
+    out -= (2.0 * M * P) @ b.ZT
+    out += np.einsum("kj,kj->k", M * M, P)[:, None]
+    return out
+
+
+def _sq_maha_spherical(b: CentredBlock, M, U):
+    out = (-2.0 * M) @ b.ZT
+    out += np.einsum("dn,dn->n", b.ZT, b.ZT)[None, :]
+    out += np.einsum("kj,kj->k", M, M)[:, None]
+    out *= (U**2)[:, None]
+    return out
+
+
+_SQ_MAHA = {
+    "full": _sq_maha_full,
+    "tied": _sq_maha_tied,
+    "diag": _sq_maha_diag,
+    "spherical": _sq_maha_spherical,
+}
+
+
+def center_of(params: Params) -> np.ndarray:
+    """A point near the data, known before a pass: the weighted mean of the means."""
+    return params.weights @ params.means / params.weights.sum()
+
+
+def _block_for(X, params: Params) -> tuple[CentredBlock, np.ndarray]:
+    center = center_of(params)
+    return CentredBlock.build(X, center, params.covariance_type, params.n_components), center
+
+
+def _weighted_log_prob_t(b: CentredBlock, params: Params, center: np.ndarray) -> np.ndarray:
+    """log w_k + log N(x_n | mu_k, Sigma_k), component-major shape (K, n)."""
+    M = params.means - center
+    out = _SQ_MAHA[params.covariance_type](b, M, params.precisions_cholesky)
+    log_det = log_det_cholesky(params.precisions_cholesky, params.covariance_type, params.n_features)
+    out *= -0.5
+    out += (log_det - 0.5 * params.n_features * _LOG_2PI + np.log(params.weights))[:, None]
+    return out
+
+
+# --------------------------------------------------------------------------
+# E-step
+# --------------------------------------------------------------------------
+
+
+def _log_resp_t(b: CentredBlock, params: Params, center: np.ndarray):
+    """Per-row log-likelihood (n,) and log-responsibilities (K, n), by log-sum-exp."""
+    a = _weighted_log_prob_t(b, params, center)
+    amax = a.max(axis=0)
+    amax[~np.isfinite(amax)] = 0.0
+    a -= amax
+    with np.errstate(divide="ignore"):
+        log_norm = np.log(np.exp(a).sum(axis=0))
+    a -= log_norm
+    log_norm += amax
+    return log_norm, a
+
+
+def log_gaussian_prob(X: np.ndarray, params: Params) -> np.ndarray:
+    """log N(x_n | mu_k, Sigma_k) for every row and component, shape (n, K)."""
+    b, center = _block_for(X, params)
+    a = _weighted_log_prob_t(b, params, center) - np.log(params.weights)[:, None]
+    return a.T
+
+
+def check_finite_block(X: np.ndarray, row_offset: int = 0) -> None:
+    """Raise a ValueError naming the first non-finite entry of a block, if any."""
+    bad = ~np.isfinite(X)
+    if bad.any():
+        row, col = np.argwhere(bad)[0]
+        raise ValueError(
+            f"Input X contains NaN or infinity (first at row {row_offset + int(row)}, "
+            f"column {int(col)}: {X[row, col]!r}). Remove or impute those values."
+        )
+
+
+def _checked_log_resp_t(X, params: Params, row_offset: int):
+    b, center = _block_for(X, params)
+    log_norm, lresp = _log_resp_t(b, params, center)
+    if not np.isfinite(log_norm).all():
+        check_finite_block(X, row_offset)
+        raise FloatingPointError(
+            f"Non-finite log-likelihood in rows {row_offset}..{row_offset + len(X) - 1} "
+            "with finite data; increase reg_covar or scale the input data."
+        )
+    return b, center, log_norm, lresp
+
+
+# Rows per sub-block inside a chunk: the work arrays of a sub-block stay in
+# cache and bounded in size however large the storage chunk is.
+SUB_ROWS = 2048
+
+
+def _sub_blocks(n: int):
+    for start in range(0, n, SUB_ROWS):
+        yield start, slice(start, min(start + SUB_ROWS, n))
+
+
+def _predict_sub(X, params: Params, what: str, row_offset: int) -> np.ndarray:
+    _, _, log_norm, lresp = _checked_log_resp_t(X, params, row_offset)
+    if what == "labels":
+        return lresp.argmax(axis=0)
+    if what == "proba":
+        return np.exp(lresp).T
+    return log_norm
+
+
+def predict_block(X: np.ndarray, params: Params, what: str, row_offset: int = 0) -> np.ndarray:
+    """Per-row outputs for one block: 'labels', 'proba' or 'log_density'."""
+    parts = [_predict_sub(X[sl], params, what, row_offset + start) for start, sl in _sub_blocks(len(X))]
+    return np.concatenate(parts) if parts else np.empty((0,))
+
+
+# --------------------------------------------------------------------------
+# Chunk statistics (shifted: S and Q about c_k, the means the pass started
+# from; tied Q about the common centre)
+# --------------------------------------------------------------------------
+
+
+def _q_full(b: CentredBlock, R, S0, nk, shift_c):
+    K = R.shape[0]
+    d = b.Z.shape[1]
+    if b.phiT is not None:
+        # All scatter matrices about the centre in one GEMM, then moved to each c_k.
+        tri = R @ b.phiT.T
+        iu = np.triu_indices(d)
+        Q = np.empty((K, d, d))
+        Q[:, iu[0], iu[1]] = tri
+        Q[:, iu[1], iu[0]] = tri
+        Q -= S0[:, :, None] * shift_c[:, None, :] + shift_c[:, :, None] * S0[:, None, :]
+        Q += nk[:, None, None] * shift_c[:, :, None] * shift_c[:, None, :]
+        return Q
+    Q = np.empty((K, d, d))
+    for k in range(K):  # few components: one GEMM each, about c_k directly
+        D = b.ZT - shift_c[k][:, None]
+        Q[k] = (D * R[k]) @ D.T
+    return Q
+
+
+def _q_diag(b: CentredBlock, R, S0, nk, shift_c):
+    # sum_n r_nk (z - m_k)^2 = R Z^2 - 2 m_k (R Z) + N_k m_k^2, exact algebra
+    return R @ (b.ZT * b.ZT).T - 2.0 * shift_c * S0 + nk[:, None] * shift_c**2
+
+
+def _q_spherical(b: CentredBlock, R, S0, nk, shift_c):
+    return _q_diag(b, R, S0, nk, shift_c).sum(axis=1)
+
+
+def _q_tied(b: CentredBlock, R, S0, nk, shift_c):
+    return (b.ZT * R.sum(axis=0)) @ b.Z
+
+
+_Q_STAT = {"full": _q_full, "tied": _q_tied, "diag": _q_diag, "spherical": _q_spherical}
+
+
+def stats_from_resp(
+    X: np.ndarray,
+    resp_t: np.ndarray,
+    shift: np.ndarray,
+    center: np.ndarray,
+    covariance_type: str,
+    loglik: float = 0.0,
+    block: CentredBlock | None = None,
+) -> SuffStats:
+    """Sufficient statistics of a block for given (weighted) responsibilities.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n, d)
+    resp_t : ndarray of shape (K, n)
+        Responsibilities, component-major, already multiplied by any per-row
+        sample weight (zero for rows that must not count).
+    shift : ndarray of shape (K, d)
+        Per-component shifts ``c_k`` about which S and Q are accumulated.
+    center : ndarray of shape (d,)
+        Common shift; the tied Q is accumulated about it.
+    block : CentredBlock, optional
+        ``X`` already centred at ``center`` (reused from the E-step).
+    """
+    if block is None:
+        block = CentredBlock.build(X, center, covariance_type, shift.shape[0])
+    R = np.asarray(resp_t, dtype=np.float64)
+    shift_c = shift - center
+    nk = R.sum(axis=1)
+    S0 = R @ block.Z
+    qk = _Q_STAT[covariance_type](block, R, S0, nk, shift_c)
+    return SuffStats(
+        covariance_type=covariance_type,
+        shift=shift,
+        center=center,
+        n=float(nk.sum()),
+        nk=nk,
+        sk=S0 - nk[:, None] * shift_c,
+        qk=qk,
+        loglik=float(loglik),
+        n_rows=int(X.shape[0]),
+    )
+
+
+def estep_stats(
+    X: np.ndarray,
+    params: Params,
+    sample_weight: np.ndarray | None = None,
+    row_offset: int = 0,
+) -> SuffStats:
+    """One E-step over a block: its statistics about the current means, plus log-likelihood.
+
+    ``sample_weight`` (n,) multiplies each row's responsibilities and
+    log-likelihood. A non-finite value in the block raises ``ValueError``
+    naming its row. The block is processed in sub-blocks of ``SUB_ROWS``.
+    """
+    total = None
+    for start, sl in _sub_blocks(len(X)):
+        w = None if sample_weight is None else sample_weight[sl]
+        st = _estep_sub(X[sl], params, w, row_offset + start)
+        total = st if total is None else total + st
+    return total
+
+
+def _estep_sub(X, params: Params, sample_weight, row_offset: int) -> SuffStats:
+    block, center, log_norm, lresp = _checked_log_resp_t(X, params, row_offset)
+    resp = np.exp(lresp, out=lresp)
+    if sample_weight is not None:
+        resp *= sample_weight[None, :]
+        log_norm = log_norm * sample_weight
+    return stats_from_resp(
+        X, resp, params.means, center, params.covariance_type,
+        loglik=log_norm.sum(), block=block,
+    )
+
+
+# --------------------------------------------------------------------------
+# M-step
+# --------------------------------------------------------------------------
+
+
+def _cov_full(st, nk, m, reg):
+    cov = st.qk / nk[:, None, None] - m[:, :, None] * m[:, None, :]
+    cov += reg * np.eye(m.shape[1])[None]
+    return cov
+
+
+def _cov_tied(st, nk, m, reg):
+    # S about the common centre, then (Q - sum_k S_k S_k^T / N_k) / n
+    s0 = st.sk + st.nk[:, None] * (st.shift - st.center)
+    cov = (st.qk - (s0.T / nk) @ s0) / nk.sum()
+    cov += reg * np.eye(m.shape[1])
+    return cov
+
+
+def _cov_diag(st, nk, m, reg):
+    return st.qk / nk[:, None] - m**2 + reg
+
+
+def _cov_spherical(st, nk, m, reg):
+    return (st.qk / nk - (m**2).sum(axis=1)) / m.shape[1] + reg
+
+
+_COV = {"full": _cov_full, "tied": _cov_tied, "diag": _cov_diag, "spherical": _cov_spherical}
+
+# Below this share of the total weight a component is treated as empty.
+EMPTY_COMPONENT_SHARE = 1e-12
+
+
+def m_step(stats: SuffStats, reg_covar: float):
+    """New (weights, means, covariances) from summed statistics.
+
+    A component with (near-)zero responsibility keeps its previous mean, and its
+    covariance falls to about ``reg_covar * I``; it is reported in the returned
+    ``empty`` index array so the caller can warn.
+    """
+    nk = stats.nk + 10.0 * np.finfo(np.float64).eps  # as scikit-learn, avoids 0/0
+    m = stats.sk / nk[:, None]
+    means = stats.shift + m
+    covariances = _COV[stats.covariance_type](stats, nk, m, reg_covar)
+    weights = nk / nk.sum()
+    empty = np.flatnonzero(stats.nk <= EMPTY_COMPONENT_SHARE * max(stats.n, 1e-300))
+    return weights, means, covariances, empty

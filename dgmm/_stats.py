@@ -1,0 +1,113 @@
+"""The sufficient-statistics packet: what one chunk contributes to an M-step.
+
+A packet is small and of fixed size (independent of the number of rows), and
+packets computed about the same shifts add exactly. Scaling and re-shifting
+support stepwise (online) EM, where running averages are kept about a common
+shift that moves with the model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class SuffStats:
+    """Shifted sufficient statistics of a mixture, accumulated in float64.
+
+    Attributes
+    ----------
+    covariance_type : str
+    shift : ndarray of shape (K, d)
+        Per-component shifts ``c_k``; ``sk`` and (except tied) ``qk`` are about them.
+    center : ndarray of shape (d,)
+        Common shift; the tied ``qk`` is about it.
+    n : float
+        Total (sample-weighted) responsibility, i.e. the effective row count.
+    nk : ndarray of shape (K,)
+        ``sum_n r_nk``.
+    sk : ndarray of shape (K, d)
+        ``sum_n r_nk (x_n - c_k)``.
+    qk : ndarray
+        full ``(K, d, d)`` and diag ``(K, d)``: ``sum_n r_nk (x_n - c_k)^2``
+        (outer or elementwise); spherical ``(K,)``: its trace; tied ``(d, d)``:
+        ``sum_n w_n (x_n - c)(x_n - c)^T`` about ``center``.
+    loglik : float
+        ``sum_n w_n log p(x_n)`` under the parameters the pass started from.
+    n_rows : int
+        Number of rows seen (unweighted).
+    """
+
+    covariance_type: str
+    shift: np.ndarray
+    center: np.ndarray
+    n: float
+    nk: np.ndarray
+    sk: np.ndarray
+    qk: np.ndarray
+    loglik: float
+    n_rows: int
+
+    def __add__(self, other: SuffStats) -> SuffStats:
+        # Packets of one pass share their shifts; adding across shifts is a bug.
+        if other.shift is not self.shift and not np.array_equal(other.shift, self.shift):
+            raise ValueError("cannot add statistics accumulated about different shifts")
+        return replace(
+            self,
+            n=self.n + other.n,
+            nk=self.nk + other.nk,
+            sk=self.sk + other.sk,
+            qk=self.qk + other.qk,
+            loglik=self.loglik + other.loglik,
+            n_rows=self.n_rows + other.n_rows,
+        )
+
+    def scaled(self, factor: float) -> SuffStats:
+        """All additive statistics multiplied by ``factor`` (row count kept)."""
+        return replace(
+            self,
+            n=self.n * factor,
+            nk=self.nk * factor,
+            sk=self.sk * factor,
+            qk=self.qk * factor,
+            loglik=self.loglik * factor,
+        )
+
+    def shifted(self, shift: np.ndarray, center: np.ndarray) -> SuffStats:
+        """The same statistics expressed about new shifts (exact algebra)."""
+        delta = shift - self.shift  # (K, d)
+        nk = self.nk[:, None]
+        sk = self.sk - nk * delta
+        if self.covariance_type == "full":
+            qk = (
+                self.qk
+                - self.sk[:, :, None] * delta[:, None, :]
+                - delta[:, :, None] * self.sk[:, None, :]
+                + nk[:, :, None] * delta[:, :, None] * delta[:, None, :]
+            )
+        elif self.covariance_type == "diag":
+            qk = self.qk - 2.0 * self.sk * delta + nk * delta**2
+        elif self.covariance_type == "spherical":
+            qk = self.qk - 2.0 * (self.sk * delta).sum(axis=1) + self.nk * (delta**2).sum(axis=1)
+        else:  # tied: Q is about the common centre
+            s0 = (self.sk + nk * (self.shift - self.center)).sum(axis=0)
+            dc = center - self.center
+            qk = self.qk - np.outer(s0, dc) - np.outer(dc, s0) + self.n * np.outer(dc, dc)
+        return replace(self, shift=shift, center=center, sk=sk, qk=qk)
+
+
+def tree_sum(packets: list) -> object:
+    """Sum a non-empty list of packets (or of lists of packets) pairwise."""
+    items = list(packets)
+    while len(items) > 1:
+        items = [_add(items[i], items[i + 1]) if i + 1 < len(items) else items[i]
+                 for i in range(0, len(items), 2)]
+    return items[0]
+
+
+def _add(a, b):
+    if isinstance(a, list):
+        return [x + y for x, y in zip(a, b, strict=True)]
+    return a + b

@@ -1,0 +1,395 @@
+"""The user-facing estimator: a scikit-learn compatible ``GaussianMixture``.
+
+It validates input and parameters, then hands the work to the orchestration
+layer (:mod:`dgmm._em`), which maps the pure kernels of :mod:`dgmm._kernels`
+over row blocks of a dask array.
+"""
+
+from __future__ import annotations
+
+import numbers
+import sys
+import warnings
+
+import dask
+import numpy as np
+from sklearn.base import BaseEstimator, DensityMixin
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.utils import check_random_state
+from sklearn.utils.validation import check_is_fitted
+
+from dgmm import _em
+from dgmm import _init
+from dgmm import _kernels as K
+from dgmm.io import as_dask_array
+
+
+class GaussianMixture(DensityMixin, BaseEstimator):
+    """Gaussian mixture fitted by EM from per-chunk sufficient statistics.
+
+    A drop-in for :class:`sklearn.mixture.GaussianMixture` that also accepts
+    dask arrays, Zarr arrays and paths to Zarr arrays. Each EM iteration is one
+    streaming pass over the data; no array of size ``n_samples`` exists outside
+    one chunk.
+
+    Parameters
+    ----------
+    n_components : int, default=1
+        Number of mixture components.
+    covariance_type : {'full', 'tied', 'diag', 'spherical'}, default='full'
+        Form of the component covariances.
+    tol : float, default=1e-3
+        Convergence threshold on the change of the mean log-likelihood.
+    reg_covar : float, default=1e-6
+        Added to the diagonal of every covariance to keep it positive definite.
+    max_iter : int, default=100
+        Maximum number of EM iterations (data passes) per initialisation.
+    n_init : int, default=1
+        Number of initialisations; the best final lower bound is kept. All
+        initialisations share each data pass.
+    init_params : {'kmeans', 'k-means++', 'random', 'random_from_data'}, default='kmeans'
+        How the starting responsibilities are chosen.
+    weights_init : array-like of shape (n_components,), default=None
+    means_init : array-like of shape (n_components, n_features), default=None
+    precisions_init : array-like, default=None
+        Shape (n_components,) spherical, (n_features, n_features) tied,
+        (n_components, n_features) diag, (n_components, n_features, n_features) full.
+    random_state : int, RandomState instance or None, default=None
+    warm_start : bool, default=False
+        Continue from the previous fit's parameters (``n_init`` is then ignored).
+    verbose : int, default=0
+        1 prints a line per initialisation, 2 also per ``verbose_interval`` iterations.
+    verbose_interval : int, default=10
+
+    Attributes
+    ----------
+    weights_ : ndarray of shape (n_components,)
+    means_ : ndarray of shape (n_components, n_features)
+    covariances_ : ndarray
+        Shape as ``precisions_init``.
+    precisions_ : ndarray
+    precisions_cholesky_ : ndarray
+        ``U`` with ``precision = U @ U.T`` (elementwise square for diag/spherical).
+    converged_ : bool
+    n_iter_ : int
+    lower_bound_ : float
+        Mean log-likelihood of the best run's parameters before its last M-step.
+    lower_bounds_ : list of float
+        ``lower_bound`` per iteration of the best run.
+    n_features_in_ : int
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from dgmm import GaussianMixture
+    >>> rng = np.random.default_rng(0)
+    >>> X = np.vstack([rng.normal(-5, 1, (500, 2)), rng.normal(5, 1, (500, 2))])
+    >>> gm = GaussianMixture(n_components=2, random_state=0).fit(X)
+    >>> np.round(np.sort(gm.means_[:, 0]))
+    array([-5.,  5.])
+    """
+
+    def __init__(
+        self,
+        n_components: int = 1,
+        *,
+        covariance_type: str = "full",
+        tol: float = 1e-3,
+        reg_covar: float = 1e-6,
+        max_iter: int = 100,
+        n_init: int = 1,
+        init_params: str = "kmeans",
+        weights_init=None,
+        means_init=None,
+        precisions_init=None,
+        random_state=None,
+        warm_start: bool = False,
+        verbose: int = 0,
+        verbose_interval: int = 10,
+    ):
+        self.n_components = n_components
+        self.covariance_type = covariance_type
+        self.tol = tol
+        self.reg_covar = reg_covar
+        self.max_iter = max_iter
+        self.n_init = n_init
+        self.init_params = init_params
+        self.weights_init = weights_init
+        self.means_init = means_init
+        self.precisions_init = precisions_init
+        self.random_state = random_state
+        self.warm_start = warm_start
+        self.verbose = verbose
+        self.verbose_interval = verbose_interval
+
+    # ------------------------------------------------------------------
+    # Validation
+    # ------------------------------------------------------------------
+
+    def _check_parameters(self, n_features: int) -> None:
+        _check_int("n_components", self.n_components, 1)
+        _check_int("max_iter", self.max_iter, 0)
+        _check_int("n_init", self.n_init, 1)
+        _check_int("verbose_interval", self.verbose_interval, 1)
+        _check_number("tol", self.tol, 0.0)
+        _check_number("reg_covar", self.reg_covar, 0.0)
+        if self.covariance_type not in K.COVARIANCE_TYPES:
+            raise ValueError(
+                f"covariance_type must be one of {list(K.COVARIANCE_TYPES)}; "
+                f"got {self.covariance_type!r}"
+            )
+        if self.init_params not in _init.INIT_METHODS:
+            raise ValueError(
+                f"init_params must be one of {list(_init.INIT_METHODS)}; got {self.init_params!r}"
+            )
+        k, d = self.n_components, n_features
+        if self.weights_init is not None:
+            w = _check_shape("weights_init", self.weights_init, (k,))
+            if np.any(w < 0) or np.any(w > 1):
+                raise ValueError(f"weights_init must lie in [0, 1]; got min {w.min()}, max {w.max()}")
+            if not np.isclose(w.sum(), 1.0, rtol=0, atol=1e-6):
+                raise ValueError(f"weights_init must sum to 1; got sum {w.sum():.6f}")
+        if self.means_init is not None:
+            _check_shape("means_init", self.means_init, (k, d))
+        if self.precisions_init is not None:
+            shape = {"full": (k, d, d), "tied": (d, d), "diag": (k, d), "spherical": (k,)}
+            p = _check_shape("precisions_init", self.precisions_init, shape[self.covariance_type])
+            K.precision_cholesky_from_precisions(p, self.covariance_type)
+
+    def _check_fitted_features(self, n_features: int) -> None:
+        check_is_fitted(self, "means_")
+        if n_features != self.n_features_in_:
+            raise ValueError(
+                f"X has {n_features} features, but this GaussianMixture was fitted "
+                f"with {self.n_features_in_} features"
+            )
+
+    # ------------------------------------------------------------------
+    # Fitting
+    # ------------------------------------------------------------------
+
+    def fit(self, X, y=None) -> GaussianMixture:
+        """Estimate the parameters with EM, ``n_init`` times, keeping the best.
+
+        Parameters
+        ----------
+        X : array-like, dask array, zarr.Array or str of shape (n_samples, n_features)
+            The data; a string is a path or URL to a Zarr array.
+        y : Ignored
+
+        Returns
+        -------
+        self : GaussianMixture
+        """
+        Xd, lazy = as_dask_array(X)
+        n, d = Xd.shape
+        self._check_parameters(d)
+        if n < self.n_components:
+            raise ValueError(
+                f"Expected n_samples >= n_components but got n_components = "
+                f"{self.n_components}, n_samples = {n}"
+            )
+        scheduler = None if lazy else "threads"
+        blocks = _em.as_blocks(Xd)
+        do_init = not (self.warm_start and hasattr(self, "converged_"))
+        with _em.blas_guard(scheduler):
+            if do_init:
+                runs = self._initial_runs(blocks, scheduler)
+            else:
+                runs = [_em.Run(self._params(), self.covariances_, lower_bound=self.lower_bound_)]
+            if self.max_iter > 0:
+                _em.batch_em(
+                    blocks,
+                    runs,
+                    max_iter=self.max_iter,
+                    tol=self.tol,
+                    reg_covar=self.reg_covar,
+                    scheduler=scheduler,
+                    log=self._log if self.verbose >= 2 else None,
+                    verbose_interval=self.verbose_interval,
+                )
+        best = runs[-1] if self.max_iter == 0 else _best_run(runs)
+        if self.verbose >= 1:
+            for i, r in enumerate(runs):
+                self._log(f"Initialisation {i}: lower bound {r.lower_bound:.6f} after "
+                          f"{r.n_iter} iterations, converged={r.converged}")
+        self._set_run(best, n_features=d)
+        if not self.converged_ and self.max_iter > 0:
+            warnings.warn(
+                "The best initialisation did not converge. Try different init "
+                "parameters, increase max_iter or tol, or check for degenerate data.",
+                ConvergenceWarning,
+                stacklevel=2,
+            )
+        return self
+
+    def fit_predict(self, X, y=None):
+        """Fit the model, then return the most likely component of every row.
+
+        Returns a dask array for dask/Zarr input, a NumPy array otherwise.
+        """
+        return self.fit(X).predict(X)
+
+    def _initial_runs(self, blocks: _em.Blocks, scheduler) -> list[_em.Run]:
+        rng = check_random_state(self.random_state)
+        k, cov_type = self.n_components, self.covariance_type
+        need_stats = self.means_init is None or self.weights_init is None or (
+            self.precisions_init is None
+        )
+        if not need_stats:
+            stats = [None] * self.n_init
+        elif self.init_params == "random":
+            seeds = rng.randint(np.iinfo(np.int32).max, size=self.n_init).tolist()
+            stats = _init.init_random(blocks, k, cov_type, seeds, scheduler)
+        elif self.init_params == "random_from_data":
+            stats = _init.init_random_from_data(blocks, k, cov_type, [rng] * self.n_init, scheduler)
+        else:
+            raise NotImplementedError(
+                f"init_params={self.init_params!r} is not implemented yet; "
+                "use 'random' or 'random_from_data', or pass means_init, "
+                "weights_init and precisions_init"
+            )
+        return [self._run_from_stats(st) for st in stats]
+
+    def _run_from_stats(self, st) -> _em.Run:
+        cov_type = self.covariance_type
+        weights = means = covariances = None
+        if st is not None:
+            weights, means, covariances, _ = K.m_step(st, self.reg_covar)
+        if self.weights_init is not None:
+            weights = np.asarray(self.weights_init, dtype=np.float64)
+        if self.means_init is not None:
+            means = np.asarray(self.means_init, dtype=np.float64)
+        if self.precisions_init is not None:
+            prec_chol = K.precision_cholesky_from_precisions(self.precisions_init, cov_type)
+            covariances = K.covariances_from_cholesky(prec_chol, cov_type)
+        else:
+            prec_chol = K.precision_cholesky(covariances, cov_type)
+        return _em.Run(K.Params(cov_type, weights, means, prec_chol), covariances)
+
+    def _set_run(self, run: _em.Run, n_features: int) -> None:
+        p = run.params
+        self.weights_ = p.weights
+        self.means_ = p.means
+        self.precisions_cholesky_ = p.precisions_cholesky
+        self.covariances_ = run.covariances
+        self.precisions_ = K.precisions_from_cholesky(p.precisions_cholesky, p.covariance_type)
+        self.converged_ = bool(run.converged)
+        self.n_iter_ = int(run.n_iter)
+        self.lower_bound_ = float(run.lower_bound)
+        self.lower_bounds_ = list(run.lower_bounds)
+        self.n_features_in_ = int(n_features)
+
+    def _params(self) -> K.Params:
+        return K.Params(self.covariance_type, self.weights_, self.means_, self.precisions_cholesky_)
+
+    def _log(self, message: str) -> None:
+        print(message, file=sys.stdout, flush=True)
+
+    # ------------------------------------------------------------------
+    # Per-row outputs: lazy for lazy input, NumPy otherwise
+    # ------------------------------------------------------------------
+
+    def _per_row(self, X, what: str):
+        Xd, lazy = as_dask_array(X)
+        self._check_fitted_features(Xd.shape[1])
+        params = dask.delayed(self._params(), pure=True, traverse=False)
+        if what == "proba":
+            out = Xd.map_blocks(
+                _predict_block, params, what, dtype=np.float64,
+                chunks=(Xd.chunks[0], (self.n_components,)),
+            )
+        else:
+            dtype = np.int64 if what == "labels" else np.float64
+            out = Xd.map_blocks(_predict_block, params, what, drop_axis=1, dtype=dtype)
+        if lazy:
+            return out
+        with _em.blas_guard("threads"):
+            return out.compute(scheduler="threads")
+
+    def predict(self, X):
+        """Most likely component of every row, shape (n_samples,)."""
+        return self._per_row(X, "labels")
+
+    def predict_proba(self, X):
+        """Responsibilities of every component for every row, shape (n_samples, n_components)."""
+        return self._per_row(X, "proba")
+
+    def score_samples(self, X):
+        """Log-likelihood ``log p(x)`` of every row, shape (n_samples,)."""
+        return self._per_row(X, "log_density")
+
+    def score(self, X, y=None) -> float:
+        """Mean log-likelihood per row (a float, computed even for lazy input)."""
+        scores = self.score_samples(X)
+        return float(scores.mean().compute() if hasattr(scores, "compute") else scores.mean())
+
+    def _n_parameters(self) -> int:
+        return K.n_parameters(self.n_components, self.n_features_in_, self.covariance_type)
+
+    def bic(self, X) -> float:
+        """Bayesian information criterion on X (lower is better)."""
+        n = as_dask_array(X)[0].shape[0]
+        return float(-2.0 * self.score(X) * n + self._n_parameters() * np.log(n))
+
+    def aic(self, X) -> float:
+        """Akaike information criterion on X (lower is better)."""
+        n = as_dask_array(X)[0].shape[0]
+        return float(-2.0 * self.score(X) * n + 2.0 * self._n_parameters())
+
+    def sample(self, n_samples: int = 1):
+        """Draw samples from the fitted mixture.
+
+        Returns
+        -------
+        X : ndarray of shape (n_samples, n_features)
+        y : ndarray of shape (n_samples,)
+            The component each sample came from.
+        """
+        check_is_fitted(self, "means_")
+        _check_int("n_samples", n_samples, 1)
+        rng = check_random_state(self.random_state)
+        counts = rng.multinomial(n_samples, self.weights_)
+        d = self.n_features_in_
+        parts = []
+        for k, (mean, count) in enumerate(zip(self.means_, counts, strict=True)):
+            if self.covariance_type in ("full", "tied"):
+                cov = self.covariances_[k] if self.covariance_type == "full" else self.covariances_
+                parts.append(rng.multivariate_normal(mean, cov, int(count)))
+            else:
+                scale = np.sqrt(self.covariances_[k])
+                parts.append(mean + rng.standard_normal(size=(int(count), d)) * scale)
+        y = np.repeat(np.arange(self.n_components), counts)
+        return np.vstack(parts), y
+
+
+def _predict_block(block, params, what, block_info=None):
+    offset = block_info[0]["array-location"][0][0] if block_info else 0
+    return K.predict_block(block, params, what, row_offset=offset)
+
+
+def _best_run(runs: list[_em.Run]) -> _em.Run:
+    best = runs[0]
+    for r in runs[1:]:
+        if r.lower_bound > best.lower_bound:
+            best = r
+    return best
+
+
+def _check_int(name: str, value, minimum: int) -> None:
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}")
+
+
+def _check_number(name: str, value, minimum: float) -> None:
+    if not isinstance(value, numbers.Real) or isinstance(value, bool) or not value >= minimum:
+        raise ValueError(f"{name} must be a number >= {minimum}; got {value!r}")
+
+
+def _check_shape(name: str, value, shape: tuple) -> np.ndarray:
+    arr = np.asarray(value, dtype=np.float64)
+    if arr.shape != shape:
+        raise ValueError(f"{name} must have shape {shape}; got {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} contains NaN or infinity")
+    return arr
