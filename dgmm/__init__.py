@@ -1,8 +1,9 @@
 """dgmm: Gaussian mixture models for data larger than memory, on Dask."""
 
 from dgmm._em import EmptyComponentWarning
+from dgmm.io import load_model as load
 from dgmm.mixture import GaussianMixture
 
 __version__ = "0.1.0"
 
-__all__ = ["EmptyComponentWarning", "GaussianMixture", "__version__"]
+__all__ = ["EmptyComponentWarning", "GaussianMixture", "__version__", "load"]

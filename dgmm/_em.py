@@ -18,6 +18,7 @@ import dask
 import dask.array as da
 import dask.threaded
 import numpy as np
+import psutil
 from dask.base import get_scheduler
 from dask.delayed import Delayed
 from threadpoolctl import threadpool_limits
@@ -200,6 +201,67 @@ def batch_em(
             t_last = now
         active = still
     return runs
+
+
+# --------------------------------------------------------------------------
+# Cache policy: persist the data once, or stream it on every pass
+# --------------------------------------------------------------------------
+
+# Share of the active scheduler's memory that cache='auto' lets the data use
+# (config ``dgmm.cache-fraction``): the rest is headroom for the chunks in
+# flight, the workers' own bookkeeping and other users of the machine.
+DEFAULT_CACHE_FRACTION = 0.5
+CACHE_OPTIONS = ("auto", True, False)
+
+
+def _distributed_client(scheduler):
+    """The ``distributed.Client`` that would run a compute, or None."""
+    owner = getattr(get_scheduler(scheduler=scheduler), "__self__", None)
+    try:
+        from distributed import Client
+    except ImportError:  # pragma: no cover - distributed is a dependency
+        return None
+    return owner if isinstance(owner, Client) else None
+
+
+def memory_budget(scheduler=None) -> tuple[int, str]:
+    """Bytes that persisted data may occupy, and a description of that memory.
+
+    With a ``distributed.Client`` active: a fraction of the sum of its workers'
+    memory limits (0 if any worker has no limit, since its size is unknown).
+    With local schedulers: a fraction of this machine's available memory.
+    """
+    fraction = float(dask.config.get("dgmm.cache-fraction", DEFAULT_CACHE_FRACTION))
+    client = _distributed_client(scheduler)
+    if client is not None:
+        workers = client.scheduler_info(n_workers=-1)["workers"].values()
+        limits = [int(w.get("memory_limit") or 0) for w in workers]
+        if not limits or min(limits) <= 0:
+            return 0, "distributed workers without a memory limit"
+        return int(fraction * sum(limits)), f"{len(limits)} distributed worker(s)"
+    return int(fraction * psutil.virtual_memory().available), "available memory of this machine"
+
+
+def apply_cache_policy(
+    X: da.Array, cache, scheduler=None, log: Callable[[str], None] | None = None
+) -> da.Array:
+    """``X`` persisted for the whole fit, or unchanged so every pass streams it.
+
+    ``cache='auto'`` persists when ``X.nbytes`` fits in :func:`memory_budget`;
+    ``True``/``False`` force either choice. The choice is logged.
+    """
+    size = f"{X.nbytes / 2**30:.2f} GiB"
+    if cache == "auto":
+        budget, where = memory_budget(scheduler)
+        persist = X.nbytes <= budget
+        reason = f"cache='auto': data {size}, budget {budget / 2**30:.2f} GiB ({where})"
+    else:
+        persist = bool(cache)
+        reason = f"cache={cache!r}: data {size}"
+    if log is not None:
+        choice = "persisting it in memory" if persist else "streaming it from its source every pass"
+        log(f"{reason}: {choice}")
+    return X.persist(scheduler=scheduler) if persist else X
 
 
 def as_blocks(X: da.Array) -> Blocks:

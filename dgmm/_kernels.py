@@ -163,6 +163,12 @@ def log_det_cholesky(prec_chol: np.ndarray, covariance_type: str, n_features: in
     return n_features * np.log(prec_chol)
 
 
+def covariance_shape(covariance_type: str, n_components: int, n_features: int) -> tuple:
+    """Shape of ``covariances_`` (and of precisions) for a covariance type."""
+    k, d = n_components, n_features
+    return {"full": (k, d, d), "tied": (d, d), "diag": (k, d), "spherical": (k,)}[covariance_type]
+
+
 def n_parameters(n_components: int, n_features: int, covariance_type: str) -> int:
     """Number of free parameters of the mixture (for BIC/AIC)."""
     K, d = n_components, n_features
@@ -298,7 +304,9 @@ def _weighted_log_prob_t(b: CentredBlock, params: Params, center: np.ndarray) ->
     """log w_k + log N(x_n | mu_k, Sigma_k), component-major shape (K, n)."""
     M = params.means - center
     out = _SQ_MAHA[params.covariance_type](b, M, params.precisions_cholesky)
-    log_det = log_det_cholesky(params.precisions_cholesky, params.covariance_type, params.n_features)
+    log_det = log_det_cholesky(
+        params.precisions_cholesky, params.covariance_type, params.n_features
+    )
     out *= -0.5
     out += (log_det - 0.5 * params.n_features * _LOG_2PI + np.log(params.weights))[:, None]
     return out
@@ -362,19 +370,32 @@ def _sub_blocks(n: int):
         yield start, slice(start, min(start + SUB_ROWS, n))
 
 
-def _predict_sub(X, params: Params, what: str, row_offset: int) -> np.ndarray:
-    _, _, log_norm, lresp = _checked_log_resp_t(X, params, row_offset)
-    if what == "labels":
-        return lresp.argmax(axis=0)
-    if what == "proba":
-        return np.exp(lresp).T
-    return log_norm
+_PER_ROW = {
+    "labels": lambda log_norm, lresp: lresp.argmax(axis=0),
+    "proba": lambda log_norm, lresp: np.exp(lresp).T,
+    "log_density": lambda log_norm, lresp: log_norm,
+}
+PER_ROW_OUTPUTS = tuple(_PER_ROW)
+
+
+def per_row_outputs(
+    X: np.ndarray, params: Params, whats: tuple[str, ...], row_offset: int = 0
+) -> list[np.ndarray]:
+    """Several per-row outputs of one block from a single E-step.
+
+    ``whats`` names outputs among 'labels' (n,), 'proba' (n, K) and
+    'log_density' (n,); the block is processed in sub-blocks of ``SUB_ROWS``.
+    """
+    parts = []
+    for start, sl in _sub_blocks(len(X)):
+        _, _, log_norm, lresp = _checked_log_resp_t(X[sl], params, row_offset + start)
+        parts.append([_PER_ROW[w](log_norm, lresp) for w in whats])
+    return [np.concatenate(p) for p in zip(*parts, strict=True)]
 
 
 def predict_block(X: np.ndarray, params: Params, what: str, row_offset: int = 0) -> np.ndarray:
     """Per-row outputs for one block: 'labels', 'proba' or 'log_density'."""
-    parts = [_predict_sub(X[sl], params, what, row_offset + start) for start, sl in _sub_blocks(len(X))]
-    return np.concatenate(parts) if parts else np.empty((0,))
+    return per_row_outputs(X, params, (what,), row_offset)[0]
 
 
 # --------------------------------------------------------------------------

@@ -1,17 +1,35 @@
-"""Storage: reading Zarr arrays and turning any supported input into a dask array."""
+"""Storage: Zarr input, streamed Zarr output, and model files (no pickle).
+
+Sections: reading (any supported input as a row-chunked dask array), atomic
+writes, streamed predictions, model files.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import shutil
+import uuid
+import warnings
 from pathlib import Path
 
+import dask
 import dask.array as da
 import numpy as np
 import zarr
+from sklearn.utils.validation import check_is_fitted
+
+from dgmm import _em
+from dgmm import _kernels as K
 
 # Row chunk for in-memory NumPy input: big enough that per-task overhead is
 # negligible, small enough that a block's (rows x K*d) work arrays stay modest.
 NUMPY_CHUNK_BYTES = 4 * 2**20
+# Data per task when reading a store (config ``dgmm.read-chunk-bytes``): tens
+# of MB keeps scheduler overhead (~1 ms a task) under 1% of the read time while
+# a few chunks in flight per thread stay far below 1 GB.
+DEFAULT_READ_CHUNK_BYTES = 32 * 2**20
 
 
 def open_array(path: str | os.PathLike, array: str | None = None) -> zarr.Array:
@@ -51,11 +69,28 @@ def _check_dtype(dtype: np.dtype, where: str) -> None:
         )
 
 
+def read_chunk_rows(array_chunks: tuple[int, ...], shape: tuple[int, ...], itemsize: int) -> int:
+    """Rows per dask chunk when reading a stored array.
+
+    A whole number of the store's row chunks (so no stored chunk is read by two
+    tasks), about ``dgmm.read-chunk-bytes`` of data per task with every column
+    in one chunk. Stores chunked along columns or in tiny chunks are thereby
+    read in large, row-aligned pieces without a rechunk step in the graph.
+    """
+    target = int(dask.config.get("dgmm.read-chunk-bytes", DEFAULT_READ_CHUNK_BYTES))
+    stored_rows = max(1, int(array_chunks[0]))
+    row_bytes = max(1, int(shape[1]) * itemsize)
+    multiple = max(1, target // (stored_rows * row_bytes))
+    return int(min(max(1, shape[0]), stored_rows * multiple))
+
+
 def as_dask_array(X, *, where: str = "X") -> tuple[da.Array, bool]:
     """Any supported input as a 2-D dask array chunked along rows only.
 
-    Returns the array and whether the input was lazy (dask, Zarr or a path),
-    so outputs can follow the input's kind.
+    Zarr input (an array or a path to one) is read in row blocks of
+    :func:`read_chunk_rows`; a dask array keeps its row chunks. Returns the
+    array and whether the input was lazy (dask, Zarr or a path), so outputs
+    can follow the input's kind.
     """
     if isinstance(X, (str, os.PathLike)):
         where = str(X)
@@ -63,7 +98,8 @@ def as_dask_array(X, *, where: str = "X") -> tuple[da.Array, bool]:
     if isinstance(X, zarr.Array):
         _check_dtype(X.dtype, where)
         _check_ndim(X.ndim, X.shape, where)
-        X = da.from_zarr(X)
+        rows = read_chunk_rows(X.chunks, X.shape, X.dtype.itemsize)
+        X = da.from_zarr(X, chunks=(rows, X.shape[1]))
         lazy = True
     elif isinstance(X, da.Array):
         lazy = True
@@ -91,3 +127,409 @@ def _check_ndim(ndim: int, shape: tuple, where: str) -> None:
         raise ValueError(f"{where} has 0 rows; at least one sample is required")
     if shape[1] == 0:
         raise ValueError(f"{where} has 0 features; at least one column is required")
+
+
+# --------------------------------------------------------------------------
+# Atomic writes: build next to the target, then rename into place
+# --------------------------------------------------------------------------
+
+
+def _local_target(path: str | os.PathLike, what: str) -> Path:
+    if "://" in str(path):
+        raise ValueError(
+            f"{what} must be a local path (atomic rename is not available on {path}); "
+            "write locally and upload the result"
+        )
+    target = Path(path)
+    if not target.parent.is_dir():
+        raise ValueError(f"Cannot write {target}: directory {target.parent} does not exist")
+    return target
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+@contextlib.contextmanager
+def _atomic_path(target: Path, overwrite: bool):
+    """Yield a temporary sibling path; on success move it to ``target``.
+
+    On any exception the temporary is removed and ``target`` is untouched. An
+    existing ``target`` is replaced only when ``overwrite`` is true, and only
+    after the new content is complete: it is first renamed aside, so a crash
+    between the two renames leaves both copies on disk, never neither.
+    """
+    tag = uuid.uuid4().hex[:12]
+    tmp = target.with_name(f".{target.name}.tmp-{tag}")
+    try:
+        yield tmp
+        if target.exists() or target.is_symlink():
+            if not overwrite:
+                raise FileExistsError(f"{target} already exists; pass overwrite=True to replace it")
+            old = target.with_name(f".{target.name}.old-{tag}")
+            os.replace(target, old)
+            os.replace(tmp, target)
+            _remove(old)
+        else:
+            os.replace(tmp, target)
+    finally:
+        _remove(tmp)
+
+
+# --------------------------------------------------------------------------
+# Streamed predictions
+# --------------------------------------------------------------------------
+
+
+def _regular_rows(X: da.Array) -> da.Array:
+    """``X`` with equal row chunks (the last may be shorter), as Zarr requires."""
+    rows = X.chunks[0]
+    if all(r == rows[0] for r in rows[:-1]) and rows[-1] <= rows[0]:
+        return X
+    return X.rechunk({0: max(rows)})
+
+
+def _write_block(block, row_offset, index, params, arrays, whats):
+    outputs = K.per_row_outputs(block, params, whats, row_offset)
+    stop = row_offset + len(block)
+    for name, out in zip(whats, outputs, strict=True):
+        arrays[name][row_offset:stop] = out
+    return len(block)
+
+
+def write_predictions(
+    model,
+    source,
+    out: str | os.PathLike,
+    *,
+    labels: bool = True,
+    proba: bool = False,
+    log_density: bool = False,
+    overwrite: bool = False,
+    dtype="float64",
+) -> zarr.Group:
+    """Stream per-row outputs of a fitted model into a Zarr group, chunk by chunk.
+
+    Each input row block is read once, scored once, and its outputs are
+    written into output chunks covering exactly its rows, so no two tasks
+    write one chunk and memory stays bounded by the chunks in flight. Uses
+    the active Dask scheduler (threads for in-memory input).
+
+    The group is built under a temporary sibling name and renamed to ``out``
+    only when complete: a failure part-way leaves nothing at ``out``, and an
+    existing store at ``out`` is kept unless ``overwrite=True`` (it is then
+    replaced only after the new one is complete).
+
+    Parameters
+    ----------
+    model : GaussianMixture
+        A fitted model.
+    source : array-like, dask array, zarr.Array or str of shape (n_samples, n_features)
+        The rows to score; a string is a path or URL to a Zarr array.
+    out : str or PathLike
+        Local path of the Zarr group to create.
+    labels : bool, default=True
+        Write ``labels`` (n_samples,), as :meth:`GaussianMixture.predict`, in
+        the smallest unsigned integer dtype that holds ``n_components - 1``.
+    proba : bool, default=False
+        Write ``proba`` (n_samples, n_components), as ``predict_proba``.
+    log_density : bool, default=False
+        Write ``log_density`` (n_samples,), as ``score_samples``.
+    overwrite : bool, default=False
+        Replace an existing store at ``out``.
+    dtype : str or dtype, default='float64'
+        Floating dtype of ``proba`` and ``log_density``.
+
+    Returns
+    -------
+    zarr.Group
+        The written group, opened read-only.
+
+    Raises
+    ------
+    ValueError
+        Invalid input or nothing requested, before anything is written.
+    FileExistsError
+        ``out`` exists and ``overwrite`` is false, before anything is written.
+    """
+    whats = tuple(
+        name for name, wanted in zip(K.PER_ROW_OUTPUTS, (labels, proba, log_density), strict=True)
+        if wanted
+    )
+    if not whats:
+        raise ValueError("Nothing to write: set at least one of labels, proba, log_density")
+    float_dtype = np.dtype(dtype)
+    if float_dtype.kind != "f":
+        raise ValueError(f"dtype must be a floating dtype; got {float_dtype}")
+    target = _local_target(out, "out")
+    if (target.exists() or target.is_symlink()) and not overwrite:
+        raise FileExistsError(f"{target} already exists; pass overwrite=True to replace it")
+    X, lazy = as_dask_array(source)
+    check_is_fitted(model, "means_")
+    if X.shape[1] != model.n_features_in_:
+        raise ValueError(
+            f"{source if isinstance(source, (str, os.PathLike)) else 'source'} has "
+            f"{X.shape[1]} features, but the model was fitted with {model.n_features_in_}"
+        )
+    X = _regular_rows(X)
+    n, rows = X.shape[0], X.chunks[0][0]
+    k = model.n_components
+    specs = {
+        "labels": ((n,), (rows,), np.min_scalar_type(k - 1)),
+        "proba": ((n, k), (rows, k), float_dtype),
+        "log_density": ((n,), (rows,), float_dtype),
+    }
+    scheduler = None if lazy else "threads"  # NumPy input: local threads, as fit does
+    with _atomic_path(target, overwrite) as tmp:
+        group = zarr.open_group(str(tmp), mode="w-")
+        group.attrs.update({"dgmm_version": _version(), "outputs": list(whats)})
+        arrays = {}
+        for name in whats:
+            shape, chunks, out_dtype = specs[name]
+            arrays[name] = group.create_array(name, shape=shape, chunks=chunks, dtype=out_dtype)
+        with _em.blas_guard(scheduler):
+            written = _em.block_pass(
+                _em.as_blocks(X), _write_block, model._params(), arrays, whats,
+                scheduler=scheduler,
+            )
+        if written != n:  # every row block must have reported its rows
+            raise RuntimeError(f"wrote {written} of {n} rows to {tmp}")
+    return zarr.open_group(str(target), mode="r")
+
+
+def _version() -> str:
+    from dgmm import __version__
+
+    return __version__
+
+
+# --------------------------------------------------------------------------
+# Model files: NPZ (allow_pickle=False) with a JSON metadata entry
+# --------------------------------------------------------------------------
+
+MODEL_FORMAT = "dgmm-model"
+MODEL_SCHEMA_VERSION = 1
+_METADATA = "metadata.json"
+_FITTED = "fitted/"
+_PARAM = "params/"
+# Fitted attributes every GaussianMixture model file must hold.
+_REQUIRED = (
+    "weights_", "means_", "covariances_", "precisions_", "precisions_cholesky_",
+    "converged_", "n_iter_", "lower_bound_", "lower_bounds_", "n_features_in_",
+)
+_SCALARS = {"bool": (bool, np.bool_), "int": (int, np.int64), "float": (float, np.float64)}
+
+
+def _encode_attribute(name: str, value) -> tuple[str, np.ndarray]:
+    if isinstance(value, np.ndarray) and value.dtype.kind in "biuf":
+        return "array", value
+    for kind, (py_type, np_type) in _SCALARS.items():  # bool before int: bool is an int
+        if isinstance(value, (py_type, np_type)):
+            return kind, np.asarray(value, dtype=np_type)
+    if isinstance(value, list) and all(isinstance(v, (int, float)) for v in value):
+        return "list", np.asarray(value, dtype=np.float64 if any(
+            isinstance(v, float) for v in value) else np.int64)
+    raise TypeError(
+        f"Cannot save fitted attribute {name} of type {type(value).__name__}: model files "
+        "hold numeric arrays, scalars and lists of numbers only"
+    )
+
+
+def _decode_attribute(kind: str, value: np.ndarray):
+    if kind == "array":
+        return value
+    if kind == "list":
+        return value.tolist()
+    return _SCALARS[kind][0](value.item())
+
+
+def save_model(model, path: str | os.PathLike) -> None:
+    """Write a fitted estimator to ``path`` without pickle, atomically.
+
+    Format (schema version 1): an uncompressed NumPy ``.npz`` archive, loadable
+    with ``np.load(path, allow_pickle=False)``, holding
+
+    * ``metadata.json``: a 0-d unicode array with a JSON object ``{"format":
+      "dgmm-model", "schema_version": 1, "dgmm_version", "estimator",
+      "covariance_type", "params": {...}, "array_params": [...],
+      "fitted": {name: kind}}``. ``params`` holds the JSON-representable
+      hyper-parameters of ``get_params()``; ``array_params`` names those
+      stored as arrays;
+    * ``params/<name>``: array-valued hyper-parameters (e.g. ``means_init``);
+    * ``fitted/<name>``: every public fitted attribute (name ending in ``_``)
+      with ``kind`` ``'array'``, ``'bool'``, ``'int'``, ``'float'`` (0-d
+      arrays) or ``'list'`` (1-d array of a list of numbers). New estimator
+      state is saved by adding such attributes; no schema change is needed.
+
+    Every value round-trips bit for bit. A ``random_state`` given as a
+    generator object is saved as ``None`` (with a warning): its state is not
+    part of the model.
+
+    Parameters
+    ----------
+    model : GaussianMixture
+        A fitted model.
+    path : str or PathLike
+        Local file path (no suffix is added). An existing file is replaced
+        once the new file is complete.
+    """
+    check_is_fitted(model, "means_")
+    target = _local_target(path, "path")
+    arrays: dict[str, np.ndarray] = {}
+    params, array_params = {}, []
+    for name, value in model.get_params(deep=False).items():
+        if isinstance(value, np.integer | np.floating | np.bool_):
+            value = value.item()
+        if value is None or isinstance(value, (bool, int, float, str)):
+            params[name] = value
+        elif isinstance(value, (np.ndarray, list, tuple)):
+            arrays[_PARAM + name] = np.asarray(value, dtype=np.float64)
+            array_params.append(name)
+        elif name == "random_state":
+            warnings.warn(
+                "random_state is a generator object; it is saved as None",
+                UserWarning, stacklevel=3,
+            )
+            params[name] = None
+        else:
+            raise TypeError(f"Cannot save hyper-parameter {name}={value!r} in a model file")
+    fitted = {}
+    for name, value in sorted(vars(model).items()):
+        if name.endswith("_") and not name.startswith("_"):
+            fitted[name], arrays[_FITTED + name] = _encode_attribute(name, value)
+    metadata = {
+        "format": MODEL_FORMAT,
+        "schema_version": MODEL_SCHEMA_VERSION,
+        "dgmm_version": _version(),
+        "estimator": type(model).__name__,
+        "covariance_type": model.covariance_type,
+        "params": params,
+        "array_params": array_params,
+        "fitted": fitted,
+    }
+    arrays[_METADATA] = np.asarray(json.dumps(metadata, allow_nan=False))
+    with _atomic_path(target, overwrite=True) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def _model_error(path, message: str) -> ValueError:
+    return ValueError(f"Invalid dgmm model file {path}: {message}")
+
+
+def _read_member(npz, path, key: str) -> np.ndarray:
+    if key not in npz.files:
+        raise _model_error(path, f"missing field {key!r}")
+    try:
+        return npz[key]
+    except Exception as exc:  # bad CRC, truncated member, object dtype, ...
+        raise _model_error(path, f"field {key!r} is corrupt ({exc})") from exc
+
+
+def _read_metadata(npz, path) -> dict:
+    raw = _read_member(npz, path, _METADATA)
+    try:
+        metadata = json.loads(str(raw[()]))
+    except (ValueError, TypeError) as exc:
+        raise _model_error(path, f"field {_METADATA!r} is not valid JSON ({exc})") from exc
+    if not isinstance(metadata, dict) or metadata.get("format") != MODEL_FORMAT:
+        raise _model_error(path, f"field {_METADATA!r} does not describe a {MODEL_FORMAT} file")
+    version = metadata.get("schema_version")
+    if not isinstance(version, int) or not 1 <= version <= MODEL_SCHEMA_VERSION:
+        raise _model_error(
+            path, f"schema_version {version!r} is not supported (this dgmm reads "
+            f"1..{MODEL_SCHEMA_VERSION}; upgrade dgmm)"
+        )
+    for key, kind in (("params", dict), ("array_params", list), ("fitted", dict)):
+        if not isinstance(metadata.get(key), kind):
+            raise _model_error(path, f"metadata field {key!r} is missing or malformed")
+    if metadata.get("estimator") != "GaussianMixture":
+        raise _model_error(path, f"unknown estimator {metadata.get('estimator')!r}")
+    return metadata
+
+
+def _check_fitted_shapes(model, path) -> None:
+    k, d = model.n_components, model.n_features_in_
+    cov_shape = K.covariance_shape(model.covariance_type, k, d)
+    expected = {
+        "weights_": (k,), "means_": (k, d), "covariances_": cov_shape,
+        "precisions_": cov_shape, "precisions_cholesky_": cov_shape,
+    }
+    for name, shape in expected.items():
+        value = getattr(model, name)
+        if not isinstance(value, np.ndarray) or value.shape != shape:
+            got = getattr(value, "shape", type(value).__name__)
+            raise _model_error(path, f"field {name!r} must have shape {shape}; got {got}")
+        if not np.isfinite(value).all():
+            raise _model_error(path, f"field {name!r} contains NaN or infinity")
+
+
+def load_model(path: str | os.PathLike):
+    """Read a model written by :meth:`GaussianMixture.save` (never unpickles).
+
+    Parameters
+    ----------
+    path : str or PathLike
+
+    Returns
+    -------
+    GaussianMixture
+        The fitted estimator, with hyper-parameters and fitted attributes
+        exactly as saved.
+
+    Raises
+    ------
+    ValueError
+        The file does not exist, is not a model file, is truncated or
+        corrupt, or misses or has an inconsistent field; the message names
+        the file and the field.
+    """
+    from dgmm.mixture import GaussianMixture
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"Model file not found: {path}")
+    try:
+        npz = np.load(path, allow_pickle=False)
+    except Exception as exc:  # BadZipFile, EOFError, ValueError, OSError
+        message = f"not a readable NPZ archive; truncated or corrupt ({exc})"
+        raise _model_error(path, message) from exc
+    if not isinstance(npz, np.lib.npyio.NpzFile):
+        raise _model_error(path, "not an NPZ archive")
+    with npz:
+        metadata = _read_metadata(npz, path)
+        params = dict(metadata["params"])
+        for name in metadata["array_params"]:
+            params[name] = _read_member(npz, path, _PARAM + str(name))
+        fitted = {}
+        for name, kind in metadata["fitted"].items():
+            value = _read_member(npz, path, _FITTED + name)
+            if kind not in ("array", "list", *_SCALARS) or value.dtype.kind not in "biuf" or (
+                kind not in ("array", "list") and value.ndim != 0
+            ):
+                raise _model_error(path, f"field {name!r} has unexpected kind {kind!r}")
+            fitted[name] = _decode_attribute(kind, value)
+        expected = {_METADATA} | {_PARAM + str(n) for n in metadata["array_params"]} | {
+            _FITTED + n for n in metadata["fitted"]
+        }
+        extra = sorted(set(npz.files) - expected)
+        if extra:
+            raise _model_error(path, f"unexpected field(s) {extra}")
+    missing = [name for name in _REQUIRED if name not in fitted]
+    if missing:
+        raise _model_error(path, f"missing field(s) {missing}")
+    model = GaussianMixture()
+    try:
+        model.set_params(**params)
+        model._check_parameters(int(fitted["n_features_in_"]))
+    except (ValueError, TypeError) as exc:
+        raise _model_error(path, f"invalid hyper-parameter in field 'params' ({exc})") from exc
+    for name, value in fitted.items():
+        setattr(model, name, value)
+    _check_fitted_shapes(model, path)
+    return model

@@ -18,10 +18,9 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
-from dgmm import _em
-from dgmm import _init
+from dgmm import _em, _init
 from dgmm import _kernels as K
-from dgmm.io import as_dask_array
+from dgmm.io import as_dask_array, save_model
 
 
 class GaussianMixture(DensityMixin, BaseEstimator):
@@ -60,6 +59,16 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     verbose : int, default=0
         1 prints a line per initialisation, 2 also per ``verbose_interval`` iterations.
     verbose_interval : int, default=10
+    cache : {'auto', True, False}, default='auto'
+        For lazy input (a dask array, a Zarr array or a path): whether to
+        persist the data in the active scheduler's memory for the whole fit
+        (``True``) or stream it from its source on every pass (``False``).
+        ``'auto'`` persists when the data fit in a fraction
+        (``dgmm.cache-fraction`` in the Dask config, default 0.5) of the
+        memory available to the scheduler: the sum of the workers' memory
+        limits with a ``distributed.Client``, this machine's available memory
+        otherwise. With ``verbose >= 1`` the choice is printed. In-memory
+        NumPy input is never copied. Both choices give identical fits.
 
     Attributes
     ----------
@@ -106,6 +115,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         warm_start: bool = False,
         verbose: int = 0,
         verbose_interval: int = 10,
+        cache: str | bool = "auto",
     ):
         self.n_components = n_components
         self.covariance_type = covariance_type
@@ -121,6 +131,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         self.warm_start = warm_start
         self.verbose = verbose
         self.verbose_interval = verbose_interval
+        self.cache = cache
 
     # ------------------------------------------------------------------
     # Validation
@@ -133,6 +144,10 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         _check_int("verbose_interval", self.verbose_interval, 1)
         _check_number("tol", self.tol, 0.0)
         _check_number("reg_covar", self.reg_covar, 0.0)
+        if self.cache not in _em.CACHE_OPTIONS:
+            raise ValueError(
+                f"cache must be one of {list(_em.CACHE_OPTIONS)}; got {self.cache!r}"
+            )
         if self.covariance_type not in K.COVARIANCE_TYPES:
             raise ValueError(
                 f"covariance_type must be one of {list(K.COVARIANCE_TYPES)}; "
@@ -146,14 +161,16 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         if self.weights_init is not None:
             w = _check_shape("weights_init", self.weights_init, (k,))
             if np.any(w < 0) or np.any(w > 1):
-                raise ValueError(f"weights_init must lie in [0, 1]; got min {w.min()}, max {w.max()}")
+                raise ValueError(
+                    f"weights_init must lie in [0, 1]; got min {w.min()}, max {w.max()}"
+                )
             if not np.isclose(w.sum(), 1.0, rtol=0, atol=1e-6):
                 raise ValueError(f"weights_init must sum to 1; got sum {w.sum():.6f}")
         if self.means_init is not None:
             _check_shape("means_init", self.means_init, (k, d))
         if self.precisions_init is not None:
-            shape = {"full": (k, d, d), "tied": (d, d), "diag": (k, d), "spherical": (k,)}
-            p = _check_shape("precisions_init", self.precisions_init, shape[self.covariance_type])
+            shape = K.covariance_shape(self.covariance_type, k, d)
+            p = _check_shape("precisions_init", self.precisions_init, shape)
             K.precision_cholesky_from_precisions(p, self.covariance_type)
 
     def _check_fitted_features(self, n_features: int) -> None:
@@ -190,6 +207,9 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                 f"{self.n_components}, n_samples = {n}"
             )
         scheduler = None if lazy else "threads"
+        if lazy:
+            log = self._log if self.verbose >= 1 else None
+            Xd = _em.apply_cache_policy(Xd, self.cache, scheduler, log=log)
         blocks = _em.as_blocks(Xd)
         do_init = not (self.warm_start and hasattr(self, "converged_"))
         with _em.blas_guard(scheduler):
@@ -222,6 +242,19 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                 stacklevel=2,
             )
         return self
+
+    def save(self, path) -> None:
+        """Write the fitted model to a file (NPZ and JSON metadata, no pickle).
+
+        The file is written atomically and read back by :func:`dgmm.load`;
+        the format is described in :func:`dgmm.io.save_model`.
+
+        Parameters
+        ----------
+        path : str or PathLike
+            Local file path; an existing file is replaced once the new one is complete.
+        """
+        save_model(self, path)
 
     def fit_predict(self, X, y=None):
         """Fit the model, then return the most likely component of every row.
