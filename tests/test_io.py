@@ -1,0 +1,428 @@
+"""Out-of-core input, cache policy, streamed predictions and model files."""
+
+import json
+import threading
+import zipfile
+
+import dask
+import dask.array as da
+import numpy as np
+import pytest
+import zarr
+from numpy.testing import assert_allclose, assert_array_equal
+
+import dgmm
+from dgmm import GaussianMixture
+from dgmm import _kernels as K
+from dgmm.datasets import make_mixture, make_mixture_zarr
+from dgmm.io import as_dask_array, open_array, write_predictions
+
+# Fits here run a fixed number of iterations (tol=0) on purpose.
+pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+
+COVARIANCE_TYPES = ["full", "tied", "diag", "spherical"]
+N, D, NK, CHUNK = 3000, 3, 3, 500
+FITTED = ["weights_", "means_", "covariances_", "precisions_", "precisions_cholesky_"]
+
+
+@pytest.fixture
+def store(tmp_path):
+    """A mixture store (float64, 6 chunks of 500 rows) and the same rows in memory."""
+    path = tmp_path / "data.zarr"
+    kw = dict(chunk_rows=CHUNK, dtype="float64", seed=3, separation=4.0)
+    make_mixture_zarr(path, N, D, NK, **kw)
+    X, _, truth = make_mixture(N, D, NK, **kw)
+    return path, X, truth
+
+
+@pytest.fixture
+def small_reads():
+    """Read stores in 2 stored chunks per task, so fits see several blocks."""
+    with dask.config.set({"dgmm.read-chunk-bytes": 2 * CHUNK * D * 8}):
+        yield
+
+
+def _model(covariance_type, truth=None, **kw):
+    """A model started from the same random rows wherever its data come from."""
+    kw = {"init_params": "random_from_data", "random_state": 0, "tol": 0.0, "max_iter": 4} | kw
+    return GaussianMixture(NK, covariance_type=covariance_type, **kw)
+
+
+def _assert_same_fit(a, b, rtol):
+    for name in FITTED:
+        assert_allclose(getattr(a, name), getattr(b, name), rtol=rtol, atol=0)
+    assert_allclose(a.lower_bounds_, b.lower_bounds_, rtol=rtol, atol=0)
+    assert a.n_iter_ == b.n_iter_
+
+
+# --------------------------------------------------------------------------
+# Reading
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+@pytest.mark.parametrize("kind", ["path", "zarr_array", "open_array"])
+def test_fit_from_zarr_equals_in_memory(store, small_reads, covariance_type, kind):
+    path, X, _ = store
+    source = {
+        "path": str(path / "X"),
+        "zarr_array": zarr.open_array(str(path / "X"), mode="r"),
+        "open_array": open_array(path, array="X"),
+    }[kind]
+    assert as_dask_array(source)[0].numblocks == (3, 1)
+    lazy = _model(covariance_type, cache=False).fit(source)
+    eager = _model(covariance_type).fit(X)
+    assert lazy.n_iter_ == 4
+    _assert_same_fit(lazy, eager, rtol=1e-9)
+    assert_allclose(lazy.score(source), eager.score(X), rtol=1e-12)
+    assert isinstance(lazy.predict(source), da.Array)
+
+
+def test_column_chunked_tiny_store_is_read_row_aligned(tmp_path, small_reads):
+    X = make_mixture(N, D, NK, seed=1)[0]
+    path = tmp_path / "cols.zarr"
+    zarr.create_array(str(path), data=X, chunks=(100, 1))
+    Xd, lazy = as_dask_array(str(path))
+    # Whole stored chunks per task: 10 of 100 rows make ~24 kB; all columns in one chunk.
+    assert lazy and Xd.chunks == ((1000, 1000, 1000), (D,))
+    assert_array_equal(Xd.compute(), X)
+    _assert_same_fit(_model("full").fit(str(path)), _model("full").fit(X), rtol=1e-9)
+
+
+def test_huge_stored_chunk_is_not_split(tmp_path, small_reads):
+    path = tmp_path / "one.zarr"
+    zarr.create_array(str(path), data=np.ones((N, D)), chunks=(N, D))
+    assert as_dask_array(str(path))[0].chunks == ((N,), (D,))
+
+
+def _group(path):
+    zarr.open_group(str(path), mode="w")
+    return path
+
+
+def _array(path, **kwargs):
+    zarr.create_array(str(path), **kwargs)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda p: p / "missing.zarr", "does not exist"),
+        (lambda p: _group(p / "g.zarr"), "is a Zarr group"),
+        (lambda p: _array(p / "r1.zarr", data=np.ones(5)), "must be 2-D"),
+        (lambda p: _array(p / "r3.zarr", data=np.ones((2, 2, 2))), "must be 2-D"),
+        (lambda p: _array(p / "s.zarr", shape=(4, 2), dtype=str), "numeric"),
+    ],
+    ids=["nonexistent", "group", "rank1", "rank3", "strings"],
+)
+def test_bad_input_names_the_path(tmp_path, make, message):
+    path = make(tmp_path)
+    with pytest.raises(ValueError, match=message) as info:
+        GaussianMixture(2).fit(str(path))
+    assert str(path) in str(info.value)
+    gm = GaussianMixture(1, init_params="random_from_data").fit(np.eye(3, 2))
+    out = tmp_path / "out.zarr"
+    with pytest.raises(ValueError, match=message) as info:
+        write_predictions(gm, str(path), out)
+    assert str(path) in str(info.value)
+    assert not out.exists()
+
+
+def test_group_without_the_named_array(store):
+    path = store[0]
+    with pytest.raises(ValueError, match=rf"{path}.*no array 'nope'.*'X'"):
+        open_array(path, array="nope")
+    with pytest.raises(ValueError, match=f"{path / 'X'} is a Zarr array, not a group"):
+        open_array(path / "X", array="X")
+
+
+# --------------------------------------------------------------------------
+# Cache policy
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("covariance_type", ["full", "diag"])
+def test_cache_choices_give_identical_fits(store, small_reads, capsys, covariance_type):
+    source = str(store[0] / "X")
+    fits = {c: _model(covariance_type, cache=c, verbose=1).fit(source) for c in (True, False)}
+    out = capsys.readouterr().out
+    assert "cache=True" in out and "persisting" in out
+    assert "cache=False" in out and "streaming" in out
+    _assert_same_fit(fits[True], fits[False], rtol=0)
+
+
+def test_cache_auto_follows_the_memory_budget(store, small_reads, capsys):
+    source = str(store[0] / "X")
+    with dask.config.set({"dgmm.cache-fraction": 0.0}):
+        streamed = _model("full", verbose=1).fit(source)
+    assert "cache='auto'" in (out := capsys.readouterr().out) and "streaming" in out
+    persisted = _model("full", verbose=1).fit(source)
+    assert "cache='auto'" in (out := capsys.readouterr().out) and "persisting" in out
+    _assert_same_fit(streamed, persisted, rtol=0)
+
+
+def test_cache_budget_of_a_distributed_cluster(store, small_reads):
+    distributed = pytest.importorskip("distributed")
+    from dgmm._em import memory_budget
+
+    with distributed.Client(
+        processes=False, n_workers=2, threads_per_worker=1, memory_limit="1GiB",
+        dashboard_address=":0",
+    ):
+        assert memory_budget() == (2**30, "2 distributed worker(s)")
+        fit = _model("full", cache="auto").fit(str(store[0] / "X"))
+    _assert_same_fit(fit, _model("full").fit(store[1]), rtol=1e-9)
+
+
+def test_cache_rejects_unknown_value(store):
+    with pytest.raises(ValueError, match="cache must be one of"):
+        _model("full", cache="sometimes").fit(store[1])
+
+
+# --------------------------------------------------------------------------
+# Streamed predictions
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_write_predictions_equals_in_memory_outputs(store, small_reads, tmp_path, covariance_type):
+    path, X, _ = store
+    gm = _model(covariance_type).fit(X)
+    out = tmp_path / "pred.zarr"
+    group = write_predictions(gm, str(path / "X"), out, proba=True, log_density=True)
+    assert sorted(group.array_keys()) == ["labels", "log_density", "proba"]
+    assert group["labels"].dtype == np.uint8 and group["labels"].chunks == (1000,)
+    assert group["proba"].chunks == (1000, NK)
+    assert_array_equal(group["labels"][:], gm.predict(X))
+    assert_allclose(group["proba"][:], gm.predict_proba(X), rtol=1e-12, atol=1e-300)
+    assert_allclose(group["log_density"][:], gm.score_samples(X), rtol=1e-12)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.zarr", "pred.zarr"]
+
+
+def test_write_predictions_irregular_dask_chunks(store, tmp_path):
+    X = store[1]
+    gm = _model("diag").fit(X)
+    source = da.from_array(X, chunks=((700, 300, 1200, 800), (D,)))
+    group = write_predictions(gm, source, tmp_path / "p.zarr", labels=False, log_density=True,
+                              dtype="float32")
+    assert group["log_density"].dtype == np.float32
+    assert_allclose(group["log_density"][:], gm.score_samples(X), rtol=1e-6)
+
+
+def _fail_on_third_block(monkeypatch):
+    calls, lock, real = [0], threading.Lock(), K.per_row_outputs
+
+    def failing(*args, **kwargs):
+        with lock:
+            calls[0] += 1
+            if calls[0] == 3:
+                raise RuntimeError("injected failure")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(K, "per_row_outputs", failing)
+    return calls
+
+
+def test_failure_part_way_leaves_no_target(store, small_reads, tmp_path, monkeypatch):
+    path, X, _ = store
+    gm = _model("full").fit(X)
+    _fail_on_third_block(monkeypatch)
+    out = tmp_path / "pred.zarr"
+    with pytest.raises(RuntimeError, match="injected failure"):
+        write_predictions(gm, str(path / "X"), out, proba=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.zarr"]
+
+
+def test_failure_part_way_keeps_existing_store(store, small_reads, tmp_path, monkeypatch):
+    path, X, _ = store
+    old = _model("full", max_iter=1).fit(X)
+    new = _model("full").fit(X)
+    out = tmp_path / "pred.zarr"
+    write_predictions(old, str(path / "X"), out, labels=False, log_density=True)
+    _fail_on_third_block(monkeypatch)
+    with pytest.raises(RuntimeError, match="injected failure"):
+        write_predictions(new, str(path / "X"), out, proba=True, overwrite=True)
+    kept = zarr.open_group(str(out), mode="r")
+    assert sorted(kept.array_keys()) == ["log_density"]
+    assert_array_equal(kept["log_density"][:], old.score_samples(X))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.zarr", "pred.zarr"]
+
+
+def test_existing_store_needs_overwrite(store, tmp_path, monkeypatch):
+    path, X, _ = store
+    gm = _model("full").fit(X)
+    out = tmp_path / "pred.zarr"
+    write_predictions(gm, X, out)
+    calls = _fail_on_third_block(monkeypatch)
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        write_predictions(gm, X, out, log_density=True)
+    assert calls[0] == 0  # refused before any work
+    monkeypatch.undo()
+    group = write_predictions(gm, X, out, labels=False, log_density=True, overwrite=True)
+    assert sorted(group.array_keys()) == ["log_density"]
+
+
+def test_write_predictions_rejects_bad_requests(store, tmp_path):
+    X = store[1]
+    gm = _model("full").fit(X)
+    with pytest.raises(ValueError, match="Nothing to write"):
+        write_predictions(gm, X, tmp_path / "a.zarr", labels=False)
+    with pytest.raises(ValueError, match="features"):
+        write_predictions(gm, X[:, :2], tmp_path / "a.zarr")
+    with pytest.raises(ValueError, match="directory .* does not exist"):
+        write_predictions(gm, X, tmp_path / "no" / "a.zarr")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.zarr"]
+
+
+# --------------------------------------------------------------------------
+# Model files
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_save_load_round_trip(store, tmp_path, covariance_type):
+    X, truth = store[1], store[2]
+    gm = _model(covariance_type, means_init=truth.means, max_iter=3).fit(X)
+    gm.save(tmp_path / "model.npz")
+    loaded = dgmm.load(tmp_path / "model.npz")
+    assert type(loaded) is GaussianMixture
+    params, loaded_params = gm.get_params(), loaded.get_params()
+    assert_array_equal(loaded_params.pop("means_init"), params.pop("means_init"))
+    assert loaded_params == params
+    fitted = {k: v for k, v in vars(gm).items() if k.endswith("_")}
+    assert set(fitted) == {k for k in vars(loaded) if k.endswith("_")}
+    for name, value in fitted.items():
+        got = getattr(loaded, name)
+        assert type(got) is type(value), name
+        assert_array_equal(got, value)
+    assert_array_equal(loaded.predict_proba(X), gm.predict_proba(X))
+    assert_array_equal(loaded.score_samples(X), gm.score_samples(X))
+
+
+def test_model_file_format_is_documented_npz(store, tmp_path):
+    gm = _model("diag").fit(store[1])
+    gm.save(tmp_path / "m")  # no suffix added
+    with np.load(tmp_path / "m", allow_pickle=False) as npz:
+        meta = json.loads(str(npz["metadata.json"]))
+        assert_array_equal(npz["fitted/means_"], gm.means_)
+    assert meta["format"] == "dgmm-model" and meta["schema_version"] == 1
+    assert meta["dgmm_version"] == dgmm.__version__
+    assert meta["covariance_type"] == "diag" and meta["params"]["n_components"] == NK
+    assert meta["fitted"]["lower_bounds_"] == "list" and meta["fitted"]["converged_"] == "bool"
+
+
+def test_extra_fitted_state_round_trips(store, tmp_path):
+    gm = _model("full").fit(store[1])
+    gm.running_nk_ = np.arange(3.0)
+    gm.n_steps_ = 7
+    gm.save(tmp_path / "m.npz")
+    loaded = dgmm.load(tmp_path / "m.npz")
+    assert_array_equal(loaded.running_nk_, gm.running_nk_) and loaded.n_steps_ == 7
+    gm.bad_ = {"a": 1}
+    with pytest.raises(TypeError, match="bad_"):
+        gm.save(tmp_path / "m2.npz")
+    assert not (tmp_path / "m2.npz").exists()
+
+
+def test_save_refuses_unfitted_and_warns_on_generator(tmp_path, store):
+    from sklearn.exceptions import NotFittedError
+
+    with pytest.raises(NotFittedError):
+        GaussianMixture().save(tmp_path / "m.npz")
+    gm = _model("full", random_state=np.random.RandomState(0)).fit(store[1])
+    with pytest.warns(UserWarning, match="random_state"):
+        gm.save(tmp_path / "m.npz")
+    assert dgmm.load(tmp_path / "m.npz").random_state is None
+
+
+def _rewrite(path, edit):
+    with np.load(path, allow_pickle=False) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    edit(arrays)
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def _edit_meta(change):
+    def edit(arrays):
+        meta = json.loads(str(arrays["metadata.json"]))
+        change(meta)
+        arrays["metadata.json"] = np.asarray(json.dumps(meta))
+    return edit
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda p: p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2]), "truncated"),
+        (lambda p: p.write_bytes(b"not a model"), "truncated or corrupt"),
+        (lambda p: _rewrite(p, lambda a: a.pop("fitted/means_")), "missing field 'fitted/means_'"),
+        (lambda p: _rewrite(p, lambda a: a.pop("metadata.json")), "missing field 'metadata.json'"),
+        (lambda p: _rewrite(p, lambda a: a.update({"metadata.json": np.asarray("{")})),
+         "not valid JSON"),
+        (lambda p: _rewrite(p, _edit_meta(lambda m: m["fitted"].pop("weights_"))),
+         "unexpected field"),
+        (lambda p: _rewrite(p, _edit_meta(lambda m: m.update(schema_version=99))),
+         "schema_version 99"),
+        (lambda p: _rewrite(p, _edit_meta(lambda m: m["params"].update(covariance_type="x"))),
+         "covariance_type"),
+        (lambda p: _rewrite(p, lambda a: a.update({"fitted/means_": np.zeros((2, 2))})),
+         "'means_' must have shape"),
+        (lambda p: _rewrite(p, lambda a: a.update({"fitted/weights_": np.full(NK, np.nan)})),
+         "'weights_' contains NaN"),
+        (lambda p: _rewrite(p, lambda a: a.update({"fitted/n_iter_": np.asarray("x")})),
+         "'n_iter_' has unexpected kind"),
+        (lambda p: _rewrite(p, _edit_meta(lambda m: m["fitted"].update(n_iter_="pickle"))),
+         "'n_iter_' has unexpected kind"),
+    ],
+    ids=["truncated", "garbage", "no-means", "no-metadata", "bad-json", "unlisted",
+         "schema", "bad-param", "shape", "nan", "dtype", "kind"],
+)
+def test_damaged_model_file_raises_clear_error(store, tmp_path, damage, message):
+    path = tmp_path / "model.npz"
+    _model("full").fit(store[1]).save(path)
+    damage(path)
+    with pytest.raises(ValueError, match=message) as info:
+        dgmm.load(path)
+    assert str(path) in str(info.value)
+
+
+def test_flipped_byte_is_detected(store, tmp_path):
+    path = tmp_path / "model.npz"
+    _model("full").fit(store[1]).save(path)
+    with zipfile.ZipFile(path) as zf:
+        info = zf.getinfo("fitted/means_.npy")
+    raw = bytearray(path.read_bytes())
+    raw[info.header_offset + 30 + len(info.filename) + info.file_size - 1] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match=rf"{path}.*'fitted/means_' is corrupt"):
+        dgmm.load(path)
+
+
+def test_object_array_is_never_unpickled(tmp_path):
+    path = tmp_path / "evil.npz"
+    with open(path, "wb") as f:
+        np.savez(f, **{"metadata.json": np.array([{"a": 1}], dtype=object)})
+    with pytest.raises(ValueError, match="'metadata.json' is corrupt"):
+        dgmm.load(path)
+
+
+def test_load_missing_file(tmp_path):
+    with pytest.raises(ValueError, match=f"not found: {tmp_path / 'none.npz'}"):
+        dgmm.load(tmp_path / "none.npz")
+
+
+def test_save_replaces_atomically(store, tmp_path, monkeypatch):
+    path = tmp_path / "m.npz"
+    first = _model("full", max_iter=1).fit(store[1])
+    first.save(path)
+
+    def broken_savez(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(np, "savez", broken_savez)
+    with pytest.raises(OSError, match="disk full"):
+        _model("full").fit(store[1]).save(path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.zarr", "m.npz"]
+    assert_array_equal(dgmm.load(path).means_, first.means_)
