@@ -213,10 +213,13 @@ class CentredBlock:
     phiT : ndarray of shape (d(d+1)/2, n) or None
         Upper triangle of each row's outer product ``z z^T`` (full covariance
         with many components only).
+    sqT : ndarray of shape (d, n) or None
+        ``ZT**2`` (diag and spherical), shared by the densities and the statistics.
     """
 
     ZT: np.ndarray
     phiT: np.ndarray | None
+    sqT: np.ndarray | None = None
 
     @property
     def Z(self) -> np.ndarray:
@@ -234,7 +237,8 @@ class CentredBlock:
             for i in range(d):
                 np.multiply(ZT[i], ZT[i:], out=phiT[pos : pos + d - i])
                 pos += d - i
-        return cls(ZT, phiT)
+        sqT = ZT * ZT if covariance_type in ("diag", "spherical") else None
+        return cls(ZT, phiT, sqT)
 
 
 def _sq_maha_full(b: CentredBlock, M, U):
@@ -268,7 +272,7 @@ def _sq_maha_tied(b: CentredBlock, M, U):
 
 def _sq_maha_diag(b: CentredBlock, M, U):
     P = U**2
-    out = P @ (b.ZT * b.ZT)
+    out = P @ b.sqT
     out -= (2.0 * M * P) @ b.ZT
     out += np.einsum("kj,kj->k", M * M, P)[:, None]
     return out
@@ -276,7 +280,7 @@ def _sq_maha_diag(b: CentredBlock, M, U):
 
 def _sq_maha_spherical(b: CentredBlock, M, U):
     out = (-2.0 * M) @ b.ZT
-    out += np.einsum("dn,dn->n", b.ZT, b.ZT)[None, :]
+    out += b.sqT.sum(axis=0)
     out += np.einsum("kj,kj->k", M, M)[:, None]
     out *= (U**2)[:, None]
     return out
@@ -317,17 +321,23 @@ def _weighted_log_prob_t(b: CentredBlock, params: Params, center: np.ndarray) ->
 # --------------------------------------------------------------------------
 
 
-def _log_resp_t(b: CentredBlock, params: Params, center: np.ndarray):
-    """Per-row log-likelihood (n,) and log-responsibilities (K, n), by log-sum-exp."""
+def _resp_t(b: CentredBlock, params: Params, center: np.ndarray):
+    """Per-row log-likelihood (n,) and responsibilities (K, n), by log-sum-exp.
+
+    One exp per entry: the exponentials shifted by the row maximum give both
+    the normaliser and, divided by it, the responsibilities.
+    """
     a = _weighted_log_prob_t(b, params, center)
     amax = a.max(axis=0)
     amax[~np.isfinite(amax)] = 0.0
     a -= amax
-    with np.errstate(divide="ignore"):
-        log_norm = np.log(np.exp(a).sum(axis=0))
-    a -= log_norm
+    resp = np.exp(a, out=a)
+    total = resp.sum(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):  # all -inf: caught by the caller
+        log_norm = np.log(total)
+        resp /= total
     log_norm += amax
-    return log_norm, a
+    return log_norm, resp
 
 
 def log_gaussian_prob(X: np.ndarray, params: Params) -> np.ndarray:
@@ -348,16 +358,16 @@ def check_finite_block(X: np.ndarray, row_offset: int = 0) -> None:
         )
 
 
-def _checked_log_resp_t(X, params: Params, row_offset: int):
+def _checked_resp_t(X, params: Params, row_offset: int):
     b, center = _block_for(X, params)
-    log_norm, lresp = _log_resp_t(b, params, center)
+    log_norm, resp = _resp_t(b, params, center)
     if not np.isfinite(log_norm).all():
         check_finite_block(X, row_offset)
         raise FloatingPointError(
             f"Non-finite log-likelihood in rows {row_offset}..{row_offset + len(X) - 1} "
             "with finite data; increase reg_covar or scale the input data."
         )
-    return b, center, log_norm, lresp
+    return b, center, log_norm, resp
 
 
 # Rows per sub-block inside a chunk: the work arrays of a sub-block stay in
@@ -371,9 +381,9 @@ def _sub_blocks(n: int):
 
 
 _PER_ROW = {
-    "labels": lambda log_norm, lresp: lresp.argmax(axis=0),
-    "proba": lambda log_norm, lresp: np.exp(lresp).T,
-    "log_density": lambda log_norm, lresp: log_norm,
+    "labels": lambda log_norm, resp: resp.argmax(axis=0),
+    "proba": lambda log_norm, resp: resp.T,
+    "log_density": lambda log_norm, resp: log_norm,
 }
 PER_ROW_OUTPUTS = tuple(_PER_ROW)
 
@@ -388,8 +398,8 @@ def per_row_outputs(
     """
     parts = []
     for start, sl in _sub_blocks(len(X)):
-        _, _, log_norm, lresp = _checked_log_resp_t(X[sl], params, row_offset + start)
-        parts.append([_PER_ROW[w](log_norm, lresp) for w in whats])
+        _, _, log_norm, resp = _checked_resp_t(X[sl], params, row_offset + start)
+        parts.append([_PER_ROW[w](log_norm, resp) for w in whats])
     return [np.concatenate(p) for p in zip(*parts, strict=True)]
 
 
@@ -426,7 +436,7 @@ def _q_full(b: CentredBlock, R, S0, nk, shift_c):
 
 def _q_diag(b: CentredBlock, R, S0, nk, shift_c):
     # sum_n r_nk (z - m_k)^2 = R Z^2 - 2 m_k (R Z) + N_k m_k^2, exact algebra
-    return R @ (b.ZT * b.ZT).T - 2.0 * shift_c * S0 + nk[:, None] * shift_c**2
+    return R @ b.sqT.T - 2.0 * shift_c * S0 + nk[:, None] * shift_c**2
 
 
 def _q_spherical(b: CentredBlock, R, S0, nk, shift_c):
@@ -505,8 +515,7 @@ def estep_stats(
 
 
 def _estep_sub(X, params: Params, sample_weight, row_offset: int) -> SuffStats:
-    block, center, log_norm, lresp = _checked_log_resp_t(X, params, row_offset)
-    resp = np.exp(lresp, out=lresp)
+    block, center, log_norm, resp = _checked_resp_t(X, params, row_offset)
     if sample_weight is not None:
         resp *= sample_weight[None, :]
         log_norm = log_norm * sample_weight

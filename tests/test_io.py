@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import zarr
 from numpy.testing import assert_allclose, assert_array_equal
+from sklearn.mixture import GaussianMixture as SkGaussianMixture
 
 import dgmm
 from dgmm import GaussianMixture
@@ -198,6 +199,12 @@ def test_write_predictions_equals_in_memory_outputs(store, small_reads, tmp_path
     assert_allclose(group["proba"][:], gm.predict_proba(X), rtol=1e-12, atol=1e-300)
     assert_allclose(group["log_density"][:], gm.score_samples(X), rtol=1e-12)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data.zarr", "pred.zarr"]
+    # ... and with scikit-learn's densities for the same parameters.
+    sk = SkGaussianMixture(NK, covariance_type=covariance_type)
+    for name in ("weights_", "means_", "precisions_cholesky_"):
+        setattr(sk, name, getattr(gm, name))
+    assert_allclose(group["proba"][:], sk.predict_proba(X), rtol=1e-9, atol=1e-12)
+    assert_allclose(group["log_density"][:], sk.score_samples(X), rtol=1e-12)
 
 
 def test_write_predictions_irregular_dask_chunks(store, tmp_path):
