@@ -241,51 +241,82 @@ class CentredBlock:
         return cls(ZT, phiT, sqT)
 
 
-def _sq_maha_full(b: CentredBlock, M, U):
+# Each covariance type splits its squared Mahalanobis distances into
+# coefficients that depend only on the parameters (``_prep_*``, computed once
+# per chunk), a per-component constant, and the per-row work (``_sq_maha_*``).
+
+
+def _prep_full(M, U):
     K, d, _ = U.shape
-    if b.phiT is not None:
+    if use_outer_features(K, d):
         P = np.einsum("kij,klj->kil", U, U)
         iu = np.triu_indices(d)
         P_tri = (P * (2.0 - np.eye(d)))[:, iu[0], iu[1]]  # off-diagonals count twice
         PM = np.einsum("kij,kj->ki", P, M)
-        out = P_tri @ b.phiT
-        out -= (2.0 * PM) @ b.ZT
-        out += np.einsum("ki,ki->k", PM, M)[:, None]
-        return out
+        return (P_tri, -2.0 * PM), np.einsum("ki,ki->k", PM, M)
     # [U_1 ... U_K]^T [Z^T; 1] with the offsets -U_k^T m_k as the last column:
     # one GEMM gives (z - m_k)^T U_k for every component.
     A = np.empty((K * d, d + 1))
     A[:, :d] = U.transpose(0, 2, 1).reshape(K * d, d)
     A[:, d] = -np.einsum("kj,kjl->kl", M, U).reshape(K * d)
-    Y = (A[:, :d] @ b.ZT + A[:, d:]).reshape(K, d, -1)
+    return (A,), np.zeros(K)
+
+
+def _sq_maha_full(b: CentredBlock, coef):
+    if b.phiT is not None:
+        P_tri, m2PM = coef
+        out = P_tri @ b.phiT
+        out += m2PM @ b.ZT
+        return out
+    (A,) = coef
+    d = b.ZT.shape[0]
+    Y = (A[:, :d] @ b.ZT + A[:, d:]).reshape(-1, d, b.ZT.shape[1])
     return np.einsum("kdn,kdn->kn", Y, Y)
 
 
-def _sq_maha_tied(b: CentredBlock, M, U):
-    Y = U.T @ b.ZT
+def _prep_tied(M, U):
     O = M @ U
-    out = (-2.0 * O) @ Y
+    return (np.ascontiguousarray(U.T), -2.0 * O), np.einsum("kd,kd->k", O, O)
+
+
+def _sq_maha_tied(b: CentredBlock, coef):
+    UT, m2O = coef
+    Y = UT @ b.ZT
+    out = m2O @ Y
     out += np.einsum("dn,dn->n", Y, Y)[None, :]
-    out += np.einsum("kd,kd->k", O, O)[:, None]
     return out
 
 
-def _sq_maha_diag(b: CentredBlock, M, U):
+def _prep_diag(M, U):
     P = U**2
+    return (P, -2.0 * M * P), np.einsum("kj,kj->k", M * M, P)
+
+
+def _sq_maha_diag(b: CentredBlock, coef):
+    P, m2MP = coef
     out = P @ b.sqT
-    out -= (2.0 * M * P) @ b.ZT
-    out += np.einsum("kj,kj->k", M * M, P)[:, None]
+    out += m2MP @ b.ZT
     return out
 
 
-def _sq_maha_spherical(b: CentredBlock, M, U):
-    out = (-2.0 * M) @ b.ZT
-    out += b.sqT.sum(axis=0)
-    out += np.einsum("kj,kj->k", M, M)[:, None]
-    out *= (U**2)[:, None]
+def _prep_spherical(M, U):
+    P = U**2
+    return (P, -2.0 * M * P[:, None]), P * np.einsum("kj,kj->k", M, M)
+
+
+def _sq_maha_spherical(b: CentredBlock, coef):
+    P, m2MP = coef
+    out = m2MP @ b.ZT
+    out += np.outer(P, b.sqT.sum(axis=0))
     return out
 
 
+_PREP = {
+    "full": _prep_full,
+    "tied": _prep_tied,
+    "diag": _prep_diag,
+    "spherical": _prep_spherical,
+}
 _SQ_MAHA = {
     "full": _sq_maha_full,
     "tied": _sq_maha_tied,
@@ -299,20 +330,51 @@ def center_of(params: Params) -> np.ndarray:
     return params.weights @ params.means / params.weights.sum()
 
 
-def _block_for(X, params: Params) -> tuple[CentredBlock, np.ndarray]:
-    center = center_of(params)
-    return CentredBlock.build(X, center, params.covariance_type, params.n_components), center
+@dataclass(frozen=True)
+class Scorer:
+    """What a parameter set contributes to every row's densities, computed once per chunk.
+
+    Attributes
+    ----------
+    params : Params
+    center : ndarray of shape (d,)
+        The point every block is centred at (:func:`center_of`).
+    coef : tuple of ndarray
+        Parameter-only coefficients of the squared Mahalanobis distances.
+    offset : ndarray of shape (K,)
+        ``log w_k + log|det U_k| - d/2 log 2 pi - 1/2 (constant part of the distance)``.
+    """
+
+    params: Params
+    center: np.ndarray
+    coef: tuple
+    offset: np.ndarray
+
+    @classmethod
+    def of(cls, params: Params) -> Scorer:
+        center = center_of(params)
+        coef, quad_const = _PREP[params.covariance_type](
+            params.means - center, params.precisions_cholesky
+        )
+        log_det = log_det_cholesky(
+            params.precisions_cholesky, params.covariance_type, params.n_features
+        )
+        offset = (
+            log_det - 0.5 * params.n_features * _LOG_2PI + np.log(params.weights)
+            - 0.5 * quad_const
+        )
+        return cls(params, center, coef, offset)
+
+    def block(self, X: np.ndarray) -> CentredBlock:
+        p = self.params
+        return CentredBlock.build(X, self.center, p.covariance_type, p.n_components)
 
 
-def _weighted_log_prob_t(b: CentredBlock, params: Params, center: np.ndarray) -> np.ndarray:
+def _weighted_log_prob_t(b: CentredBlock, scorer: Scorer) -> np.ndarray:
     """log w_k + log N(x_n | mu_k, Sigma_k), component-major shape (K, n)."""
-    M = params.means - center
-    out = _SQ_MAHA[params.covariance_type](b, M, params.precisions_cholesky)
-    log_det = log_det_cholesky(
-        params.precisions_cholesky, params.covariance_type, params.n_features
-    )
+    out = _SQ_MAHA[scorer.params.covariance_type](b, scorer.coef)
     out *= -0.5
-    out += (log_det - 0.5 * params.n_features * _LOG_2PI + np.log(params.weights))[:, None]
+    out += scorer.offset[:, None]
     return out
 
 
@@ -321,13 +383,13 @@ def _weighted_log_prob_t(b: CentredBlock, params: Params, center: np.ndarray) ->
 # --------------------------------------------------------------------------
 
 
-def _resp_t(b: CentredBlock, params: Params, center: np.ndarray):
+def _resp_t(b: CentredBlock, scorer: Scorer):
     """Per-row log-likelihood (n,) and responsibilities (K, n), by log-sum-exp.
 
     One exp per entry: the exponentials shifted by the row maximum give both
     the normaliser and, divided by it, the responsibilities.
     """
-    a = _weighted_log_prob_t(b, params, center)
+    a = _weighted_log_prob_t(b, scorer)
     amax = a.max(axis=0)
     amax[~np.isfinite(amax)] = 0.0
     a -= amax
@@ -342,8 +404,8 @@ def _resp_t(b: CentredBlock, params: Params, center: np.ndarray):
 
 def log_gaussian_prob(X: np.ndarray, params: Params) -> np.ndarray:
     """log N(x_n | mu_k, Sigma_k) for every row and component, shape (n, K)."""
-    b, center = _block_for(X, params)
-    a = _weighted_log_prob_t(b, params, center) - np.log(params.weights)[:, None]
+    scorer = Scorer.of(params)
+    a = _weighted_log_prob_t(scorer.block(X), scorer) - np.log(params.weights)[:, None]
     return a.T
 
 
@@ -358,16 +420,16 @@ def check_finite_block(X: np.ndarray, row_offset: int = 0) -> None:
         )
 
 
-def _checked_resp_t(X, params: Params, row_offset: int):
-    b, center = _block_for(X, params)
-    log_norm, resp = _resp_t(b, params, center)
+def _checked_resp_t(X, scorer: Scorer, row_offset: int):
+    b = scorer.block(X)
+    log_norm, resp = _resp_t(b, scorer)
     if not np.isfinite(log_norm).all():
         check_finite_block(X, row_offset)
         raise FloatingPointError(
             f"Non-finite log-likelihood in rows {row_offset}..{row_offset + len(X) - 1} "
             "with finite data; increase reg_covar or scale the input data."
         )
-    return b, center, log_norm, resp
+    return b, log_norm, resp
 
 
 # Rows per sub-block inside a chunk: the work arrays of a sub-block stay in
@@ -396,9 +458,10 @@ def per_row_outputs(
     ``whats`` names outputs among 'labels' (n,), 'proba' (n, K) and
     'log_density' (n,); the block is processed in sub-blocks of ``SUB_ROWS``.
     """
+    scorer = Scorer.of(params)
     parts = []
     for start, sl in _sub_blocks(len(X)):
-        _, _, log_norm, resp = _checked_resp_t(X[sl], params, row_offset + start)
+        _, log_norm, resp = _checked_resp_t(X[sl], scorer, row_offset + start)
         parts.append([_PER_ROW[w](log_norm, resp) for w in whats])
     return [np.concatenate(p) for p in zip(*parts, strict=True)]
 
@@ -506,21 +569,23 @@ def estep_stats(
     log-likelihood. A non-finite value in the block raises ``ValueError``
     naming its row. The block is processed in sub-blocks of ``SUB_ROWS``.
     """
+    scorer = Scorer.of(params)
     total = None
     for start, sl in _sub_blocks(len(X)):
         w = None if sample_weight is None else sample_weight[sl]
-        st = _estep_sub(X[sl], params, w, row_offset + start)
+        st = _estep_sub(X[sl], scorer, w, row_offset + start)
         total = st if total is None else total + st
     return total
 
 
-def _estep_sub(X, params: Params, sample_weight, row_offset: int) -> SuffStats:
-    block, center, log_norm, resp = _checked_resp_t(X, params, row_offset)
+def _estep_sub(X, scorer: Scorer, sample_weight, row_offset: int) -> SuffStats:
+    block, log_norm, resp = _checked_resp_t(X, scorer, row_offset)
+    params = scorer.params
     if sample_weight is not None:
         resp *= sample_weight[None, :]
         log_norm = log_norm * sample_weight
     return stats_from_resp(
-        X, resp, params.means, center, params.covariance_type,
+        X, resp, params.means, scorer.center, params.covariance_type,
         loglik=log_norm.sum(), block=block,
     )
 
