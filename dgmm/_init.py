@@ -29,9 +29,10 @@ def read_rows(blocks: Blocks, rows: np.ndarray, scheduler=None) -> np.ndarray:
     needed = sorted(set(which.tolist()))
     fetched = compute(*[blocks.delayed[b] for b in needed], scheduler=scheduler)
     by_block = dict(zip(needed, fetched, strict=True))
-    out = np.stack(
-        [np.asarray(by_block[b][r - starts[b]], dtype=np.float64) for r, b in zip(rows, which, strict=True)]
-    )
+    out = np.stack([
+        np.asarray(by_block[b][r - starts[b]], dtype=np.float64)
+        for r, b in zip(rows, which, strict=True)
+    ])
     for i, r in enumerate(rows):
         K.check_finite_block(out[i : i + 1], int(r))
     return out
@@ -67,5 +68,6 @@ def init_random_from_data(blocks, n_components, covariance_type, rngs, scheduler
     out = []
     for i in range(len(picks)):
         pts = rows[i * n_components : (i + 1) * n_components]
-        out.append(K.stats_from_resp(pts, np.eye(n_components), pts, pts.mean(axis=0), covariance_type))
+        one_hot = np.eye(n_components)
+        out.append(K.stats_from_resp(pts, one_hot, pts, pts.mean(axis=0), covariance_type))
     return out

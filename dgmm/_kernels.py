@@ -298,7 +298,9 @@ def _weighted_log_prob_t(b: CentredBlock, params: Params, center: np.ndarray) ->
     """log w_k + log N(x_n | mu_k, Sigma_k), component-major shape (K, n)."""
     M = params.means - center
     out = _SQ_MAHA[params.covariance_type](b, M, params.precisions_cholesky)
-    log_det = log_det_cholesky(params.precisions_cholesky, params.covariance_type, params.n_features)
+    log_det = log_det_cholesky(
+        params.precisions_cholesky, params.covariance_type, params.n_features
+    )
     out *= -0.5
     out += (log_det - 0.5 * params.n_features * _LOG_2PI + np.log(params.weights))[:, None]
     return out
@@ -341,8 +343,11 @@ def check_finite_block(X: np.ndarray, row_offset: int = 0) -> None:
 
 
 def _checked_log_resp_t(X, params: Params, row_offset: int):
-    b, center = _block_for(X, params)
-    log_norm, lresp = _log_resp_t(b, params, center)
+    # Non-finite input is detected from the result (free on clean data), so the
+    # arithmetic on it must not warn first.
+    with np.errstate(invalid="ignore", over="ignore"):
+        b, center = _block_for(X, params)
+        log_norm, lresp = _log_resp_t(b, params, center)
     if not np.isfinite(log_norm).all():
         check_finite_block(X, row_offset)
         raise FloatingPointError(
@@ -373,7 +378,9 @@ def _predict_sub(X, params: Params, what: str, row_offset: int) -> np.ndarray:
 
 def predict_block(X: np.ndarray, params: Params, what: str, row_offset: int = 0) -> np.ndarray:
     """Per-row outputs for one block: 'labels', 'proba' or 'log_density'."""
-    parts = [_predict_sub(X[sl], params, what, row_offset + start) for start, sl in _sub_blocks(len(X))]
+    parts = [
+        _predict_sub(X[sl], params, what, row_offset + start) for start, sl in _sub_blocks(len(X))
+    ]
     return np.concatenate(parts) if parts else np.empty((0,))
 
 

@@ -18,8 +18,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
-from dgmm import _em
-from dgmm import _init
+from dgmm import _em, _init
 from dgmm import _kernels as K
 from dgmm.io import as_dask_array
 
@@ -146,7 +145,9 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         if self.weights_init is not None:
             w = _check_shape("weights_init", self.weights_init, (k,))
             if np.any(w < 0) or np.any(w > 1):
-                raise ValueError(f"weights_init must lie in [0, 1]; got min {w.min()}, max {w.max()}")
+                raise ValueError(
+                    f"weights_init must lie in [0, 1]; got min {w.min()}, max {w.max()}"
+                )
             if not np.isclose(w.sum(), 1.0, rtol=0, atol=1e-6):
                 raise ValueError(f"weights_init must sum to 1; got sum {w.sum():.6f}")
         if self.means_init is not None:
