@@ -239,17 +239,15 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         )
         if not need_stats:
             stats = [None] * self.n_init
+        elif self.init_params in ("kmeans", "k-means++"):
+            seeds = rng.randint(np.iinfo(np.int32).max, size=self.n_init).tolist()
+            stats = _init.init_kmeans(blocks, k, cov_type, seeds,
+                                      lloyd=self.init_params == "kmeans", scheduler=scheduler)
         elif self.init_params == "random":
             seeds = rng.randint(np.iinfo(np.int32).max, size=self.n_init).tolist()
             stats = _init.init_random(blocks, k, cov_type, seeds, scheduler)
-        elif self.init_params == "random_from_data":
-            stats = _init.init_random_from_data(blocks, k, cov_type, [rng] * self.n_init, scheduler)
         else:
-            raise NotImplementedError(
-                f"init_params={self.init_params!r} is not implemented yet; "
-                "use 'random' or 'random_from_data', or pass means_init, "
-                "weights_init and precisions_init"
-            )
+            stats = _init.init_random_from_data(blocks, k, cov_type, [rng] * self.n_init, scheduler)
         return [self._run_from_stats(st) for st in stats]
 
     def _run_from_stats(self, st) -> _em.Run:
