@@ -51,38 +51,40 @@ def read_rows(blocks: Blocks, rows: np.ndarray, scheduler=None) -> np.ndarray:
     return out
 
 
-def _random_block(block, row_offset, index, seeds, n_components, shift, center, cov_type):
+def _random_block(block, row_offset, index, starts, shifts, center, cov_type):
     out = []
-    for seed in seeds:
+    for (n_components, seed), shift in zip(starts, shifts, strict=True):
         rng = np.random.default_rng([seed, index])
-        resp = rng.uniform(size=(block.shape[0], n_components))
-        resp /= resp.sum(axis=1, keepdims=True)
-        st = K.stats_from_resp(block, resp.T, shift, center, cov_type)
+        resp = rng.uniform(size=(n_components, block.shape[0]))
+        resp /= resp.sum(axis=0, keepdims=True)
+        st = K.stats_from_resp(block, resp, shift, center, cov_type)
         if not np.isfinite(st.qk).all():
             K.check_finite_block(block, row_offset)
         out.append(st)
     return out
 
 
-def init_random(blocks, n_components, covariance_type, seeds, scheduler=None) -> list[SuffStats]:
-    """Statistics of uniform random responsibilities (one pass for all seeds)."""
+def init_random(blocks, starts, covariance_type, scheduler=None) -> list[SuffStats]:
+    """Statistics of uniform random responsibilities (one pass for all starts)."""
     center = read_rows(blocks, [0], scheduler)[0]
-    shift = np.tile(center, (n_components, 1))
-    return block_pass(
-        blocks, _random_block, list(seeds), n_components, shift, center, covariance_type,
-        scheduler=scheduler,
-    )
+    shifts = [np.tile(center, (k, 1)) for k, _ in starts]
+    return block_pass(blocks, _random_block, starts, shifts, center, covariance_type,
+                      scheduler=scheduler)
 
 
-def init_random_from_data(blocks, n_components, covariance_type, rngs, scheduler=None):
-    """Statistics of ``n_components`` distinct random rows, one-hot (no data pass)."""
-    picks = [rng.choice(blocks.n_rows, n_components, replace=False) for rng in rngs]
+def init_random_from_data(blocks, starts, covariance_type, rng, scheduler=None):
+    """Statistics of ``n_components`` distinct random rows, one-hot (no data pass).
+
+    Rows are drawn with ``rng.choice`` as scikit-learn does, so a shared seed
+    picks the same rows.
+    """
+    picks = [rng.choice(blocks.n_rows, k, replace=False) for k, _ in starts]
     rows = read_rows(blocks, np.concatenate(picks), scheduler)
-    out = []
-    for i in range(len(picks)):
-        pts = rows[i * n_components : (i + 1) * n_components]
-        one_hot = np.eye(n_components)
-        out.append(K.stats_from_resp(pts, one_hot, pts, pts.mean(axis=0), covariance_type))
+    out, pos = [], 0
+    for (k, _) in starts:
+        pts = rows[pos : pos + k]
+        pos += k
+        out.append(K.stats_from_resp(pts, np.eye(k), pts, pts.mean(axis=0), covariance_type))
     return out
 
 
@@ -110,21 +112,19 @@ def _hard_block(block, row_offset, index, centers_list, covariance_type):
 
 def init_kmeans(
     blocks: Blocks,
-    n_components: int,
+    starts: list[tuple[int, int]],
     covariance_type: str,
-    seeds: list[int],
     lloyd: bool = True,
     scheduler=None,
 ) -> list[SuffStats]:
-    """Statistics of k-means labels (``lloyd=False``: of k-means++ seeds), one per seed."""
-    size = max(KMEANS_SAMPLE_ROWS, 100 * n_components)
-    sample = sample_rows(blocks, size, seeds[0], scheduler)
-    if len(sample) < n_components:  # a tiny sampling probability came up short
-        sample = sample_rows(blocks, blocks.n_rows, seeds[0], scheduler)
+    """Statistics of k-means labels (``lloyd=False``: of k-means++ seeds), one per start."""
+    k_max = max(k for k, _ in starts)
+    seed = starts[0][1]
+    sample = sample_rows(blocks, max(KMEANS_SAMPLE_ROWS, 100 * k_max), seed, scheduler)
+    if len(sample) < k_max:  # a tiny sampling probability came up short
+        sample = sample_rows(blocks, blocks.n_rows, seed, scheduler)
     tol = 1e-4 * sample.var(axis=0).mean()  # scikit-learn's KMeans tolerance
-    centers = [
-        K.kmeans_plusplus(sample, n_components, np.random.default_rng([s, 1])) for s in seeds
-    ]
+    centers = [K.kmeans_plusplus(sample, k, np.random.default_rng([s, 1])) for k, s in starts]
     if lloyd:
         centers = [K.lloyd(sample, c, tol) for c in centers]
         active = list(range(len(centers)))
@@ -141,3 +141,20 @@ def init_kmeans(
             if not active:
                 break
     return block_pass(blocks, _hard_block, centers, covariance_type, scheduler=scheduler)
+
+
+def initial_stats(
+    blocks: Blocks,
+    method: str,
+    covariance_type: str,
+    starts: list[tuple[int, int]],
+    rng: np.random.RandomState,
+    scheduler=None,
+) -> list[SuffStats]:
+    """Starting statistics for each ``(n_components, seed)`` start, sharing data passes."""
+    if method in ("kmeans", "k-means++"):
+        return init_kmeans(blocks, starts, covariance_type, lloyd=method == "kmeans",
+                           scheduler=scheduler)
+    if method == "random":
+        return init_random(blocks, starts, covariance_type, scheduler)
+    return init_random_from_data(blocks, starts, covariance_type, rng, scheduler)

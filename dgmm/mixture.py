@@ -233,21 +233,19 @@ class GaussianMixture(DensityMixin, BaseEstimator):
 
     def _initial_runs(self, blocks: _em.Blocks, scheduler) -> list[_em.Run]:
         rng = check_random_state(self.random_state)
-        k, cov_type = self.n_components, self.covariance_type
-        need_stats = self.means_init is None or self.weights_init is None or (
-            self.precisions_init is None
+        if self.means_init is not None and self.weights_init is not None and (
+            self.precisions_init is not None
+        ):
+            return [self._run_from_stats(None) for _ in range(self.n_init)]
+        # random_from_data draws its rows from ``rng`` itself, as scikit-learn does
+        seeds = (
+            [0] * self.n_init if self.init_params == "random_from_data"
+            else rng.randint(np.iinfo(np.int32).max, size=self.n_init).tolist()
         )
-        if not need_stats:
-            stats = [None] * self.n_init
-        elif self.init_params in ("kmeans", "k-means++"):
-            seeds = rng.randint(np.iinfo(np.int32).max, size=self.n_init).tolist()
-            stats = _init.init_kmeans(blocks, k, cov_type, seeds,
-                                      lloyd=self.init_params == "kmeans", scheduler=scheduler)
-        elif self.init_params == "random":
-            seeds = rng.randint(np.iinfo(np.int32).max, size=self.n_init).tolist()
-            stats = _init.init_random(blocks, k, cov_type, seeds, scheduler)
-        else:
-            stats = _init.init_random_from_data(blocks, k, cov_type, [rng] * self.n_init, scheduler)
+        starts = [(self.n_components, seed) for seed in seeds]
+        stats = _init.initial_stats(
+            blocks, self.init_params, self.covariance_type, starts, rng, scheduler
+        )
         return [self._run_from_stats(st) for st in stats]
 
     def _run_from_stats(self, st) -> _em.Run:

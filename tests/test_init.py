@@ -137,3 +137,9 @@ def test_init_detects_non_finite_input(init_params, data):
     with pytest.raises(ValueError, match="row 1234, column 2"):
         GaussianMixture(3, init_params=init_params, random_state=0).fit(
             da.from_array(X, chunks=1000))
+
+
+def test_random_from_data_picks_the_rows_sklearn_picks(data):
+    ours = GaussianMixture(3, init_params="random_from_data", random_state=5, max_iter=0).fit(data)
+    ref = SkGM(3, init_params="random_from_data", random_state=5, max_iter=0).fit(data)
+    np.testing.assert_allclose(ours.means_, ref.means_)
