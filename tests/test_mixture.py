@@ -297,3 +297,35 @@ def test_predict_checks(data):
     X[17, 0] = np.nan
     with pytest.raises(ValueError, match="row 17"):
         gm.predict(X)
+
+
+# ---------------------------------------------------------------- model selection
+
+
+def test_select_n_components_shares_passes(monkeypatch):
+    from dgmm import _em, select_n_components
+
+    X, _, _ = mixture_data(n=4000, d=3, k=4, seed=1)
+    calls = []
+    real = _em.estep_pass
+    monkeypatch.setattr(_em, "estep_pass", lambda b, ps, **kw: calls.append(len(ps)) or real(
+        b, ps, **kw))
+    best, table = select_n_components(da.from_array(X, chunks=1000), range(1, 7),
+                                      random_state=0, n_init=2)
+    assert best.n_components == 4
+    assert [row["n_components"] for row in table] == [1, 2, 3, 4, 5, 6]
+    assert calls[0] == 12  # every candidate and restart scored in the first pass
+    assert len(calls) == max(row["n_iter"] for row in table) + 1  # + one final scoring pass
+    np.testing.assert_allclose(table[3]["bic"], best.bic(X), rtol=1e-10)
+    np.testing.assert_allclose(table[3]["aic"], best.aic(X), rtol=1e-10)
+
+
+def test_select_n_components_rejects_bad_arguments(data):
+    from dgmm import select_n_components
+
+    with pytest.raises(ValueError, match="criterion"):
+        select_n_components(data, [1, 2], criterion="hqic")
+    with pytest.raises(ValueError, match="means_init cannot be used"):
+        select_n_components(data, [1, 2], means_init=np.zeros((1, 4)))
+    with pytest.raises(ValueError, match="n_samples >= n_components"):
+        select_n_components(data[:3], [2, 5])
