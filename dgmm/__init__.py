@@ -2,8 +2,14 @@
 
 from dgmm._em import EmptyComponentWarning
 from dgmm.io import load_model as load
-from dgmm.mixture import GaussianMixture
+from dgmm.mixture import GaussianMixture, select_n_components
 
 __version__ = "0.1.0"
 
-__all__ = ["EmptyComponentWarning", "GaussianMixture", "__version__", "load"]
+__all__ = [
+    "EmptyComponentWarning",
+    "GaussianMixture",
+    "__version__",
+    "load",
+    "select_n_components",
+]

@@ -15,6 +15,7 @@ Sections: parameters, log-densities, E-step, chunk statistics, M-step.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 from scipy import linalg
@@ -213,17 +214,21 @@ class CentredBlock:
     phiT : ndarray of shape (d(d+1)/2, n) or None
         Upper triangle of each row's outer product ``z z^T`` (full covariance
         with many components only).
-    sqT : ndarray of shape (d, n) or None
-        ``ZT**2`` (diag and spherical), shared by the densities and the statistics.
+    sqT : ndarray of shape (d, n)
+        ``ZT**2``, computed on first use and then shared by the densities and
+        the statistics (diag and spherical).
     """
 
     ZT: np.ndarray
     phiT: np.ndarray | None
-    sqT: np.ndarray | None = None
 
     @property
     def Z(self) -> np.ndarray:
         return self.ZT.T
+
+    @cached_property
+    def sqT(self) -> np.ndarray:
+        return self.ZT * self.ZT
 
     @classmethod
     def build(cls, X: np.ndarray, center: np.ndarray, covariance_type: str, n_components: int):
@@ -237,8 +242,7 @@ class CentredBlock:
             for i in range(d):
                 np.multiply(ZT[i], ZT[i:], out=phiT[pos : pos + d - i])
                 pos += d - i
-        sqT = ZT * ZT if covariance_type in ("diag", "spherical") else None
-        return cls(ZT, phiT, sqT)
+        return cls(ZT, phiT)
 
 
 # Each covariance type splits its squared Mahalanobis distances into
@@ -421,8 +425,11 @@ def check_finite_block(X: np.ndarray, row_offset: int = 0) -> None:
 
 
 def _checked_resp_t(X, scorer: Scorer, row_offset: int):
-    b = scorer.block(X)
-    log_norm, resp = _resp_t(b, scorer)
+    # Non-finite input is detected from the result (free on clean data), so the
+    # arithmetic on it must not warn first.
+    with np.errstate(invalid="ignore", over="ignore"):
+        b = scorer.block(X)
+        log_norm, resp = _resp_t(b, scorer)
     if not np.isfinite(log_norm).all():
         check_finite_block(X, row_offset)
         raise FloatingPointError(
@@ -588,6 +595,94 @@ def _estep_sub(X, scorer: Scorer, sample_weight, row_offset: int) -> SuffStats:
         X, resp, params.means, scorer.center, params.covariance_type,
         loglik=log_norm.sum(), block=block,
     )
+
+
+# --------------------------------------------------------------------------
+# k-means (initialisation): nearest-centre assignment, k-means++ seeding and
+# Lloyd iterations on an in-memory sample
+# --------------------------------------------------------------------------
+
+
+def _sq_dist_t(b: CentredBlock, centers_c: np.ndarray) -> np.ndarray:
+    """Squared Euclidean distances (K, n) from a centred block to centred centres."""
+    coef, const = _prep_spherical(centers_c, np.ones(len(centers_c)))
+    out = _sq_maha_spherical(b, coef)
+    out += const[:, None]
+    return out
+
+
+def nearest_center(X: np.ndarray, centers: np.ndarray) -> np.ndarray:
+    """Index of the nearest centre for every row, shape (n,)."""
+    c = centers.mean(axis=0)
+    b = CentredBlock.build(X, c, "spherical", len(centers))
+    return _sq_dist_t(b, centers - c).argmin(axis=0)
+
+
+def hard_assignment_stats(
+    X: np.ndarray, centers: np.ndarray, covariance_type: str, row_offset: int = 0
+) -> SuffStats:
+    """Statistics of one-hot responsibilities to the nearest centre, about the centres.
+
+    With ``covariance_type='spherical'`` this is one Lloyd step's worth of work:
+    new centres are ``centers + sk / nk`` and ``qk.sum()`` is the inertia.
+    """
+    total = None
+    center = centers.mean(axis=0)
+    K = len(centers)
+    for start, sl in _sub_blocks(len(X)):
+        with np.errstate(invalid="ignore", over="ignore"):
+            b = CentredBlock.build(X[sl], center, covariance_type, K)
+            dist = _sq_dist_t(b, centers - center)
+        if not np.isfinite(dist).all():
+            check_finite_block(X[sl], row_offset + start)
+        one_hot = (dist.argmin(axis=0) == np.arange(K)[:, None]).astype(np.float64)
+        st = stats_from_resp(X[sl], one_hot, centers, center, covariance_type, block=b)
+        total = st if total is None else total + st
+    return total
+
+
+def kmeans_plusplus(X: np.ndarray, n_clusters: int, rng: np.random.Generator) -> np.ndarray:
+    """Greedy k-means++ seeding (Arthur & Vassilvitskii 2007) on in-memory rows.
+
+    Each new centre is the best, by resulting potential, of ``2 + log(k)``
+    candidates drawn with probability proportional to squared distance.
+    """
+    n = len(X)
+    n_trials = 2 + int(np.log(n_clusters))
+    centers = np.empty((n_clusters, X.shape[1]))
+    centers[0] = X[rng.integers(n)]
+    d2 = ((X - centers[0]) ** 2).sum(axis=1)
+    potential = d2.sum()
+    for c in range(1, n_clusters):
+        if potential <= 0.0:  # fewer distinct points than clusters: any row will do
+            centers[c] = X[rng.integers(n)]
+            continue
+        cand = np.searchsorted(np.cumsum(d2), rng.random(n_trials) * potential)
+        cand = np.minimum(cand, n - 1)
+        cand_d2 = ((X[None, :, :] - X[cand][:, None, :]) ** 2).sum(axis=2)
+        np.minimum(cand_d2, d2[None, :], out=cand_d2)
+        pots = cand_d2.sum(axis=1)
+        best = int(np.argmin(pots))
+        centers[c] = X[cand[best]]
+        d2, potential = cand_d2[best], pots[best]
+    return centers
+
+
+def lloyd_update(stats: SuffStats) -> np.ndarray:
+    """New centres from hard-assignment statistics; an empty cluster keeps its centre."""
+    counts = np.maximum(stats.nk, 1.0)[:, None]
+    return stats.shift + np.where(stats.nk[:, None] > 0, stats.sk / counts, 0.0)
+
+
+def lloyd(X: np.ndarray, centers: np.ndarray, tol: float, max_iter: int = 300) -> np.ndarray:
+    """Lloyd iterations on in-memory rows until the squared centre shift is <= ``tol``."""
+    for _ in range(max_iter):
+        new = lloyd_update(hard_assignment_stats(X, centers, "spherical"))
+        shift = ((new - centers) ** 2).sum()
+        centers = new
+        if shift <= tol:
+            break
+    return centers
 
 
 # --------------------------------------------------------------------------

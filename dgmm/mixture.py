@@ -265,23 +265,19 @@ class GaussianMixture(DensityMixin, BaseEstimator):
 
     def _initial_runs(self, blocks: _em.Blocks, scheduler) -> list[_em.Run]:
         rng = check_random_state(self.random_state)
-        k, cov_type = self.n_components, self.covariance_type
-        need_stats = self.means_init is None or self.weights_init is None or (
-            self.precisions_init is None
+        if self.means_init is not None and self.weights_init is not None and (
+            self.precisions_init is not None
+        ):
+            return [self._run_from_stats(None) for _ in range(self.n_init)]
+        # random_from_data draws its rows from ``rng`` itself, as scikit-learn does
+        seeds = (
+            [0] * self.n_init if self.init_params == "random_from_data"
+            else rng.randint(np.iinfo(np.int32).max, size=self.n_init).tolist()
         )
-        if not need_stats:
-            stats = [None] * self.n_init
-        elif self.init_params == "random":
-            seeds = rng.randint(np.iinfo(np.int32).max, size=self.n_init).tolist()
-            stats = _init.init_random(blocks, k, cov_type, seeds, scheduler)
-        elif self.init_params == "random_from_data":
-            stats = _init.init_random_from_data(blocks, k, cov_type, [rng] * self.n_init, scheduler)
-        else:
-            raise NotImplementedError(
-                f"init_params={self.init_params!r} is not implemented yet; "
-                "use 'random' or 'random_from_data', or pass means_init, "
-                "weights_init and precisions_init"
-            )
+        starts = [(self.n_components, seed) for seed in seeds]
+        stats = _init.initial_stats(
+            blocks, self.init_params, self.covariance_type, starts, rng, scheduler
+        )
         return [self._run_from_stats(st) for st in stats]
 
     def _run_from_stats(self, st) -> _em.Run:
@@ -426,3 +422,86 @@ def _check_shape(name: str, value, shape: tuple) -> np.ndarray:
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"{name} contains NaN or infinity")
     return arr
+
+
+def select_n_components(
+    X,
+    n_components=range(1, 11),
+    *,
+    criterion: str = "bic",
+    **params,
+) -> tuple[GaussianMixture, list[dict]]:
+    """Fit one mixture per candidate number of components and keep the best.
+
+    All candidates (and their ``n_init`` restarts) are fitted together: every
+    initialisation pass and every EM pass over the data scores all of them at
+    once, and one last shared pass scores the final models. For out-of-core
+    data this costs about as many passes as a single fit.
+
+    Parameters
+    ----------
+    X : array-like, dask array, zarr.Array or str of shape (n_samples, n_features)
+    n_components : iterable of int, default=range(1, 11)
+        Candidate numbers of components.
+    criterion : {'bic', 'aic'}, default='bic'
+        Lower is better.
+    **params
+        Other :class:`GaussianMixture` parameters (not the ``*_init`` arrays).
+
+    Returns
+    -------
+    best : GaussianMixture
+        The fitted model with the lowest criterion.
+    table : list of dict
+        Per candidate: ``n_components``, ``bic``, ``aic``, ``score`` (mean
+        log-likelihood), ``n_iter``, ``converged``.
+    """
+    if criterion not in ("bic", "aic"):
+        raise ValueError(f"criterion must be 'bic' or 'aic'; got {criterion!r}")
+    for name in ("weights_init", "means_init", "precisions_init"):
+        if params.get(name) is not None:
+            raise ValueError(f"{name} cannot be used when selecting n_components")
+    candidates = sorted({int(k) for k in n_components})
+    if not candidates:
+        raise ValueError("n_components must list at least one candidate")
+    Xd, lazy = as_dask_array(X)
+    n, d = Xd.shape
+    models = [GaussianMixture(k, **params) for k in candidates]
+    for m in models:
+        m._check_parameters(d)
+    if n < candidates[-1]:
+        raise ValueError(f"Expected n_samples >= n_components but got n_components = "
+                         f"{candidates[-1]}, n_samples = {n}")
+    proto = models[0]
+    scheduler = None if lazy else "threads"
+    blocks = _em.as_blocks(Xd)
+    rng = check_random_state(proto.random_state)
+    starts = [
+        (k, int(seed)) for k in candidates
+        for seed in rng.randint(np.iinfo(np.int32).max, size=proto.n_init)
+    ]
+    with _em.blas_guard(scheduler):
+        stats = _init.initial_stats(
+            blocks, proto.init_params, proto.covariance_type, starts, rng, scheduler
+        )
+        runs = [models[candidates.index(k)]._run_from_stats(st)
+                for (k, _), st in zip(starts, stats, strict=True)]
+        _em.batch_em(blocks, runs, max_iter=proto.max_iter, tol=proto.tol,
+                     reg_covar=proto.reg_covar, scheduler=scheduler)
+        best_runs = [_best_run(runs[i * proto.n_init : (i + 1) * proto.n_init])
+                     for i in range(len(candidates))]
+        final = _em.estep_pass(blocks, [r.params for r in best_runs], scheduler=scheduler)
+    table = []
+    for model, run, st in zip(models, best_runs, final, strict=True):
+        model._set_run(run, n_features=d)
+        p = model._n_parameters()
+        table.append({
+            "n_components": model.n_components,
+            "bic": float(-2.0 * st.loglik + p * np.log(n)),
+            "aic": float(-2.0 * st.loglik + 2.0 * p),
+            "score": float(st.loglik / n),
+            "n_iter": run.n_iter,
+            "converged": run.converged,
+        })
+    best = min(range(len(models)), key=lambda i: table[i][criterion])
+    return models[best], table
