@@ -96,6 +96,7 @@ def as_dask_array(X, *, where: str = "X") -> tuple[da.Array, bool]:
         where = str(X)
         X = open_array(X)
     if isinstance(X, zarr.Array):
+        where = f"Zarr array {X.store_path}" if where == "X" else where
         _check_dtype(X.dtype, where)
         _check_ndim(X.ndim, X.shape, where)
         rows = read_chunk_rows(X.chunks, X.shape, X.dtype.itemsize)

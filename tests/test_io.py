@@ -130,6 +130,12 @@ def test_bad_input_names_the_path(tmp_path, make, message):
     assert not out.exists()
 
 
+def test_bad_zarr_array_object_names_its_store(tmp_path):
+    arr = zarr.create_array(str(tmp_path / "r1.zarr"), data=np.ones(5))
+    with pytest.raises(ValueError, match=f"{tmp_path / 'r1.zarr'} must be 2-D"):
+        GaussianMixture(2).fit(arr)
+
+
 def test_group_without_the_named_array(store):
     path = store[0]
     with pytest.raises(ValueError, match=rf"{path}.*no array 'nope'.*'X'"):
