@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import sys
 import threading
 import time
 import warnings
@@ -74,8 +75,9 @@ class PeakRSS:
         self._thread.join()
 
 
-def timed(monitor: PeakRSS, fn):
-    """(seconds, peak RSS in bytes, result) of ``fn()``."""
+def timed(monitor: PeakRSS, fn, label: str):
+    """(seconds, peak RSS in bytes, result) of ``fn()``; progress goes to stderr."""
+    print(f"[{time.strftime('%H:%M:%S')}] {label}", file=sys.stderr, flush=True)
     monitor.reset()
     t0 = time.perf_counter()
     result = fn()
@@ -115,14 +117,16 @@ def bench_size(args, n_rows: int, monitor: PeakRSS) -> dict:
     gen_s, gen_peak, truth = timed(monitor, lambda: make_mixture_zarr(
         path, n_rows, d, k, chunk_rows=args.chunk_rows, seed=0,
         compressors=compressors, covariance_type="full",
-    ))
+    ), f"generate {n_rows:,} rows")
     source = str(path / "X")
     X = as_dask_array(source)[0]
     row = {"rows": n_rows, "GB": X.nbytes / 1e9, "chunk_MB": X.chunks[0][0] * d * 4 / 1e6,
            "gen_s": gen_s, "gen_peak": gen_peak}
     evict(path)
-    row["read_cold_s"], peak_cold, _ = timed(monitor, lambda: X.sum(axis=0).compute())
-    row["read_s"], peak_warm, _ = timed(monitor, lambda: X.sum(axis=0).compute())
+    row["read_cold_s"], peak_cold, _ = timed(monitor, lambda: X.sum(axis=0).compute(),
+                                             "bare read, cold")
+    row["read_s"], peak_warm, _ = timed(monitor, lambda: X.sum(axis=0).compute(),
+                                        "bare read, warm")
     row["read_peak"] = max(peak_cold, peak_warm)
     for cov in ("diag", "full"):
         def fit(max_iter, cov=cov):
@@ -131,8 +135,10 @@ def bench_size(args, n_rows: int, monitor: PeakRSS) -> dict:
             return gm.fit(source)
 
         evict(path)  # one pass from disk, then passes over a warm page cache
-        row[f"{cov}_cold_s"], peak_cold, _ = timed(monitor, lambda fit=fit: fit(1))
-        fit_s, peak_warm, gm = timed(monitor, lambda fit=fit: fit(args.iters))
+        row[f"{cov}_cold_s"], peak_cold, _ = timed(monitor, lambda fit=fit: fit(1),
+                                                   f"{cov}: one pass, cold")
+        fit_s, peak_warm, gm = timed(monitor, lambda fit=fit: fit(args.iters),
+                                     f"{cov}: {args.iters} passes, warm")
         row[f"{cov}_pass_s"] = fit_s / gm.n_iter_
         row[f"{cov}_peak"] = max(peak_cold, peak_warm)
     row["full_gflops"] = 4 * n_rows * k * d * d / row["full_pass_s"] / 1e9
@@ -158,21 +164,19 @@ def main():
     Path(args.dir).mkdir(parents=True, exist_ok=True)
     monitor = PeakRSS()
     baseline = monitor.rss()
-    rows = [bench_size(args, n, monitor) for n in args.rows]
-    monitor.stop()
-
     mb = 2**20
-    load = os.getloadavg()
     print(f"d={args.features} K={args.components} float32, compressors={args.compressors}, "
-          f"threaded scheduler, {psutil.cpu_count()} cores (load average at end "
-          f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}), baseline RSS {baseline / mb:.0f} MiB")
+          f"threaded scheduler, {psutil.cpu_count()} cores, baseline RSS {baseline / mb:.0f} MiB")
     print(f"cold: store evicted from the page cache first; warm: mean of {args.iters} "
           "EM passes (cache=False: every pass streams the store)")
     print("| rows | store GB | chunk MB | bare read s cold / warm | diag pass s cold / warm "
           "(x read) | full pass s cold / warm (x read) | full GFLOP/s warm "
-          "| peak RSS MiB read / diag / full |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for r in rows:
+          "| peak RSS MiB read / diag / full | load avg |", flush=True)
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|", flush=True)
+    rows = []
+    for n in args.rows:
+        r = bench_size(args, n, monitor)
+        rows.append(r)
         cells = [f"{r['rows']:,}", f"{r['GB']:.2f}", f"{r['chunk_MB']:.1f}",
                  f"{r['read_cold_s']:.2f} / {r['read_s']:.2f}"]
         for cov in ("diag", "full"):
@@ -182,7 +186,9 @@ def main():
         cells.append(f"{r['full_gflops']:.1f}")
         cells.append(" / ".join(f"{r[key] / mb:.0f}" for key in
                                 ("read_peak", "diag_peak", "full_peak")))
-        print("| " + " | ".join(cells) + " |")
+        cells.append(f"{os.getloadavg()[1]:.1f}")
+        print("| " + " | ".join(cells) + " |", flush=True)
+    monitor.stop()
     if len(rows) > 1:
         a, b = rows[0], rows[-1]
         ratios = ", ".join(f"{name} x{b[key] / a[key]:.2f}" for name, key in (
