@@ -73,7 +73,8 @@ def _estep_block(block, params_list, row_offset):
 
 
 def _using_local_threads(scheduler) -> bool:
-    return get_scheduler(scheduler=scheduler) is dask.threaded.get
+    # None: nothing configured, so dask arrays and delayed use the threaded scheduler.
+    return get_scheduler(scheduler=scheduler) in (None, dask.threaded.get)
 
 
 @contextlib.contextmanager

@@ -439,3 +439,12 @@ def test_save_replaces_atomically(store, tmp_path, monkeypatch):
         _model("full").fit(store[1]).save(path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data.zarr", "m.npz"]
     assert_array_equal(dgmm.load(path).means_, first.means_)
+
+
+def test_default_scheduler_gets_one_blas_thread_per_task():
+    from threadpoolctl import threadpool_info
+
+    from dgmm._em import blas_guard
+
+    with dask.config.set(scheduler=None), blas_guard(None):
+        assert all(p["num_threads"] == 1 for p in threadpool_info() if p["user_api"] == "blas")
