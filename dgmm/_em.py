@@ -170,8 +170,7 @@ def batch_em(
     tol: float,
     reg_covar: float,
     scheduler=None,
-    log: Callable[[str], None] | None = None,
-    verbose_interval: int = 10,
+    on_iteration: Callable[[int, list[Run], float], None] | None = None,
 ) -> list[Run]:
     """Run batch EM for several initialisations at once, one data pass per iteration.
 
@@ -180,12 +179,15 @@ def batch_em(
     needs no extra pass). Runs that converge drop out of later passes.
     Iteration semantics match scikit-learn: ``lower_bound`` is the mean
     log-likelihood of the parameters before the last M-step.
+
+    Runs restored from a checkpoint continue from their ``n_iter``.
+    ``on_iteration(iteration, runs, seconds)`` is called after every pass.
     """
     active = [r for r in runs if not r.converged]
-    t_last = time.perf_counter()
-    for it in range(1, max_iter + 1):
+    for it in range(max(r.n_iter for r in runs) + 1, max_iter + 1):
         if not active:
             break
+        start = time.perf_counter()
         stats = estep_pass(blocks, [r.params for r in active], scheduler=scheduler)
         still = []
         for run, st in zip(active, stats, strict=True):
@@ -199,15 +201,9 @@ def batch_em(
                 run.converged = True
             else:
                 still.append(run)
-        if log is not None and (it % verbose_interval == 0 or not still or it == max_iter):
-            now = time.perf_counter()
-            best = max(r.lower_bound for r in runs)
-            log(
-                f"  iteration {it}: best lower bound {best:.6f}, "
-                f"{len(still)} run(s) active, {now - t_last:.2f}s"
-            )
-            t_last = now
         active = still
+        if on_iteration is not None:
+            on_iteration(it, runs, time.perf_counter() - start)
     return runs
 
 

@@ -169,7 +169,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     # Fitting
     # ------------------------------------------------------------------
 
-    def fit(self, X, y=None) -> GaussianMixture:
+    def fit(self, X, y=None, *, callback=None) -> GaussianMixture:
         """Estimate the parameters with EM, ``n_init`` times, keeping the best.
 
         Parameters
@@ -177,6 +177,11 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         X : array-like, dask array, zarr.Array or str of shape (n_samples, n_features)
             The data; a string is a path or URL to a Zarr array.
         y : Ignored
+        callback : callable, optional
+            Called after every EM iteration with a dict: ``iteration``,
+            ``lower_bound`` (best over restarts), ``change`` (of that since
+            the previous iteration), ``seconds`` (of the pass), ``active``
+            (restarts still running).
 
         Returns
         -------
@@ -206,8 +211,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                     tol=self.tol,
                     reg_covar=self.reg_covar,
                     scheduler=scheduler,
-                    log=self._log if self.verbose >= 2 else None,
-                    verbose_interval=self.verbose_interval,
+                    on_iteration=self._iteration_hook(callback),
                 )
         best = runs[-1] if self.max_iter == 0 else _best_run(runs)
         if self.verbose >= 1:
@@ -279,6 +283,28 @@ class GaussianMixture(DensityMixin, BaseEstimator):
 
     def _params(self) -> K.Params:
         return K.Params(self.covariance_type, self.weights_, self.means_, self.precisions_cholesky_)
+
+    def _iteration_hook(self, callback):
+        """What runs after every EM pass: verbose lines and the user's callback."""
+        best_before = [-np.inf]
+
+        def hook(iteration: int, runs: list[_em.Run], seconds: float) -> None:
+            best = max(r.lower_bound for r in runs)
+            info = {
+                "iteration": iteration,
+                "lower_bound": best,
+                "change": best - best_before[0],
+                "seconds": seconds,
+                "active": sum(not r.converged for r in runs),
+            }
+            best_before[0] = best
+            if self.verbose >= 2 and iteration % self.verbose_interval == 0:
+                self._log(f"  iteration {iteration}: lower bound {best:.6f}, "
+                          f"change {info['change']:.3e}, {seconds:.2f}s")
+            if callback is not None:
+                callback(info)
+
+        return hook
 
     def _log(self, message: str) -> None:
         print(message, file=sys.stdout, flush=True)
