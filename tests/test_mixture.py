@@ -340,4 +340,4 @@ def test_callback_and_verbose_report_every_iteration(data, capsys):
     np.testing.assert_allclose([s["lower_bound"] for s in seen], gm.lower_bounds_)
     np.testing.assert_allclose([s["change"] for s in seen[1:]], np.diff(gm.lower_bounds_))
     out = capsys.readouterr().out
-    assert out.count("iteration") == 3 and "Initialisation 0" in out
+    assert out.count("  iteration ") == 3 and "Initialisation 0" in out
