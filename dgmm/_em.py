@@ -57,11 +57,16 @@ def _sum_group(*packets):
     return tree_sum(list(packets))
 
 
-def tree_reduce(tasks: list[Delayed], split_every: int = SPLIT_EVERY) -> Delayed:
-    """Sum delayed packets (or lists of packets) in a tree of fan-in ``split_every``."""
+def tree_reduce(
+    tasks: list[Delayed], combine: Callable = _sum_group, split_every: int = SPLIT_EVERY
+) -> Delayed:
+    """Combine delayed results in a tree of fan-in ``split_every``, keeping their order.
+
+    ``combine(*parts)`` defaults to summing packets (or lists of packets).
+    """
     while len(tasks) > 1:
         tasks = [
-            dask.delayed(_sum_group, pure=True)(*tasks[i : i + split_every])
+            dask.delayed(combine, pure=True)(*tasks[i : i + split_every])
             for i in range(0, len(tasks), split_every)
         ]
     return tasks[0]
@@ -123,14 +128,18 @@ def estep_pass(
     return total
 
 
-def block_pass(blocks: Blocks, fn: Callable, *args, scheduler=None):
-    """Tree-sum ``fn(block, row_offset, block_index, *args)`` over all blocks."""
+def block_pass(blocks: Blocks, fn: Callable, *args, combine: Callable = _sum_group,
+               scheduler=None):
+    """Reduce ``fn(block, row_offset, block_index, *args)`` over all blocks in one pass.
+
+    Results are tree-summed unless another order-keeping ``combine`` is given.
+    """
     args_key = dask.delayed(args, pure=True, traverse=False)
     tasks = [
         dask.delayed(_apply, pure=True)(fn, blk, off, i, args_key)
         for i, (blk, off) in enumerate(zip(blocks.delayed, blocks.offsets, strict=True))
     ]
-    (total,) = compute(tree_reduce(tasks), scheduler=scheduler)
+    (total,) = compute(tree_reduce(tasks, combine), scheduler=scheduler)
     return total
 
 

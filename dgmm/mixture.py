@@ -19,8 +19,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
-from dgmm import _em
-from dgmm import _init
+from dgmm import _em, _init
 from dgmm import _kernels as K
 from dgmm._stats import SuffStats
 from dgmm.io import as_dask_array
@@ -213,7 +212,9 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         if self.weights_init is not None:
             w = _check_shape("weights_init", self.weights_init, (k,))
             if np.any(w < 0) or np.any(w > 1):
-                raise ValueError(f"weights_init must lie in [0, 1]; got min {w.min()}, max {w.max()}")
+                raise ValueError(
+                    f"weights_init must lie in [0, 1]; got min {w.min()}, max {w.max()}"
+                )
             if not np.isclose(w.sum(), 1.0, rtol=0, atol=1e-6):
                 raise ValueError(f"weights_init must sum to 1; got sum {w.sum():.6f}")
         if self.means_init is not None:
@@ -430,17 +431,15 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         )
         if not need_stats:
             stats = [None] * self.n_init
+        elif self.init_params in ("kmeans", "k-means++"):
+            seeds = rng.randint(np.iinfo(np.int32).max, size=self.n_init).tolist()
+            stats = _init.init_kmeans(blocks, k, cov_type, seeds,
+                                      lloyd=self.init_params == "kmeans", scheduler=scheduler)
         elif self.init_params == "random":
             seeds = rng.randint(np.iinfo(np.int32).max, size=self.n_init).tolist()
             stats = _init.init_random(blocks, k, cov_type, seeds, scheduler)
-        elif self.init_params == "random_from_data":
-            stats = _init.init_random_from_data(blocks, k, cov_type, [rng] * self.n_init, scheduler)
         else:
-            raise NotImplementedError(
-                f"init_params={self.init_params!r} is not implemented yet; "
-                "use 'random' or 'random_from_data', or pass means_init, "
-                "weights_init and precisions_init"
-            )
+            stats = _init.init_random_from_data(blocks, k, cov_type, [rng] * self.n_init, scheduler)
         return [self._run_from_stats(st) for st in stats]
 
     def _run_from_stats(self, st) -> _em.Run:
