@@ -303,8 +303,9 @@ def epoch_plan(
 
     Blocks larger than ``batch_size`` are cut into equal slices of at most
     ``batch_size`` rows; the pieces are shuffled by ``rng`` (kept in order if
-    ``None``) and grouped, in that order, into ``round(n_rows / batch_size)``
-    minibatches of about equal row counts. Every row is in exactly one minibatch.
+    ``None``) and grouped, in that order, into about ``round(n_rows / batch_size)``
+    minibatches of about equal row counts (a piece goes to the minibatch its
+    middle row falls in). Every row is in exactly one minibatch.
     """
     pieces = []
     for b, n in enumerate(sizes):
@@ -314,8 +315,9 @@ def epoch_plan(
         pieces = [pieces[i] for i in rng.permutation(len(pieces))]
     n_rows = sum(sizes)
     n_batches = max(1, round(n_rows / batch_size))
-    starts = np.cumsum([0] + [stop - start for _, start, stop in pieces])[:-1]
-    group = (starts * n_batches) // n_rows
+    ends = np.cumsum([stop - start for _, start, stop in pieces])
+    mids = ends - np.diff(ends, prepend=0) / 2
+    group = np.floor(mids * n_batches / n_rows).astype(int)
     return [
         [p for p, g in zip(pieces, group, strict=True) if g == j]
         for j in np.unique(group)

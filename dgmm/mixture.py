@@ -288,16 +288,16 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         for name in ONLINE_ATTRIBUTES:  # a batch fit starts any later stream afresh
             self.__dict__.pop(name, None)
         self._set_run(best, n_features=d)
-        self._warn_not_converged()
+        self._warn_not_converged(stacklevel=3)
         return self
 
-    def _warn_not_converged(self) -> None:
+    def _warn_not_converged(self, stacklevel: int) -> None:
         if not self.converged_ and self.max_iter > 0:
             warnings.warn(
                 "The best initialisation did not converge. Try different init "
                 "parameters, increase max_iter or tol, or check for degenerate data.",
                 ConvergenceWarning,
-                stacklevel=3,
+                stacklevel=stacklevel,
             )
 
     def _fit_minibatch(self, blocks: _em.Blocks, runs: list[_em.Run], warm: bool, scheduler):
@@ -344,7 +344,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                       f"passes, {state.n_steps} steps, converged={run.converged}")
         self._set_run(run, n_features=blocks.n_features)
         self._set_online_state(state)
-        self._warn_not_converged()
+        self._warn_not_converged(stacklevel=4)
 
     def partial_fit(self, X, y=None) -> GaussianMixture:
         """One stepwise-EM update from a batch of rows.
