@@ -338,6 +338,7 @@ def minibatch_em(
     scheduler=None,
     log: Callable[[str], None] | None = None,
     verbose_interval: int = 10,
+    on_step: Callable[[OnlineState], None] | None = None,
 ) -> tuple[OnlineState, Run]:
     """Stepwise EM over the row blocks, an epoch (a full pass) at a time.
 
@@ -346,7 +347,8 @@ def minibatch_em(
     (initialisations) compete on the first minibatch only. An epoch's
     log-likelihood is the mean over its rows under the parameters in force
     when each row was visited; the loop stops after ``max_iter`` epochs or
-    when that changes by less than ``tol``.
+    when that changes by less than ``tol``. ``on_step`` is called with each
+    new state (for progress reports, checkpoints or measurements).
 
     Returns the final state and a :class:`Run` with one ``lower_bounds`` entry
     per epoch (``n_iter`` epochs).
@@ -361,6 +363,8 @@ def minibatch_em(
                 states, packets, reg_covar=reg_covar, decay=decay, offset=offset
             )
             states = [state]
+            if on_step is not None:
+                on_step(state)
             loglik += packet.loglik
             n += packet.n
         prev = run.lower_bound

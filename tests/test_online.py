@@ -147,6 +147,17 @@ def test_minibatch_step_sums_its_pieces():
     assert st.n_rows == 800
 
 
+def test_first_step_keeps_the_most_likely_initialisation():
+    X, _, means = mixture_data(n=600, d=2, k=2, seed=13)
+    good = K.Params("spherical", np.full(2, 0.5), means, np.ones(2))
+    bad = K.Params("spherical", np.full(2, 0.5), means[::-1] + 50.0, np.ones(2))
+    states = [_em.OnlineState.from_params(p, np.ones(2), 1e-6) for p in (bad, good)]
+    packets = [K.estep_stats(X, p) for p in (bad, good)]
+    state, packet = _em.stepwise_step(states, packets, reg_covar=1e-6, decay=0.6, offset=0.0)
+    assert packet is packets[1] and state.n_steps == 1 and state.step_size == 1.0
+    assert _mean_error(state.params.means, means) < 0.5
+
+
 # --------------------------------------------------------------------------
 # Minibatch fit
 # --------------------------------------------------------------------------
@@ -177,12 +188,13 @@ def test_one_epoch_reaches_the_batch_optimum(million, covariance_type):
     assert _mean_error(mini.means_, true_means) < 0.1
 
 
-def test_minibatch_stops_on_tol_and_polishes():
+def test_minibatch_stops_on_tol_and_polishes(capsys):
     X, _, _ = mixture_data(n=20_000, d=3, k=3, seed=4)
     init = _init_kwargs(X, 3, "full")
     kw = dict(algorithm="minibatch", batch_size=1000, random_state=0, **init)
-    gm = GaussianMixture(3, tol=1e-3, max_iter=50, **kw).fit(X)
+    gm = GaussianMixture(3, tol=1e-3, max_iter=50, verbose=2, verbose_interval=1, **kw).fit(X)
     assert gm.converged_ and 1 < gm.n_iter_ < 50
+    assert f"epoch {gm.n_iter_}: mean log-likelihood" in capsys.readouterr().out
     assert len(gm.lower_bounds_) == gm.n_iter_
     assert gm.n_steps_ == 20 * gm.n_iter_ and gm.n_samples_seen_ == 20_000 * gm.n_iter_
     polished = GaussianMixture(3, tol=1e-6, max_iter=1, polish_iter=100, **kw).fit(X)
@@ -349,3 +361,19 @@ def test_invalid_online_parameters(param, value):
     for method in (gm.fit, gm.partial_fit):
         with pytest.raises(ValueError, match=param):
             method(X)
+
+
+def test_minibatch_on_a_distributed_client_matches_threads():
+    distributed = pytest.importorskip("distributed")
+    X, _, _ = mixture_data(n=8000, d=3, k=3, seed=14)
+    Xd = da.from_array(X, chunks=500)
+    kw = dict(algorithm="minibatch", batch_size=1000, max_iter=1, random_state=0,
+              init_params="random_from_data")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        local = GaussianMixture(3, **kw).fit(Xd)
+        with distributed.Client(processes=False, n_workers=1, threads_per_worker=2,
+                                dashboard_address=None):
+            remote = GaussianMixture(3, **kw).fit(Xd)
+    assert remote.n_steps_ == 8  # two blocks per step, computed in parallel
+    np.testing.assert_allclose(remote.means_, local.means_, rtol=1e-10)
