@@ -69,7 +69,9 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         'minibatch': stepwise EM, an M-step after every minibatch of about
         ``batch_size`` rows, visiting the row blocks in a shuffled order an
         epoch (pass) at a time; ``max_iter`` then counts epochs and ``tol``
-        applies to the change of an epoch's mean log-likelihood.
+        applies to the change of an epoch's mean log-likelihood (under the
+        parameters in force when each row was visited). With ``n_init > 1``
+        the initialisations compete on the first minibatch.
     batch_size : int, default=10_000
         Rows per minibatch ('minibatch' only). A minibatch is one or more whole
         blocks of the dask array, or an equal slice of a larger block (which is
@@ -117,7 +119,9 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         Step size ``rho`` of the last stepwise-EM step.
     running_stats_ : ndarray of shape (n_packed,)
         The running normalised sufficient statistics of stepwise EM, packed
-        into one float64 vector (layout: :meth:`dgmm._stats.SuffStats.pack`).
+        into one float64 vector (layout: :meth:`dgmm._stats.SuffStats.pack`;
+        ``n_packed = 3 + K + 2 K d + d`` plus the scatter statistics: ``K d d``
+        full, ``d d`` tied, ``K d`` diag, ``K`` spherical).
         With the parameters and the three attributes above it is the whole
         state of a stream: an estimator with the same constructor parameters
         and these attributes restored continues :meth:`partial_fit` exactly.
