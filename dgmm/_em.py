@@ -12,7 +12,7 @@ import contextlib
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import dask
 import dask.array as da
@@ -42,6 +42,11 @@ class Blocks:
     n_rows: int
     n_features: int
 
+    @property
+    def sizes(self) -> list[int]:
+        """Rows per block."""
+        return np.diff([*self.offsets, self.n_rows]).tolist()
+
     @classmethod
     def from_array(cls, X: da.Array) -> Blocks:
         delayed = list(X.to_delayed().ravel())
@@ -68,8 +73,9 @@ def tree_reduce(
     return tasks[0]
 
 
-def _estep_block(block, params_list, row_offset):
-    return [K.estep_stats(block, p, row_offset=row_offset) for p in params_list]
+def _estep_block(block, params_list, row_offset, start=0, stop=None):
+    part = block[start:stop]
+    return [K.estep_stats(part, p, row_offset=row_offset + start) for p in params_list]
 
 
 def _using_local_threads(scheduler) -> bool:
@@ -97,17 +103,28 @@ def compute(*objs, scheduler=None):
     return dask.compute(*objs, scheduler=scheduler)
 
 
-def estep_pass(blocks: Blocks, params_list: Sequence[K.Params], scheduler=None) -> list[SuffStats]:
+def estep_pass(
+    blocks: Blocks,
+    params_list: Sequence[K.Params],
+    scheduler=None,
+    pieces: Sequence[tuple[int, int, int]] | None = None,
+) -> list[SuffStats]:
     """One pass over the data: summed statistics for each parameter set.
 
     All parameter sets are scored in the same read of each block, so ``n_init``
     restarts cost one pass of I/O, not ``n_init``. The parameters enter the
-    graph once, as a single key.
+    graph once, as a single key. ``pieces``, triples ``(block index, start,
+    stop)`` of rows within a block, restrict the pass to those rows (a
+    minibatch); their packets are computed in parallel and tree-summed.
     """
     params_key = dask.delayed(list(params_list), pure=True, traverse=False)
+    if pieces is None:
+        pieces = [(i, 0, None) for i in range(len(blocks.delayed))]
     tasks = [
-        dask.delayed(_estep_block, pure=True)(blk, params_key, off)
-        for blk, off in zip(blocks.delayed, blocks.offsets, strict=True)
+        dask.delayed(_estep_block, pure=True)(
+            blocks.delayed[b], params_key, blocks.offsets[b], start, stop
+        )
+        for b, start, stop in pieces
     ]
     (total,) = compute(tree_reduce(tasks), scheduler=scheduler)
     return total
@@ -172,8 +189,7 @@ def batch_em(
     tol: float,
     reg_covar: float,
     scheduler=None,
-    log: Callable[[str], None] | None = None,
-    verbose_interval: int = 10,
+    on_iteration: Callable[[int, list[Run], float], None] | None = None,
 ) -> list[Run]:
     """Run batch EM for several initialisations at once, one data pass per iteration.
 
@@ -182,12 +198,15 @@ def batch_em(
     needs no extra pass). Runs that converge drop out of later passes.
     Iteration semantics match scikit-learn: ``lower_bound`` is the mean
     log-likelihood of the parameters before the last M-step.
+
+    Runs restored from a checkpoint continue from their ``n_iter``.
+    ``on_iteration(iteration, runs, seconds)`` is called after every pass.
     """
     active = [r for r in runs if not r.converged]
-    t_last = time.perf_counter()
-    for it in range(1, max_iter + 1):
+    for it in range(max(r.n_iter for r in runs) + 1, max_iter + 1):
         if not active:
             break
+        start = time.perf_counter()
         stats = estep_pass(blocks, [r.params for r in active], scheduler=scheduler)
         still = []
         for run, st in zip(active, stats, strict=True):
@@ -201,16 +220,169 @@ def batch_em(
                 run.converged = True
             else:
                 still.append(run)
-        if log is not None and (it % verbose_interval == 0 or not still or it == max_iter):
+        active = still
+        if on_iteration is not None:
+            on_iteration(it, runs, time.perf_counter() - start)
+    return runs
+
+
+# --------------------------------------------------------------------------
+# Stepwise (online) EM driver: running normalised statistics s, and for each
+# minibatch t with packet s_t: s <- (1 - rho_t) s + rho_t s_t / n_t, then an
+# M-step from s; rho_t = (t + offset) ** -decay.
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OnlineState:
+    """Everything stepwise EM carries from one step to the next (immutable).
+
+    Attributes
+    ----------
+    params, covariances
+        The model the next E-step uses (the M-step of ``stats``).
+    stats : SuffStats
+        Running normalised statistics (``n`` = 1 up to rounding); ``n_rows``
+        counts the rows that have entered them.
+    n_steps : int
+        Steps taken, ``t``.
+    step_size : float
+        ``rho`` of the last step (NaN before the first).
+    """
+
+    params: K.Params
+    covariances: np.ndarray
+    stats: SuffStats
+    n_steps: int = 0
+    step_size: float = float("nan")
+
+    @classmethod
+    def from_params(
+        cls, params: K.Params, covariances: np.ndarray, reg_covar: float, n_rows: int = 0
+    ) -> OnlineState:
+        """A state whose running statistics reproduce ``params`` (no steps taken)."""
+        stats = replace(K.stats_from_params(params, covariances, reg_covar), n_rows=n_rows)
+        return cls(params, covariances, stats)
+
+
+def step_size(t: int, decay: float, offset: float) -> float:
+    """``rho_t = (t + offset) ** -decay`` for step ``t`` >= 1."""
+    return float((t + offset) ** -decay)
+
+
+def stepwise_step(
+    states: Sequence[OnlineState],
+    packets: Sequence[SuffStats],
+    *,
+    reg_covar: float,
+    decay: float,
+    offset: float,
+) -> tuple[OnlineState, SuffStats]:
+    """One stepwise-EM step: the new state and the packet it used.
+
+    ``packets[i]`` holds the statistics of the minibatch under
+    ``states[i].params``. With several candidates (initialisations, first step
+    only) the one under which the minibatch is most likely is kept. The inputs
+    are left untouched, so a caller commits the new state only on success.
+    """
+    best = int(np.argmax([p.loglik / p.n for p in packets]))
+    state, packet = states[best], packets[best]
+    t = state.n_steps + 1
+    rho = step_size(t, decay, offset)
+    stats = state.stats.stepped(packet, rho)
+    params, covariances = params_from_stats(stats, reg_covar)
+    return OnlineState(params, covariances, stats, t, rho), packet
+
+
+def epoch_plan(
+    sizes: Sequence[int], batch_size: int, rng: np.random.Generator | None
+) -> list[list[tuple[int, int, int]]]:
+    """The minibatches of one epoch, as lists of ``(block, start, stop)`` pieces.
+
+    Blocks larger than ``batch_size`` are cut into equal slices of at most
+    ``batch_size`` rows; the pieces are shuffled by ``rng`` (kept in order if
+    ``None``) and grouped, in that order, into about ``round(n_rows / batch_size)``
+    minibatches of about equal row counts (a piece goes to the minibatch its
+    middle row falls in). Every row is in exactly one minibatch.
+    """
+    pieces = []
+    for b, n in enumerate(sizes):
+        m = -(-n // batch_size)
+        pieces += [(b, n * j // m, n * (j + 1) // m) for j in range(m)]
+    if rng is not None:
+        pieces = [pieces[i] for i in rng.permutation(len(pieces))]
+    n_rows = sum(sizes)
+    n_batches = max(1, round(n_rows / batch_size))
+    ends = np.cumsum([stop - start for _, start, stop in pieces])
+    mids = ends - np.diff(ends, prepend=0) / 2
+    group = np.floor(mids * n_batches / n_rows).astype(int)
+    return [
+        [p for p, g in zip(pieces, group, strict=True) if g == j]
+        for j in np.unique(group)
+    ]
+
+
+def minibatch_em(
+    blocks: Blocks,
+    states: list[OnlineState],
+    *,
+    batch_size: int,
+    max_iter: int,
+    tol: float,
+    reg_covar: float,
+    decay: float,
+    offset: float,
+    rng: np.random.Generator | None,
+    scheduler=None,
+    log: Callable[[str], None] | None = None,
+    verbose_interval: int = 10,
+    on_step: Callable[[OnlineState], None] | None = None,
+) -> tuple[OnlineState, Run]:
+    """Stepwise EM over the row blocks, an epoch (a full pass) at a time.
+
+    Each minibatch is one E-step over its pieces, computed in parallel and
+    tree-summed, then one :func:`stepwise_step`. Several ``states``
+    (initialisations) compete on the first minibatch only. An epoch's
+    log-likelihood is the mean over its rows under the parameters in force
+    when each row was visited; the loop stops after ``max_iter`` epochs or
+    when that changes by less than ``tol``. ``on_step`` is called with each
+    new state (for progress reports, checkpoints or measurements).
+
+    Returns the final state and a :class:`Run` with one ``lower_bounds`` entry
+    per epoch (``n_iter`` epochs).
+    """
+    run = Run(states[0].params, states[0].covariances)
+    t_last = time.perf_counter()
+    for epoch in range(1, max_iter + 1):
+        loglik = n = 0.0
+        for pieces in epoch_plan(blocks.sizes, batch_size, rng):
+            packets = estep_pass(blocks, [s.params for s in states], scheduler, pieces=pieces)
+            state, packet = stepwise_step(
+                states, packets, reg_covar=reg_covar, decay=decay, offset=offset
+            )
+            states = [state]
+            if on_step is not None:
+                on_step(state)
+            loglik += packet.loglik
+            n += packet.n
+        prev = run.lower_bound
+        run.lower_bound = loglik / n
+        run.lower_bounds.append(run.lower_bound)
+        run.n_iter = epoch
+        run.converged = abs(run.lower_bound - prev) < tol
+        if log is not None and (epoch % verbose_interval == 0 or run.converged
+                                or epoch == max_iter):
             now = time.perf_counter()
-            best = max(r.lower_bound for r in runs)
             log(
-                f"  iteration {it}: best lower bound {best:.6f}, "
-                f"{len(still)} run(s) active, {now - t_last:.2f}s"
+                f"  epoch {epoch}: mean log-likelihood {run.lower_bound:.6f}, "
+                f"{state.n_steps} steps, step size {state.step_size:.4g}, {now - t_last:.2f}s"
             )
             t_last = now
-        active = still
-    return runs
+        if run.converged:
+            break
+    state = states[0]
+    run.params, run.covariances = state.params, state.covariances
+    return state, run
 
 
 # --------------------------------------------------------------------------

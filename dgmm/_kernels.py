@@ -732,3 +732,30 @@ def m_step(stats: SuffStats, reg_covar: float):
     weights = nk / nk.sum()
     empty = np.flatnonzero(stats.nk <= EMPTY_COMPONENT_SHARE * max(stats.n, 1e-300))
     return weights, means, covariances, empty
+
+
+def stats_from_params(params: Params, covariances: np.ndarray, reg_covar: float) -> SuffStats:
+    """Normalised statistics (``n = 1``) whose :func:`m_step` gives back ``params``.
+
+    The inverse of the M-step, up to its ``10 * eps`` guard on ``N_k``: the
+    starting point of stepwise EM when the model comes from parameters rather
+    than from data. Statistics are about the means (so ``S_k = 0``); the tied
+    scatter is about :func:`center_of`.
+    """
+    cov_type, nk, means = params.covariance_type, params.weights, params.means
+    d = params.n_features
+    cov = np.asarray(covariances, dtype=np.float64)
+    center = center_of(params)
+    if cov_type == "full":
+        qk = nk[:, None, None] * (cov - reg_covar * np.eye(d))
+    elif cov_type == "diag":
+        qk = nk[:, None] * (cov - reg_covar)
+    elif cov_type == "spherical":
+        qk = nk * d * (cov - reg_covar)
+    else:  # tied: pooled scatter about the centre plus the between-component part
+        dm = means - center
+        qk = nk.sum() * (cov - reg_covar * np.eye(d)) + (dm.T * nk) @ dm
+    return SuffStats(
+        covariance_type=cov_type, shift=means, center=center, n=float(nk.sum()),
+        nk=nk, sk=np.zeros_like(means), qk=qk, loglik=0.0, n_rows=0,
+    )

@@ -329,3 +329,15 @@ def test_select_n_components_rejects_bad_arguments(data):
         select_n_components(data, [1, 2], means_init=np.zeros((1, 4)))
     with pytest.raises(ValueError, match="n_samples >= n_components"):
         select_n_components(data[:3], [2, 5])
+
+
+def test_callback_and_verbose_report_every_iteration(data, capsys):
+    seen = []
+    gm = GaussianMixture(3, init_params="random_from_data", random_state=0, tol=0, max_iter=6,
+                         verbose=2, verbose_interval=2)
+    gm.fit(data, callback=seen.append)
+    assert [s["iteration"] for s in seen] == [1, 2, 3, 4, 5, 6]
+    np.testing.assert_allclose([s["lower_bound"] for s in seen], gm.lower_bounds_)
+    np.testing.assert_allclose([s["change"] for s in seen[1:]], np.diff(gm.lower_bounds_))
+    out = capsys.readouterr().out
+    assert out.count("  iteration ") == 3 and "Initialisation 0" in out
