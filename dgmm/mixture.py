@@ -295,7 +295,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                 runs = [_em.Run(self._params(), self.covariances_,
                                 lower_bound=getattr(self, "lower_bound_", -np.inf))]
             if self.algorithm == "minibatch":
-                self._fit_minibatch(blocks, runs, warm, scheduler)
+                self._fit_minibatch(blocks, runs, warm, scheduler, callback)
                 return self
             if self.max_iter > 0:
                 _em.batch_em(
@@ -327,7 +327,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                 stacklevel=stacklevel,
             )
 
-    def _fit_minibatch(self, blocks: _em.Blocks, runs: list[_em.Run], warm: bool, scheduler):
+    def _fit_minibatch(self, blocks: _em.Blocks, runs: list[_em.Run], warm: bool, scheduler,
+                       callback=None):
         """Stepwise EM over ``blocks`` from ``runs`` (or the current stream), then polish."""
         if warm:
             states = [self._online_state()]
@@ -350,12 +351,11 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             verbose_interval=self.verbose_interval,
         )
         if self.polish_iter > 0:
-            epochs, run.converged = run.n_iter, False
+            epochs, run.converged, run.n_iter = run.n_iter, False, 0
             _em.batch_em(
                 blocks, [run], max_iter=self.polish_iter, tol=self.tol,
                 reg_covar=self.reg_covar, scheduler=scheduler,
-                log=self._log if self.verbose >= 2 else None,
-                verbose_interval=self.verbose_interval,
+                on_iteration=self._iteration_hook(callback),
             )
             run.n_iter += epochs
             # The running statistics restart from the polished model.
