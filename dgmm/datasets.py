@@ -17,7 +17,7 @@ import numpy as np
 import zarr
 
 from dgmm import _kernels as K
-from dgmm.io import _atomic_path, _local_target
+from dgmm.io import Writers, _atomic_path, _local_target
 
 # Rows per generated chunk when none is given: about this many bytes each.
 DEFAULT_CHUNK_BYTES = 16 * 2**20
@@ -166,10 +166,11 @@ def make_mixture(
 
 
 def _write_chunk(shared, index, start, stop):
-    X, y, params, chol, seed = shared
-    Xc, yc = _chunk(params, chol, seed, index, stop - start, X.dtype)
-    X[start:stop] = Xc
-    y[start:stop] = yc
+    X, y, params, chol, seed, writers = shared
+    with writers.running():
+        Xc, yc = _chunk(params, chol, seed, index, stop - start, X.dtype)
+        X[start:stop] = Xc
+        y[start:stop] = yc
     return stop - start
 
 
@@ -233,7 +234,7 @@ def make_mixture_zarr(
         separation=separation, seed=seed,
     )
     chol = params._full_cholesky()
-    with _atomic_path(target, overwrite) as tmp:
+    with _atomic_path(target, overwrite) as tmp, Writers() as writers:
         group = zarr.open_group(str(tmp), mode="w-")
         group.attrs.update(
             {"covariance_type": covariance_type, "seed": int(seed), "separation": separation}
@@ -248,7 +249,7 @@ def make_mixture_zarr(
             "y", shape=(n_samples,), chunks=(chunk_rows,),
             dtype=np.min_scalar_type(n_components - 1),
         )
-        shared = dask.delayed((X, y, params, chol, seed), pure=True, traverse=False)
+        shared = dask.delayed((X, y, params, chol, seed, writers), pure=True, traverse=False)
         write = dask.delayed(_write_chunk, pure=True)
         tasks = [write(shared, i, start, stop)
                  for i, start, stop in _chunk_bounds(n_samples, chunk_rows)]

@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import shutil
+import threading
 import uuid
 import warnings
 from pathlib import Path
@@ -180,6 +181,53 @@ def _atomic_path(target: Path, overwrite: bool):
         _remove(tmp)
 
 
+class Writers:
+    """The tasks of one store write that are running in this process.
+
+    When one task fails, Dask raises at once while other tasks may still be
+    writing into the temporary store, or about to start. On an exception,
+    leaving the ``with`` block stops tasks from starting to write and waits
+    for the running ones, so the temporary store can then be removed for
+    good. (Tasks on other machines of a cluster are not tracked.) Pickling
+    gives a fresh, independent instance.
+    """
+
+    def __init__(self, timeout: float = 300.0):
+        self.timeout = timeout
+        self._busy = 0
+        self._cancelled = False
+        self._cond = threading.Condition()
+
+    def __getstate__(self):
+        return {"timeout": self.timeout}
+
+    def __setstate__(self, state):
+        self.__init__(state["timeout"])
+
+    @contextlib.contextmanager
+    def running(self):
+        """Wrap one task's writes; raises if the write was already abandoned."""
+        with self._cond:
+            if self._cancelled:
+                raise RuntimeError("store write abandoned after an earlier failure")
+            self._busy += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._busy -= 1
+                self._cond.notify_all()
+
+    def __enter__(self) -> Writers:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            with self._cond:
+                self._cancelled = True
+                self._cond.wait_for(lambda: self._busy == 0, self.timeout)
+
+
 # --------------------------------------------------------------------------
 # Streamed predictions
 # --------------------------------------------------------------------------
@@ -193,11 +241,12 @@ def _regular_rows(X: da.Array) -> da.Array:
     return X.rechunk({0: max(rows)})
 
 
-def _write_block(block, row_offset, index, params, arrays, whats):
-    outputs = K.per_row_outputs(block, params, whats, row_offset)
-    stop = row_offset + len(block)
-    for name, out in zip(whats, outputs, strict=True):
-        arrays[name][row_offset:stop] = out
+def _write_block(block, row_offset, index, params, arrays, whats, writers):
+    with writers.running():
+        outputs = K.per_row_outputs(block, params, whats, row_offset)
+        stop = row_offset + len(block)
+        for name, out in zip(whats, outputs, strict=True):
+            arrays[name][row_offset:stop] = out
     return len(block)
 
 
@@ -284,7 +333,7 @@ def write_predictions(
         "log_density": ((n,), (rows,), float_dtype),
     }
     scheduler = None if lazy else "threads"  # NumPy input: local threads, as fit does
-    with _atomic_path(target, overwrite) as tmp:
+    with _atomic_path(target, overwrite) as tmp, Writers() as writers:
         group = zarr.open_group(str(tmp), mode="w-")
         group.attrs.update({"dgmm_version": _version(), "outputs": list(whats)})
         arrays = {}
@@ -293,7 +342,7 @@ def write_predictions(
             arrays[name] = group.create_array(name, shape=shape, chunks=chunks, dtype=out_dtype)
         with _em.blas_guard(scheduler):
             written = _em.block_pass(
-                _em.as_blocks(X), _write_block, model._params(), arrays, whats,
+                _em.as_blocks(X), _write_block, model._params(), arrays, whats, writers,
                 scheduler=scheduler,
             )
         if written != n:  # every row block must have reported its rows

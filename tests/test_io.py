@@ -2,6 +2,7 @@
 
 import json
 import threading
+import time
 import zipfile
 
 import dask
@@ -224,6 +225,7 @@ def test_write_predictions_irregular_dask_chunks(store, tmp_path):
 
 
 def _fail_on_third_block(monkeypatch):
+    """Block 3 fails at once; the others are slow, so some are still writing then."""
     calls, lock, real = [0], threading.Lock(), K.per_row_outputs
 
     def failing(*args, **kwargs):
@@ -231,19 +233,23 @@ def _fail_on_third_block(monkeypatch):
             calls[0] += 1
             if calls[0] == 3:
                 raise RuntimeError("injected failure")
+        time.sleep(0.2)
         return real(*args, **kwargs)
 
     monkeypatch.setattr(K, "per_row_outputs", failing)
     return calls
 
 
-def test_failure_part_way_leaves_no_target(store, small_reads, tmp_path, monkeypatch):
+def test_failure_part_way_leaves_no_target(store, tmp_path, monkeypatch):
     path, X, _ = store
     gm = _model("full").fit(X)
-    _fail_on_third_block(monkeypatch)
+    calls = _fail_on_third_block(monkeypatch)
     out = tmp_path / "pred.zarr"
-    with pytest.raises(RuntimeError, match="injected failure"):
-        write_predictions(gm, str(path / "X"), out, proba=True)
+    with dask.config.set({"dgmm.read-chunk-bytes": CHUNK * D * 8}):  # 6 blocks
+        with pytest.raises(RuntimeError, match="injected failure"):
+            write_predictions(gm, str(path / "X"), out, proba=True)
+    assert 3 <= calls[0] < 6  # failed part-way
+    time.sleep(0.5)  # nothing may appear later either
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data.zarr"]
 
 
