@@ -583,3 +583,60 @@ def load_model(path: str | os.PathLike):
         setattr(model, name, value)
     _check_fitted_shapes(model, path)
     return model
+
+
+# --------------------------------------------------------------------------
+# Checkpoints: a directory of model files, one per EM run, plus a manifest
+# --------------------------------------------------------------------------
+
+CHECKPOINT_FORMAT = "dgmm-checkpoint"
+_MANIFEST = "checkpoint.json"
+
+
+def has_checkpoint(directory: str | os.PathLike) -> bool:
+    """Whether ``directory`` holds a checkpoint written by :func:`write_checkpoint`."""
+    return (Path(directory) / _MANIFEST).is_file()
+
+
+def write_checkpoint(directory: str | os.PathLike, models: list, manifest: dict) -> None:
+    """Atomically replace the checkpoint in ``directory``.
+
+    Each run's state is saved as an ordinary model file (``run-<i>.npz``, see
+    :func:`save_model`) next to ``checkpoint.json``, which holds ``manifest``
+    (the data fingerprint and settings a resume must match). The whole
+    directory is built under a temporary name and swapped in, so a kill at
+    any moment leaves the previous checkpoint or the new one, never a mix.
+    """
+    target = _local_target(directory, "checkpoint")
+    with _atomic_path(target, overwrite=True) as tmp:
+        tmp.mkdir()
+        for i, model in enumerate(models):
+            save_model(model, tmp / f"run-{i}.npz")
+        body = {"format": CHECKPOINT_FORMAT, "n_runs": len(models), **manifest}
+        (tmp / _MANIFEST).write_text(json.dumps(body, allow_nan=False, sort_keys=True))
+
+
+def read_checkpoint(directory: str | os.PathLike, manifest: dict) -> list:
+    """Models of the runs in a checkpoint, after checking it matches ``manifest``.
+
+    Raises
+    ------
+    ValueError
+        The checkpoint is unreadable, or was made for other data or settings;
+        the message names the directory and the first field that differs.
+    """
+    directory = Path(directory)
+    try:
+        body = json.loads((directory / _MANIFEST).read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"Unreadable checkpoint {directory}: {exc}") from exc
+    if not isinstance(body, dict) or body.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{directory} does not hold a dgmm checkpoint")
+    for key, expected in manifest.items():
+        if body.get(key) != json.loads(json.dumps(expected)):
+            raise ValueError(
+                f"Checkpoint {directory} was made for different {key}: it has "
+                f"{body.get(key)!r}, this fit has {expected!r}. Remove the checkpoint "
+                "directory or point --checkpoint elsewhere."
+            )
+    return [load_model(directory / f"run-{i}.npz") for i in range(int(body["n_runs"]))]

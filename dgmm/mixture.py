@@ -14,12 +14,12 @@ from dataclasses import replace
 
 import dask
 import numpy as np
-from sklearn.base import BaseEstimator, DensityMixin
+from sklearn.base import BaseEstimator, DensityMixin, clone
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
-from dgmm import _em, _init
+from dgmm import _em, _init, io
 from dgmm import _kernels as K
 from dgmm._stats import SuffStats
 from dgmm.io import as_dask_array, save_model
@@ -256,7 +256,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     # Fitting
     # ------------------------------------------------------------------
 
-    def fit(self, X, y=None, *, callback=None) -> GaussianMixture:
+    def fit(self, X, y=None, *, callback=None, checkpoint=None, resume=False) -> GaussianMixture:
         """Estimate the parameters with EM, ``n_init`` times, keeping the best.
 
         Parameters
@@ -269,6 +269,13 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             ``lower_bound`` (best over restarts), ``change`` (of that since
             the previous iteration), ``seconds`` (of the pass), ``active``
             (restarts still running).
+        checkpoint : str or PathLike, optional
+            Directory where the state of every run is written atomically after
+            each batch EM iteration (see :func:`dgmm.io.write_checkpoint`).
+        resume : bool, default=False
+            Continue from the checkpoint in ``checkpoint`` (the result equals an
+            uninterrupted fit); without one there, start afresh. A checkpoint
+            made for other data or settings is refused with a ``ValueError``.
 
         Returns
         -------
@@ -277,6 +284,14 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         Xd, lazy = as_dask_array(X)
         n, d = Xd.shape
         self._check_parameters(d)
+        if checkpoint is not None:
+            if self.algorithm != "batch":
+                raise ValueError("checkpoint is supported with algorithm='batch' only")
+            if not resume and io.has_checkpoint(checkpoint):
+                raise ValueError(f"{checkpoint} already holds a checkpoint; pass resume=True "
+                                 "to continue it, or remove it")
+        elif resume:
+            raise ValueError("resume=True needs a checkpoint directory")
         if n < self.n_components:
             raise ValueError(
                 f"Expected n_samples >= n_components but got n_components = "
@@ -288,8 +303,11 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             Xd = _em.apply_cache_policy(Xd, self.cache, scheduler, log=log)
         blocks = _em.as_blocks(Xd)
         warm = self.warm_start and hasattr(self, "means_")
+        manifest = _checkpoint_manifest(self, Xd, blocks, scheduler) if checkpoint else None
         with _em.blas_guard(scheduler):
-            if not warm:
+            if resume and io.has_checkpoint(checkpoint):
+                runs = [_run_of(m) for m in io.read_checkpoint(checkpoint, manifest)]
+            elif not warm:
                 runs = self._initial_runs(blocks, scheduler)
             else:
                 runs = [_em.Run(self._params(), self.covariances_,
@@ -305,7 +323,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                     tol=self.tol,
                     reg_covar=self.reg_covar,
                     scheduler=scheduler,
-                    on_iteration=self._iteration_hook(callback),
+                    on_iteration=self._iteration_hook(callback, checkpoint, manifest),
                 )
         best = runs[-1] if self.max_iter == 0 else _best_run(runs)
         if self.verbose >= 1:
@@ -496,6 +514,12 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             prec_chol = K.precision_cholesky(covariances, cov_type)
         return _em.Run(K.Params(cov_type, weights, means, prec_chol), covariances)
 
+    def _model_of(self, run: _em.Run) -> GaussianMixture:
+        """A fitted copy of this estimator holding one run's state (for checkpoints)."""
+        model = clone(self)
+        model._set_run(run, n_features=run.params.n_features)
+        return model
+
     def _set_run(self, run: _em.Run, n_features: int) -> None:
         self._set_params(run.params, run.covariances, n_features)
         self.converged_ = bool(run.converged)
@@ -514,8 +538,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     def _params(self) -> K.Params:
         return K.Params(self.covariance_type, self.weights_, self.means_, self.precisions_cholesky_)
 
-    def _iteration_hook(self, callback):
-        """What runs after every EM pass: verbose lines and the user's callback."""
+    def _iteration_hook(self, callback, checkpoint=None, manifest=None):
+        """What runs after every EM pass: checkpoint, verbose lines, the user's callback."""
         best_before = [-np.inf]
 
         def hook(iteration: int, runs: list[_em.Run], seconds: float) -> None:
@@ -528,6 +552,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                 "active": sum(not r.converged for r in runs),
             }
             best_before[0] = best
+            if checkpoint is not None:
+                io.write_checkpoint(checkpoint, [self._model_of(r) for r in runs], manifest)
             if self.verbose >= 2 and iteration % self.verbose_interval == 0:
                 self._log(f"  iteration {iteration}: lower bound {best:.6f}, "
                           f"change {info['change']:.3e}, {seconds:.2f}s")
@@ -619,6 +645,37 @@ class GaussianMixture(DensityMixin, BaseEstimator):
 def _predict_block(block, params, what, block_info=None):
     offset = block_info[0]["array-location"][0][0] if block_info else 0
     return K.predict_block(block, params, what, row_offset=offset)
+
+
+def _run_of(model: GaussianMixture) -> _em.Run:
+    """The EM run state held by a (checkpointed) fitted model."""
+    return _em.Run(model._params(), model.covariances_, lower_bound=model.lower_bound_,
+                   lower_bounds=list(model.lower_bounds_), n_iter=model.n_iter_,
+                   converged=model.converged_)
+
+
+# Settings that change the numbers a fit produces; a checkpoint must match them.
+_CHECKPOINT_SETTINGS = ("n_components", "covariance_type", "tol", "reg_covar", "max_iter",
+                        "n_init", "init_params", "random_state")
+
+
+def _checkpoint_manifest(model: GaussianMixture, Xd, blocks: _em.Blocks, scheduler) -> dict:
+    """What identifies a fit: the data (shape, dtype, chunking, first rows) and settings."""
+    import hashlib
+
+    (first,) = _em.compute(blocks.delayed[0], scheduler=scheduler)
+    digest = hashlib.sha256(np.ascontiguousarray(first[:1000]).tobytes())
+    digest.update(repr(Xd.chunks[0]).encode())
+    settings = {}
+    for name in _CHECKPOINT_SETTINGS:
+        value = getattr(model, name)
+        settings[name] = value if value is None or isinstance(value, (int, float, str)) else repr(
+            value)
+    return {
+        "data": {"shape": list(Xd.shape), "dtype": str(Xd.dtype), "fingerprint":
+                 digest.hexdigest()},
+        "settings": settings,
+    }
 
 
 def _best_run(runs: list[_em.Run]) -> _em.Run:

@@ -454,3 +454,39 @@ def test_default_scheduler_gets_one_blas_thread_per_task():
 
     with dask.config.set(scheduler=None), blas_guard(None):
         assert all(p["num_threads"] == 1 for p in threadpool_info() if p["user_api"] == "blas")
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+@pytest.mark.parametrize("covariance_type", ["full", "diag"])
+def test_checkpoint_resume_equals_uninterrupted(tmp_path, covariance_type):
+    rng = np.random.default_rng(0)
+    X = da.from_array(np.vstack([rng.normal(m, 1, (700, 3)) for m in (-4, 0, 4)]), chunks=500)
+    kw = dict(covariance_type=covariance_type, n_init=2, tol=0, max_iter=9, random_state=3)
+    straight = GaussianMixture(3, **kw).fit(X)
+
+    class Killed(Exception):
+        pass
+
+    def die_after_four(info):
+        if info["iteration"] == 4:
+            raise Killed
+
+    ckpt = tmp_path / "ckpt"
+    with pytest.raises(Killed):
+        GaussianMixture(3, **kw).fit(X, checkpoint=ckpt, callback=die_after_four)
+    assert dgmm.io.has_checkpoint(ckpt)
+    with pytest.raises(ValueError, match="already holds a checkpoint"):
+        GaussianMixture(3, **kw).fit(X, checkpoint=ckpt)
+    seen = []
+    resumed = GaussianMixture(3, **kw).fit(X, checkpoint=ckpt, resume=True, callback=seen.append)
+    assert [s["iteration"] for s in seen] == [5, 6, 7, 8, 9]
+    for attr in ("weights_", "means_", "covariances_"):
+        np.testing.assert_allclose(getattr(resumed, attr), getattr(straight, attr), rtol=1e-12)
+    assert resumed.lower_bounds_ == straight.lower_bounds_
+    assert resumed.n_iter_ == straight.n_iter_ == 9
+    with pytest.raises(ValueError, match="different settings"):
+        GaussianMixture(3, **dict(kw, reg_covar=1e-3)).fit(X, checkpoint=ckpt, resume=True)
+    with pytest.raises(ValueError, match="different data"):
+        GaussianMixture(3, **kw).fit(X + 1.0, checkpoint=ckpt, resume=True)
