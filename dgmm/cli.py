@@ -62,9 +62,10 @@ def _progress(quiet: bool):
         return None
 
     def report(info: dict) -> None:
+        change = f"{info['change']:+.3e}" if np.isfinite(info["change"]) else "-"
         click.echo(
             f"iteration {info['iteration']:>4}  log-likelihood {info['lower_bound']:.6f}  "
-            f"change {info['change']:+.3e}  {info['seconds']:.2f}s",
+            f"change {change:>10}  {info['seconds']:.2f}s",
             err=True,
         )
 

@@ -553,7 +553,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             }
             best_before[0] = best
             if checkpoint is not None:
-                io.write_checkpoint(checkpoint, [self._model_of(r) for r in runs], manifest)
+                io.write_checkpoint(checkpoint, [self._model_of(r) for r in runs],
+                                    {**manifest, "iteration": iteration})
             if self.verbose >= 2 and iteration % self.verbose_interval == 0:
                 self._log(f"  iteration {iteration}: lower bound {best:.6f}, "
                           f"change {info['change']:.3e}, {seconds:.2f}s")
