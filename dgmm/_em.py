@@ -13,18 +13,25 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import dask
 import dask.array as da
 import dask.threaded
 import numpy as np
-from dask.base import get_scheduler
+from dask.base import get_scheduler, tokenize
+from dask.core import flatten
 from dask.delayed import Delayed
+from dask.highlevelgraph import HighLevelGraph
+from dask.task_spec import DataNode, Task, TaskRef
+from dask.utils import ensure_dict
 from threadpoolctl import threadpool_limits
 
 from dgmm import _kernels as K
 from dgmm._stats import SuffStats, tree_sum
 
+# Fan-in of the tree that sums the packets (``dgmm.split-every`` in the Dask
+# config, read at every pass): no task ever receives more than this many.
 SPLIT_EVERY = 8
 
 
@@ -34,35 +41,96 @@ class EmptyComponentWarning(UserWarning):
 
 @dataclass
 class Blocks:
-    """The row blocks of a 2-D dask array as delayed objects, made once per fit."""
+    """The row blocks of a 2-D dask array, made once per fit.
 
-    delayed: list[Delayed]
+    The array's optimised graph is materialised once here; every pass then
+    adds only its own O(n_blocks) tasks on top of it (see :func:`block_pass`).
+
+    Attributes
+    ----------
+    graph : dict
+        Low-level graph that produces every block.
+    keys : list
+        Key of each block in ``graph``, in row order.
+    offsets : list of int
+        Global index of the first row of each block.
+    name : str
+        Deterministic name of the array (its dask name).
+    """
+
+    graph: dict
+    keys: list
     offsets: list[int]
     n_rows: int
     n_features: int
+    name: str
 
     @classmethod
     def from_array(cls, X: da.Array) -> Blocks:
-        delayed = list(X.to_delayed().ravel())
+        keys = list(flatten(X.__dask_keys__()))
+        graph = ensure_dict(X.__dask_optimize__(X.__dask_graph__(), keys))
         offsets = np.concatenate([[0], np.cumsum(X.chunks[0])[:-1]]).astype(int).tolist()
-        return cls(delayed, offsets, int(X.shape[0]), int(X.shape[1]))
+        return cls(graph, keys, offsets, int(X.shape[0]), int(X.shape[1]), X.name)
+
+    @cached_property
+    def delayed(self) -> list[Delayed]:
+        """One delayed object per block (all sharing :attr:`graph`)."""
+        return [Delayed(key, self.graph) for key in self.keys]
 
 
 def _sum_group(*packets):
     return tree_sum(list(packets))
 
 
-def tree_reduce(tasks: list[Delayed], split_every: int = SPLIT_EVERY) -> Delayed:
-    """Sum delayed packets (or lists of packets) in a tree of fan-in ``split_every``."""
-    while len(tasks) > 1:
-        tasks = [
-            dask.delayed(_sum_group, pure=True)(*tasks[i : i + split_every])
-            for i in range(0, len(tasks), split_every)
-        ]
-    return tasks[0]
+def _apply(fn, block, row_offset, index, args):
+    return fn(block, row_offset, index, *args)
 
 
-def _estep_block(block, params_list, row_offset):
+def pass_graph(blocks: Blocks, fn: Callable, args: tuple, prefix: str = "dgmm-pass") -> Delayed:
+    """The graph of one pass: ``fn(block, row_offset, block_index, *args)`` tree-summed.
+
+    Built directly as one graph layer on top of the blocks' graph, so it costs
+    O(n_blocks) with a small constant however many blocks there are (one
+    ``dask.delayed`` call per task would add a graph layer each, and culling
+    thousands of layers costs seconds per pass). Tasks per pass: one per block
+    plus about one per ``split_every - 1`` blocks for the tree. ``args`` enter the graph once,
+    as a single key that every block task references; the packets are summed
+    in a tree of fan-in ``dgmm.split-every``, so no task receives more than
+    that many and only the final sum travels to the caller.
+    """
+    split_every = int(dask.config.get("dgmm.split-every", SPLIT_EVERY))
+    if split_every < 2:
+        raise ValueError(f"dask config dgmm.split-every must be >= 2; got {split_every}")
+    name = f"{prefix}-{tokenize(blocks.name, fn, args)}"
+    args_key = f"{name}-args"
+    layer = {args_key: DataNode(args_key, args)}
+    args_ref = TaskRef(args_key)
+    level = []
+    for i, (block_key, offset) in enumerate(zip(blocks.keys, blocks.offsets, strict=True)):
+        # Producing a block (a read from the store) and using it are one task:
+        # half the tasks per pass, and a block never moves between workers.
+        node = blocks.graph[block_key]
+        block = node if isinstance(node, (Task, DataNode)) else TaskRef(block_key)
+        key = (name, 0, i)
+        layer[key] = Task(key, _apply, fn, block, offset, i, args_ref)
+        level.append(key)
+    depth = 0
+    while len(level) > 1:
+        depth += 1
+        groups = [level[j : j + split_every] for j in range(0, len(level), split_every)]
+        level = []
+        for j, group in enumerate(groups):
+            key = (name, depth, j)
+            layer[key] = Task(key, _sum_group, *[TaskRef(k) for k in group])
+            level.append(key)
+    data_layer = f"dgmm-blocks-{blocks.name}"
+    graph = HighLevelGraph(
+        {data_layer: blocks.graph, name: layer}, {data_layer: set(), name: {data_layer}}
+    )
+    return Delayed(level[0], graph, layer=name)
+
+
+def _estep_block(block, row_offset, index, params_list):
     return [K.estep_stats(block, p, row_offset=row_offset) for p in params_list]
 
 
@@ -97,28 +165,13 @@ def estep_pass(blocks: Blocks, params_list: Sequence[K.Params], scheduler=None) 
     restarts cost one pass of I/O, not ``n_init``. The parameters enter the
     graph once, as a single key.
     """
-    params_key = dask.delayed(list(params_list), pure=True, traverse=False)
-    tasks = [
-        dask.delayed(_estep_block, pure=True)(blk, params_key, off)
-        for blk, off in zip(blocks.delayed, blocks.offsets, strict=True)
-    ]
-    (total,) = compute(tree_reduce(tasks), scheduler=scheduler)
-    return total
+    return block_pass(blocks, _estep_block, list(params_list), scheduler=scheduler)
 
 
 def block_pass(blocks: Blocks, fn: Callable, *args, scheduler=None):
     """Tree-sum ``fn(block, row_offset, block_index, *args)`` over all blocks."""
-    args_key = dask.delayed(args, pure=True, traverse=False)
-    tasks = [
-        dask.delayed(_apply, pure=True)(fn, blk, off, i, args_key)
-        for i, (blk, off) in enumerate(zip(blocks.delayed, blocks.offsets, strict=True))
-    ]
-    (total,) = compute(tree_reduce(tasks), scheduler=scheduler)
+    (total,) = compute(pass_graph(blocks, fn, args), scheduler=scheduler)
     return total
-
-
-def _apply(fn, block, row_offset, index, args):
-    return fn(block, row_offset, index, *args)
 
 
 # --------------------------------------------------------------------------
