@@ -1,8 +1,8 @@
 """dgmm: Gaussian mixture models for data larger than memory, on Dask."""
 
 from dgmm._em import EmptyComponentWarning
-from dgmm.mixture import GaussianMixture
+from dgmm.mixture import GaussianMixture, select_n_components
 
 __version__ = "0.1.0"
 
-__all__ = ["EmptyComponentWarning", "GaussianMixture", "__version__"]
+__all__ = ["EmptyComponentWarning", "GaussianMixture", "__version__", "select_n_components"]

@@ -12,7 +12,7 @@ import contextlib
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 import dask
@@ -30,8 +30,8 @@ from threadpoolctl import threadpool_limits
 from dgmm import _kernels as K
 from dgmm._stats import SuffStats, tree_sum
 
-# Fan-in of the tree that sums the packets (``dgmm.split-every`` in the Dask
-# config, read at every pass): no task ever receives more than this many.
+# Fan-in of the tree that combines the per-block results (``dgmm.split-every``
+# in the Dask config, read at every pass): no task receives more than this many.
 SPLIT_EVERY = 8
 
 
@@ -44,7 +44,7 @@ class Blocks:
     """The row blocks of a 2-D dask array, made once per fit.
 
     The array's optimised graph is materialised once here; every pass then
-    adds only its own O(n_blocks) tasks on top of it (see :func:`block_pass`).
+    adds only its own O(n_blocks) tasks on top of it (see :func:`pass_graph`).
 
     Attributes
     ----------
@@ -65,6 +65,16 @@ class Blocks:
     n_features: int
     name: str
 
+    @property
+    def sizes(self) -> list[int]:
+        """Rows per block."""
+        return np.diff([*self.offsets, self.n_rows]).tolist()
+
+    @cached_property
+    def delayed(self) -> list[Delayed]:
+        """One delayed object per block (all sharing :attr:`graph`)."""
+        return [Delayed(key, self.graph) for key in self.keys]
+
     @classmethod
     def from_array(cls, X: da.Array) -> Blocks:
         keys = list(flatten(X.__dask_keys__()))
@@ -72,47 +82,54 @@ class Blocks:
         offsets = np.concatenate([[0], np.cumsum(X.chunks[0])[:-1]]).astype(int).tolist()
         return cls(graph, keys, offsets, int(X.shape[0]), int(X.shape[1]), X.name)
 
-    @cached_property
-    def delayed(self) -> list[Delayed]:
-        """One delayed object per block (all sharing :attr:`graph`)."""
-        return [Delayed(key, self.graph) for key in self.keys]
-
 
 def _sum_group(*packets):
     return tree_sum(list(packets))
 
 
-def _apply(fn, block, row_offset, index, args):
-    return fn(block, row_offset, index, *args)
+def _apply(fn, block, row_offset, index, args, start=0, stop=None):
+    return fn(block[start:stop], row_offset + start, index, *args)
 
 
-def pass_graph(blocks: Blocks, fn: Callable, args: tuple, prefix: str = "dgmm-pass") -> Delayed:
-    """The graph of one pass: ``fn(block, row_offset, block_index, *args)`` tree-summed.
+def pass_graph(
+    blocks: Blocks,
+    fn: Callable,
+    args: tuple,
+    combine: Callable = _sum_group,
+    pieces: Sequence[tuple[int, int, int | None]] | None = None,
+) -> Delayed:
+    """The graph of one pass: ``fn(rows, row_offset, block_index, *args)`` per block, combined.
 
-    Built directly as one graph layer on top of the blocks' graph, so it costs
-    O(n_blocks) with a small constant however many blocks there are (one
-    ``dask.delayed`` call per task would add a graph layer each, and culling
-    thousands of layers costs seconds per pass). Tasks per pass: one per block
-    plus about one per ``split_every - 1`` blocks for the tree. ``args`` enter the graph once,
-    as a single key that every block task references; the packets are summed
-    in a tree of fan-in ``dgmm.split-every``, so no task receives more than
-    that many and only the final sum travels to the caller.
+    ``pieces``, triples ``(block index, start, stop)``, restrict the pass to
+    those rows of those blocks (default: every block whole). The results are
+    combined in order by ``combine(*parts)`` (default: summing packets) in a
+    tree of fan-in ``dgmm.split-every``, so no task receives more than that
+    many parts and only the final result travels to the caller. ``args`` enter
+    the graph once, as a single key that every task references.
+
+    The graph is built directly as one layer on top of the blocks' graph, at
+    O(n_pieces) cost with a small constant (a ``dask.delayed`` call per task
+    adds a graph layer each, and culling thousands of layers costs seconds
+    per pass). Tasks per pass: one per piece, about one per
+    ``split_every - 1`` pieces for the tree, and the ``args`` key.
     """
     split_every = int(dask.config.get("dgmm.split-every", SPLIT_EVERY))
     if split_every < 2:
         raise ValueError(f"dask config dgmm.split-every must be >= 2; got {split_every}")
-    name = f"{prefix}-{tokenize(blocks.name, fn, args)}"
+    if pieces is None:
+        pieces = [(b, 0, None) for b in range(len(blocks.keys))]
+    name = f"dgmm-pass-{tokenize(blocks.name, fn, args, combine, pieces)}"
     args_key = f"{name}-args"
     layer = {args_key: DataNode(args_key, args)}
     args_ref = TaskRef(args_key)
     level = []
-    for i, (block_key, offset) in enumerate(zip(blocks.keys, blocks.offsets, strict=True)):
+    for i, (b, start, stop) in enumerate(pieces):
         # Producing a block (a read from the store) and using it are one task:
         # half the tasks per pass, and a block never moves between workers.
-        node = blocks.graph[block_key]
-        block = node if isinstance(node, (Task, DataNode)) else TaskRef(block_key)
+        node = blocks.graph[blocks.keys[b]]
+        block = node if isinstance(node, (Task, DataNode)) else TaskRef(blocks.keys[b])
         key = (name, 0, i)
-        layer[key] = Task(key, _apply, fn, block, offset, i, args_ref)
+        layer[key] = Task(key, _apply, fn, block, blocks.offsets[b], b, args_ref, start, stop)
         level.append(key)
     depth = 0
     while len(level) > 1:
@@ -121,7 +138,7 @@ def pass_graph(blocks: Blocks, fn: Callable, args: tuple, prefix: str = "dgmm-pa
         level = []
         for j, group in enumerate(groups):
             key = (name, depth, j)
-            layer[key] = Task(key, _sum_group, *[TaskRef(k) for k in group])
+            layer[key] = Task(key, combine, *[TaskRef(k) for k in group])
             level.append(key)
     data_layer = f"dgmm-blocks-{blocks.name}"
     graph = HighLevelGraph(
@@ -158,19 +175,32 @@ def compute(*objs, scheduler=None):
     return dask.compute(*objs, scheduler=scheduler)
 
 
-def estep_pass(blocks: Blocks, params_list: Sequence[K.Params], scheduler=None) -> list[SuffStats]:
+def estep_pass(
+    blocks: Blocks,
+    params_list: Sequence[K.Params],
+    scheduler=None,
+    pieces: Sequence[tuple[int, int, int]] | None = None,
+) -> list[SuffStats]:
     """One pass over the data: summed statistics for each parameter set.
 
     All parameter sets are scored in the same read of each block, so ``n_init``
     restarts cost one pass of I/O, not ``n_init``. The parameters enter the
-    graph once, as a single key.
+    graph once, as a single key. ``pieces``, triples ``(block index, start,
+    stop)`` of rows within a block, restrict the pass to those rows (a
+    minibatch); their packets are computed in parallel and tree-summed.
     """
-    return block_pass(blocks, _estep_block, list(params_list), scheduler=scheduler)
+    graph = pass_graph(blocks, _estep_block, (list(params_list),), pieces=pieces)
+    (total,) = compute(graph, scheduler=scheduler)
+    return total
 
 
-def block_pass(blocks: Blocks, fn: Callable, *args, scheduler=None):
-    """Tree-sum ``fn(block, row_offset, block_index, *args)`` over all blocks."""
-    (total,) = compute(pass_graph(blocks, fn, args), scheduler=scheduler)
+def block_pass(blocks: Blocks, fn: Callable, *args, combine: Callable = _sum_group,
+               scheduler=None):
+    """Reduce ``fn(block, row_offset, block_index, *args)`` over all blocks in one pass.
+
+    Results are tree-summed unless another order-keeping ``combine`` is given.
+    """
+    (total,) = compute(pass_graph(blocks, fn, args, combine), scheduler=scheduler)
     return total
 
 
@@ -214,8 +244,7 @@ def batch_em(
     tol: float,
     reg_covar: float,
     scheduler=None,
-    log: Callable[[str], None] | None = None,
-    verbose_interval: int = 10,
+    on_iteration: Callable[[int, list[Run], float], None] | None = None,
 ) -> list[Run]:
     """Run batch EM for several initialisations at once, one data pass per iteration.
 
@@ -224,12 +253,15 @@ def batch_em(
     needs no extra pass). Runs that converge drop out of later passes.
     Iteration semantics match scikit-learn: ``lower_bound`` is the mean
     log-likelihood of the parameters before the last M-step.
+
+    Runs restored from a checkpoint continue from their ``n_iter``.
+    ``on_iteration(iteration, runs, seconds)`` is called after every pass.
     """
     active = [r for r in runs if not r.converged]
-    t_last = time.perf_counter()
-    for it in range(1, max_iter + 1):
+    for it in range(max(r.n_iter for r in runs) + 1, max_iter + 1):
         if not active:
             break
+        start = time.perf_counter()
         stats = estep_pass(blocks, [r.params for r in active], scheduler=scheduler)
         still = []
         for run, st in zip(active, stats, strict=True):
@@ -243,16 +275,169 @@ def batch_em(
                 run.converged = True
             else:
                 still.append(run)
-        if log is not None and (it % verbose_interval == 0 or not still or it == max_iter):
+        active = still
+        if on_iteration is not None:
+            on_iteration(it, runs, time.perf_counter() - start)
+    return runs
+
+
+# --------------------------------------------------------------------------
+# Stepwise (online) EM driver: running normalised statistics s, and for each
+# minibatch t with packet s_t: s <- (1 - rho_t) s + rho_t s_t / n_t, then an
+# M-step from s; rho_t = (t + offset) ** -decay.
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OnlineState:
+    """Everything stepwise EM carries from one step to the next (immutable).
+
+    Attributes
+    ----------
+    params, covariances
+        The model the next E-step uses (the M-step of ``stats``).
+    stats : SuffStats
+        Running normalised statistics (``n`` = 1 up to rounding); ``n_rows``
+        counts the rows that have entered them.
+    n_steps : int
+        Steps taken, ``t``.
+    step_size : float
+        ``rho`` of the last step (NaN before the first).
+    """
+
+    params: K.Params
+    covariances: np.ndarray
+    stats: SuffStats
+    n_steps: int = 0
+    step_size: float = float("nan")
+
+    @classmethod
+    def from_params(
+        cls, params: K.Params, covariances: np.ndarray, reg_covar: float, n_rows: int = 0
+    ) -> OnlineState:
+        """A state whose running statistics reproduce ``params`` (no steps taken)."""
+        stats = replace(K.stats_from_params(params, covariances, reg_covar), n_rows=n_rows)
+        return cls(params, covariances, stats)
+
+
+def step_size(t: int, decay: float, offset: float) -> float:
+    """``rho_t = (t + offset) ** -decay`` for step ``t`` >= 1."""
+    return float((t + offset) ** -decay)
+
+
+def stepwise_step(
+    states: Sequence[OnlineState],
+    packets: Sequence[SuffStats],
+    *,
+    reg_covar: float,
+    decay: float,
+    offset: float,
+) -> tuple[OnlineState, SuffStats]:
+    """One stepwise-EM step: the new state and the packet it used.
+
+    ``packets[i]`` holds the statistics of the minibatch under
+    ``states[i].params``. With several candidates (initialisations, first step
+    only) the one under which the minibatch is most likely is kept. The inputs
+    are left untouched, so a caller commits the new state only on success.
+    """
+    best = int(np.argmax([p.loglik / p.n for p in packets]))
+    state, packet = states[best], packets[best]
+    t = state.n_steps + 1
+    rho = step_size(t, decay, offset)
+    stats = state.stats.stepped(packet, rho)
+    params, covariances = params_from_stats(stats, reg_covar)
+    return OnlineState(params, covariances, stats, t, rho), packet
+
+
+def epoch_plan(
+    sizes: Sequence[int], batch_size: int, rng: np.random.Generator | None
+) -> list[list[tuple[int, int, int]]]:
+    """The minibatches of one epoch, as lists of ``(block, start, stop)`` pieces.
+
+    Blocks larger than ``batch_size`` are cut into equal slices of at most
+    ``batch_size`` rows; the pieces are shuffled by ``rng`` (kept in order if
+    ``None``) and grouped, in that order, into about ``round(n_rows / batch_size)``
+    minibatches of about equal row counts (a piece goes to the minibatch its
+    middle row falls in). Every row is in exactly one minibatch.
+    """
+    pieces = []
+    for b, n in enumerate(sizes):
+        m = -(-n // batch_size)
+        pieces += [(b, n * j // m, n * (j + 1) // m) for j in range(m)]
+    if rng is not None:
+        pieces = [pieces[i] for i in rng.permutation(len(pieces))]
+    n_rows = sum(sizes)
+    n_batches = max(1, round(n_rows / batch_size))
+    ends = np.cumsum([stop - start for _, start, stop in pieces])
+    mids = ends - np.diff(ends, prepend=0) / 2
+    group = np.floor(mids * n_batches / n_rows).astype(int)
+    return [
+        [p for p, g in zip(pieces, group, strict=True) if g == j]
+        for j in np.unique(group)
+    ]
+
+
+def minibatch_em(
+    blocks: Blocks,
+    states: list[OnlineState],
+    *,
+    batch_size: int,
+    max_iter: int,
+    tol: float,
+    reg_covar: float,
+    decay: float,
+    offset: float,
+    rng: np.random.Generator | None,
+    scheduler=None,
+    log: Callable[[str], None] | None = None,
+    verbose_interval: int = 10,
+    on_step: Callable[[OnlineState], None] | None = None,
+) -> tuple[OnlineState, Run]:
+    """Stepwise EM over the row blocks, an epoch (a full pass) at a time.
+
+    Each minibatch is one E-step over its pieces, computed in parallel and
+    tree-summed, then one :func:`stepwise_step`. Several ``states``
+    (initialisations) compete on the first minibatch only. An epoch's
+    log-likelihood is the mean over its rows under the parameters in force
+    when each row was visited; the loop stops after ``max_iter`` epochs or
+    when that changes by less than ``tol``. ``on_step`` is called with each
+    new state (for progress reports, checkpoints or measurements).
+
+    Returns the final state and a :class:`Run` with one ``lower_bounds`` entry
+    per epoch (``n_iter`` epochs).
+    """
+    run = Run(states[0].params, states[0].covariances)
+    t_last = time.perf_counter()
+    for epoch in range(1, max_iter + 1):
+        loglik = n = 0.0
+        for pieces in epoch_plan(blocks.sizes, batch_size, rng):
+            packets = estep_pass(blocks, [s.params for s in states], scheduler, pieces=pieces)
+            state, packet = stepwise_step(
+                states, packets, reg_covar=reg_covar, decay=decay, offset=offset
+            )
+            states = [state]
+            if on_step is not None:
+                on_step(state)
+            loglik += packet.loglik
+            n += packet.n
+        prev = run.lower_bound
+        run.lower_bound = loglik / n
+        run.lower_bounds.append(run.lower_bound)
+        run.n_iter = epoch
+        run.converged = abs(run.lower_bound - prev) < tol
+        if log is not None and (epoch % verbose_interval == 0 or run.converged
+                                or epoch == max_iter):
             now = time.perf_counter()
-            best = max(r.lower_bound for r in runs)
             log(
-                f"  iteration {it}: best lower bound {best:.6f}, "
-                f"{len(still)} run(s) active, {now - t_last:.2f}s"
+                f"  epoch {epoch}: mean log-likelihood {run.lower_bound:.6f}, "
+                f"{state.n_steps} steps, step size {state.step_size:.4g}, {now - t_last:.2f}s"
             )
             t_last = now
-        active = still
-    return runs
+        if run.converged:
+            break
+    state = states[0]
+    run.params, run.covariances = state.params, state.covariances
+    return state, run
 
 
 def as_blocks(X: da.Array) -> Blocks:

@@ -298,7 +298,9 @@ def _weighted_log_prob_t(b: CentredBlock, params: Params, center: np.ndarray) ->
     """log w_k + log N(x_n | mu_k, Sigma_k), component-major shape (K, n)."""
     M = params.means - center
     out = _SQ_MAHA[params.covariance_type](b, M, params.precisions_cholesky)
-    log_det = log_det_cholesky(params.precisions_cholesky, params.covariance_type, params.n_features)
+    log_det = log_det_cholesky(
+        params.precisions_cholesky, params.covariance_type, params.n_features
+    )
     out *= -0.5
     out += (log_det - 0.5 * params.n_features * _LOG_2PI + np.log(params.weights))[:, None]
     return out
@@ -341,8 +343,11 @@ def check_finite_block(X: np.ndarray, row_offset: int = 0) -> None:
 
 
 def _checked_log_resp_t(X, params: Params, row_offset: int):
-    b, center = _block_for(X, params)
-    log_norm, lresp = _log_resp_t(b, params, center)
+    # Non-finite input is detected from the result (free on clean data), so the
+    # arithmetic on it must not warn first.
+    with np.errstate(invalid="ignore", over="ignore"):
+        b, center = _block_for(X, params)
+        log_norm, lresp = _log_resp_t(b, params, center)
     if not np.isfinite(log_norm).all():
         check_finite_block(X, row_offset)
         raise FloatingPointError(
@@ -373,7 +378,9 @@ def _predict_sub(X, params: Params, what: str, row_offset: int) -> np.ndarray:
 
 def predict_block(X: np.ndarray, params: Params, what: str, row_offset: int = 0) -> np.ndarray:
     """Per-row outputs for one block: 'labels', 'proba' or 'log_density'."""
-    parts = [_predict_sub(X[sl], params, what, row_offset + start) for start, sl in _sub_blocks(len(X))]
+    parts = [
+        _predict_sub(X[sl], params, what, row_offset + start) for start, sl in _sub_blocks(len(X))
+    ]
     return np.concatenate(parts) if parts else np.empty((0,))
 
 
@@ -496,6 +503,91 @@ def _estep_sub(X, params: Params, sample_weight, row_offset: int) -> SuffStats:
 
 
 # --------------------------------------------------------------------------
+# k-means (initialisation): nearest-centre assignment, k-means++ seeding and
+# Lloyd iterations on an in-memory sample
+# --------------------------------------------------------------------------
+
+
+def _sq_dist_t(b: CentredBlock, centers_c: np.ndarray) -> np.ndarray:
+    """Squared Euclidean distances (K, n) from a centred block to centred centres."""
+    return _sq_maha_spherical(b, centers_c, np.ones(len(centers_c)))
+
+
+def nearest_center(X: np.ndarray, centers: np.ndarray) -> np.ndarray:
+    """Index of the nearest centre for every row, shape (n,)."""
+    c = centers.mean(axis=0)
+    b = CentredBlock.build(X, c, "spherical", len(centers))
+    return _sq_dist_t(b, centers - c).argmin(axis=0)
+
+
+def hard_assignment_stats(
+    X: np.ndarray, centers: np.ndarray, covariance_type: str, row_offset: int = 0
+) -> SuffStats:
+    """Statistics of one-hot responsibilities to the nearest centre, about the centres.
+
+    With ``covariance_type='spherical'`` this is one Lloyd step's worth of work:
+    new centres are ``centers + sk / nk`` and ``qk.sum()`` is the inertia.
+    """
+    total = None
+    center = centers.mean(axis=0)
+    K = len(centers)
+    for start, sl in _sub_blocks(len(X)):
+        with np.errstate(invalid="ignore", over="ignore"):
+            b = CentredBlock.build(X[sl], center, covariance_type, K)
+            dist = _sq_dist_t(b, centers - center)
+        if not np.isfinite(dist).all():
+            check_finite_block(X[sl], row_offset + start)
+        one_hot = (dist.argmin(axis=0) == np.arange(K)[:, None]).astype(np.float64)
+        st = stats_from_resp(X[sl], one_hot, centers, center, covariance_type, block=b)
+        total = st if total is None else total + st
+    return total
+
+
+def kmeans_plusplus(X: np.ndarray, n_clusters: int, rng: np.random.Generator) -> np.ndarray:
+    """Greedy k-means++ seeding (Arthur & Vassilvitskii 2007) on in-memory rows.
+
+    Each new centre is the best, by resulting potential, of ``2 + log(k)``
+    candidates drawn with probability proportional to squared distance.
+    """
+    n = len(X)
+    n_trials = 2 + int(np.log(n_clusters))
+    centers = np.empty((n_clusters, X.shape[1]))
+    centers[0] = X[rng.integers(n)]
+    d2 = ((X - centers[0]) ** 2).sum(axis=1)
+    potential = d2.sum()
+    for c in range(1, n_clusters):
+        if potential <= 0.0:  # fewer distinct points than clusters: any row will do
+            centers[c] = X[rng.integers(n)]
+            continue
+        cand = np.searchsorted(np.cumsum(d2), rng.random(n_trials) * potential)
+        cand = np.minimum(cand, n - 1)
+        cand_d2 = ((X[None, :, :] - X[cand][:, None, :]) ** 2).sum(axis=2)
+        np.minimum(cand_d2, d2[None, :], out=cand_d2)
+        pots = cand_d2.sum(axis=1)
+        best = int(np.argmin(pots))
+        centers[c] = X[cand[best]]
+        d2, potential = cand_d2[best], pots[best]
+    return centers
+
+
+def lloyd_update(stats: SuffStats) -> np.ndarray:
+    """New centres from hard-assignment statistics; an empty cluster keeps its centre."""
+    counts = np.maximum(stats.nk, 1.0)[:, None]
+    return stats.shift + np.where(stats.nk[:, None] > 0, stats.sk / counts, 0.0)
+
+
+def lloyd(X: np.ndarray, centers: np.ndarray, tol: float, max_iter: int = 300) -> np.ndarray:
+    """Lloyd iterations on in-memory rows until the squared centre shift is <= ``tol``."""
+    for _ in range(max_iter):
+        new = lloyd_update(hard_assignment_stats(X, centers, "spherical"))
+        shift = ((new - centers) ** 2).sum()
+        centers = new
+        if shift <= tol:
+            break
+    return centers
+
+
+# --------------------------------------------------------------------------
 # M-step
 # --------------------------------------------------------------------------
 
@@ -542,3 +634,30 @@ def m_step(stats: SuffStats, reg_covar: float):
     weights = nk / nk.sum()
     empty = np.flatnonzero(stats.nk <= EMPTY_COMPONENT_SHARE * max(stats.n, 1e-300))
     return weights, means, covariances, empty
+
+
+def stats_from_params(params: Params, covariances: np.ndarray, reg_covar: float) -> SuffStats:
+    """Normalised statistics (``n = 1``) whose :func:`m_step` gives back ``params``.
+
+    The inverse of the M-step, up to its ``10 * eps`` guard on ``N_k``: the
+    starting point of stepwise EM when the model comes from parameters rather
+    than from data. Statistics are about the means (so ``S_k = 0``); the tied
+    scatter is about :func:`center_of`.
+    """
+    cov_type, nk, means = params.covariance_type, params.weights, params.means
+    d = params.n_features
+    cov = np.asarray(covariances, dtype=np.float64)
+    center = center_of(params)
+    if cov_type == "full":
+        qk = nk[:, None, None] * (cov - reg_covar * np.eye(d))
+    elif cov_type == "diag":
+        qk = nk[:, None] * (cov - reg_covar)
+    elif cov_type == "spherical":
+        qk = nk * d * (cov - reg_covar)
+    else:  # tied: pooled scatter about the centre plus the between-component part
+        dm = means - center
+        qk = nk.sum() * (cov - reg_covar * np.eye(d)) + (dm.T * nk) @ dm
+    return SuffStats(
+        covariance_type=cov_type, shift=means, center=center, n=float(nk.sum()),
+        nk=nk, sk=np.zeros_like(means), qk=qk, loglik=0.0, n_rows=0,
+    )

@@ -3,7 +3,8 @@
 A packet is small and of fixed size (independent of the number of rows), and
 packets computed about the same shifts add exactly. Scaling and re-shifting
 support stepwise (online) EM, where running averages are kept about a common
-shift that moves with the model.
+shift that moves with the model (:meth:`SuffStats.stepped`); packing to one
+flat vector lets that running state be checkpointed as a plain array.
 """
 
 from __future__ import annotations
@@ -96,6 +97,46 @@ class SuffStats:
             dc = center - self.center
             qk = self.qk - np.outer(s0, dc) - np.outer(dc, s0) + self.n * np.outer(dc, dc)
         return replace(self, shift=shift, center=center, sk=sk, qk=qk)
+
+    def stepped(self, packet: SuffStats, rho: float) -> SuffStats:
+        """Stepwise-EM update of running normalised statistics by one packet.
+
+        Returns ``(1 - rho) * self + rho * packet / packet.n``, expressed about
+        the packet's shifts (the means its E-step used), so the running
+        statistics follow the model. ``n_rows`` accumulates the rows seen.
+        """
+        moved = self.shifted(packet.shift, packet.center)
+        return moved.scaled(1.0 - rho) + packet.scaled(rho / packet.n)
+
+    def pack(self) -> np.ndarray:
+        """All fields as one flat float64 vector (for checkpoints; see :meth:`unpack`)."""
+        head = np.array([self.n, self.loglik, self.n_rows], dtype=np.float64)
+        parts = [head, self.nk, self.sk, self.qk, self.shift, self.center]
+        return np.concatenate([np.ravel(np.asarray(a, dtype=np.float64)) for a in parts])
+
+    @classmethod
+    def unpack(
+        cls, vector: np.ndarray, covariance_type: str, n_components: int, n_features: int
+    ) -> SuffStats:
+        """Inverse of :meth:`pack`; raises ``ValueError`` if the length does not fit."""
+        K, d = n_components, n_features
+        q_shape = {"full": (K, d, d), "tied": (d, d), "diag": (K, d), "spherical": (K,)}
+        shapes = [(K,), (K, d), q_shape[covariance_type], (K, d), (d,)]
+        sizes = [int(np.prod(s)) for s in shapes]
+        vector = np.asarray(vector, dtype=np.float64)
+        if vector.shape != (3 + sum(sizes),):
+            raise ValueError(
+                f"packed statistics for {covariance_type!r} with {K} components and {d} "
+                f"features must have shape {(3 + sum(sizes),)}; got {vector.shape}"
+            )
+        ends = np.cumsum([3, *sizes])
+        nk, sk, qk, shift, center = (
+            vector[a:b].reshape(s) for a, b, s in zip(ends[:-1], ends[1:], shapes, strict=True)
+        )
+        return cls(
+            covariance_type=covariance_type, shift=shift, center=center, n=float(vector[0]),
+            nk=nk, sk=sk, qk=qk, loglik=float(vector[1]), n_rows=int(vector[2]),
+        )
 
 
 def tree_sum(packets: list) -> object:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numbers
 import sys
 import warnings
+from dataclasses import replace
 
 import dask
 import numpy as np
@@ -18,10 +19,13 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
-from dgmm import _em
-from dgmm import _init
+from dgmm import _em, _init
 from dgmm import _kernels as K
+from dgmm._stats import SuffStats
 from dgmm.io import as_dask_array
+
+ALGORITHMS = ("batch", "minibatch")
+ONLINE_ATTRIBUTES = ("n_steps_", "n_samples_seen_", "step_size_", "running_stats_")
 
 
 class GaussianMixture(DensityMixin, BaseEstimator):
@@ -60,6 +64,35 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     verbose : int, default=0
         1 prints a line per initialisation, 2 also per ``verbose_interval`` iterations.
     verbose_interval : int, default=10
+    algorithm : {'batch', 'minibatch'}, default='batch'
+        How :meth:`fit` runs EM. 'batch': one full data pass per M-step.
+        'minibatch': stepwise EM, an M-step after every minibatch of about
+        ``batch_size`` rows, visiting the row blocks in a shuffled order an
+        epoch (pass) at a time; ``max_iter`` then counts epochs and ``tol``
+        applies to the change of an epoch's mean log-likelihood (under the
+        parameters in force when each row was visited). With ``n_init > 1``
+        the initialisations compete on the first minibatch.
+    batch_size : int, default=10_000
+        Rows per minibatch ('minibatch' only). A minibatch is one or more whole
+        blocks of the dask array, or an equal slice of a larger block (which is
+        then read once per slice: chunks of at most ``batch_size`` rows read
+        the data once per epoch). The blocks of one minibatch are processed in
+        parallel.
+    learning_decay : float, default=0.6
+        ``kappa`` in the step size ``rho_t = (t + learning_offset) ** -kappa``
+        of stepwise EM (:meth:`partial_fit` and 'minibatch'); in (0.5, 1].
+        Smaller values forget early minibatches faster; 1 with
+        ``learning_offset=0`` makes the running statistics the plain average
+        of all minibatches.
+    learning_offset : float, default=0.0
+        ``t0`` in the step size, >= 0. With 0 the first step replaces the
+        initial statistics entirely; larger values damp the early steps.
+    shuffle : bool, default=True
+        Whether 'minibatch' visits the blocks in an order shuffled by
+        ``random_state`` (a new order every epoch) or in storage order.
+    polish_iter : int, default=0
+        Full batch EM iterations run after the 'minibatch' epochs (stopping
+        early on ``tol``), to polish the result.
 
     Attributes
     ----------
@@ -77,6 +110,21 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     lower_bounds_ : list of float
         ``lower_bound`` per iteration of the best run.
     n_features_in_ : int
+    n_steps_ : int
+        Stepwise-EM steps taken ('minibatch' fit and :meth:`partial_fit` only).
+    n_samples_seen_ : int
+        Rows that have entered the running statistics of stepwise EM (rows
+        visited again in a later epoch count again).
+    step_size_ : float
+        Step size ``rho`` of the last stepwise-EM step.
+    running_stats_ : ndarray of shape (n_packed,)
+        The running normalised sufficient statistics of stepwise EM, packed
+        into one float64 vector (layout: :meth:`dgmm._stats.SuffStats.pack`;
+        ``n_packed = 3 + K + 2 K d + d`` plus the scatter statistics: ``K d d``
+        full, ``d d`` tied, ``K d`` diag, ``K`` spherical).
+        With the parameters and the three attributes above it is the whole
+        state of a stream: an estimator with the same constructor parameters
+        and these attributes restored continues :meth:`partial_fit` exactly.
 
     Examples
     --------
@@ -106,6 +154,12 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         warm_start: bool = False,
         verbose: int = 0,
         verbose_interval: int = 10,
+        algorithm: str = "batch",
+        batch_size: int = 10_000,
+        learning_decay: float = 0.6,
+        learning_offset: float = 0.0,
+        shuffle: bool = True,
+        polish_iter: int = 0,
     ):
         self.n_components = n_components
         self.covariance_type = covariance_type
@@ -121,6 +175,12 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         self.warm_start = warm_start
         self.verbose = verbose
         self.verbose_interval = verbose_interval
+        self.algorithm = algorithm
+        self.batch_size = batch_size
+        self.learning_decay = learning_decay
+        self.learning_offset = learning_offset
+        self.shuffle = shuffle
+        self.polish_iter = polish_iter
 
     # ------------------------------------------------------------------
     # Validation
@@ -133,6 +193,16 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         _check_int("verbose_interval", self.verbose_interval, 1)
         _check_number("tol", self.tol, 0.0)
         _check_number("reg_covar", self.reg_covar, 0.0)
+        _check_int("batch_size", self.batch_size, 1)
+        _check_int("polish_iter", self.polish_iter, 0)
+        _check_number("learning_offset", self.learning_offset, 0.0)
+        decay = self.learning_decay
+        if not isinstance(decay, numbers.Real) or isinstance(decay, bool) or not 0.5 < decay <= 1:
+            raise ValueError(f"learning_decay must be a number in (0.5, 1]; got {decay!r}")
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"algorithm must be one of {list(ALGORITHMS)}; got {self.algorithm!r}")
+        if not isinstance(self.shuffle, (bool, np.bool_)):
+            raise ValueError(f"shuffle must be True or False; got {self.shuffle!r}")
         if self.covariance_type not in K.COVARIANCE_TYPES:
             raise ValueError(
                 f"covariance_type must be one of {list(K.COVARIANCE_TYPES)}; "
@@ -146,7 +216,9 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         if self.weights_init is not None:
             w = _check_shape("weights_init", self.weights_init, (k,))
             if np.any(w < 0) or np.any(w > 1):
-                raise ValueError(f"weights_init must lie in [0, 1]; got min {w.min()}, max {w.max()}")
+                raise ValueError(
+                    f"weights_init must lie in [0, 1]; got min {w.min()}, max {w.max()}"
+                )
             if not np.isclose(w.sum(), 1.0, rtol=0, atol=1e-6):
                 raise ValueError(f"weights_init must sum to 1; got sum {w.sum():.6f}")
         if self.means_init is not None:
@@ -168,7 +240,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     # Fitting
     # ------------------------------------------------------------------
 
-    def fit(self, X, y=None) -> GaussianMixture:
+    def fit(self, X, y=None, *, callback=None) -> GaussianMixture:
         """Estimate the parameters with EM, ``n_init`` times, keeping the best.
 
         Parameters
@@ -176,6 +248,11 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         X : array-like, dask array, zarr.Array or str of shape (n_samples, n_features)
             The data; a string is a path or URL to a Zarr array.
         y : Ignored
+        callback : callable, optional
+            Called after every EM iteration with a dict: ``iteration``,
+            ``lower_bound`` (best over restarts), ``change`` (of that since
+            the previous iteration), ``seconds`` (of the pass), ``active``
+            (restarts still running).
 
         Returns
         -------
@@ -191,12 +268,16 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             )
         scheduler = None if lazy else "threads"
         blocks = _em.as_blocks(Xd)
-        do_init = not (self.warm_start and hasattr(self, "converged_"))
+        warm = self.warm_start and hasattr(self, "means_")
         with _em.blas_guard(scheduler):
-            if do_init:
+            if not warm:
                 runs = self._initial_runs(blocks, scheduler)
             else:
-                runs = [_em.Run(self._params(), self.covariances_, lower_bound=self.lower_bound_)]
+                runs = [_em.Run(self._params(), self.covariances_,
+                                lower_bound=getattr(self, "lower_bound_", -np.inf))]
+            if self.algorithm == "minibatch":
+                self._fit_minibatch(blocks, runs, warm, scheduler, callback)
+                return self
             if self.max_iter > 0:
                 _em.batch_em(
                     blocks,
@@ -205,23 +286,143 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                     tol=self.tol,
                     reg_covar=self.reg_covar,
                     scheduler=scheduler,
-                    log=self._log if self.verbose >= 2 else None,
-                    verbose_interval=self.verbose_interval,
+                    on_iteration=self._iteration_hook(callback),
                 )
         best = runs[-1] if self.max_iter == 0 else _best_run(runs)
         if self.verbose >= 1:
             for i, r in enumerate(runs):
                 self._log(f"Initialisation {i}: lower bound {r.lower_bound:.6f} after "
                           f"{r.n_iter} iterations, converged={r.converged}")
+        for name in ONLINE_ATTRIBUTES:  # a batch fit starts any later stream afresh
+            self.__dict__.pop(name, None)
         self._set_run(best, n_features=d)
+        self._warn_not_converged(stacklevel=3)
+        return self
+
+    def _warn_not_converged(self, stacklevel: int) -> None:
         if not self.converged_ and self.max_iter > 0:
             warnings.warn(
                 "The best initialisation did not converge. Try different init "
                 "parameters, increase max_iter or tol, or check for degenerate data.",
                 ConvergenceWarning,
-                stacklevel=2,
+                stacklevel=stacklevel,
             )
+
+    def _fit_minibatch(self, blocks: _em.Blocks, runs: list[_em.Run], warm: bool, scheduler,
+                       callback=None):
+        """Stepwise EM over ``blocks`` from ``runs`` (or the current stream), then polish."""
+        if warm:
+            states = [self._online_state()]
+        else:
+            states = [_em.OnlineState.from_params(r.params, r.covariances, self.reg_covar)
+                      for r in runs]
+        seed = check_random_state(self.random_state).randint(np.iinfo(np.int32).max)
+        state, run = _em.minibatch_em(
+            blocks,
+            states,
+            batch_size=self.batch_size,
+            max_iter=self.max_iter,
+            tol=self.tol,
+            reg_covar=self.reg_covar,
+            decay=self.learning_decay,
+            offset=self.learning_offset,
+            rng=np.random.default_rng(seed) if self.shuffle else None,
+            scheduler=scheduler,
+            log=self._log if self.verbose >= 2 else None,
+            verbose_interval=self.verbose_interval,
+        )
+        if self.polish_iter > 0:
+            epochs, run.converged, run.n_iter = run.n_iter, False, 0
+            _em.batch_em(
+                blocks, [run], max_iter=self.polish_iter, tol=self.tol,
+                reg_covar=self.reg_covar, scheduler=scheduler,
+                on_iteration=self._iteration_hook(callback),
+            )
+            run.n_iter += epochs
+            # The running statistics restart from the polished model.
+            state = replace(
+                _em.OnlineState.from_params(
+                    run.params, run.covariances, self.reg_covar, n_rows=state.stats.n_rows
+                ),
+                n_steps=state.n_steps,
+                step_size=state.step_size,
+            )
+        if self.verbose >= 1:
+            self._log(f"Minibatch EM: lower bound {run.lower_bound:.6f} after {run.n_iter} "
+                      f"passes, {state.n_steps} steps, converged={run.converged}")
+        self._set_run(run, n_features=blocks.n_features)
+        self._set_online_state(state)
+        self._warn_not_converged(stacklevel=4)
+
+    def partial_fit(self, X, y=None) -> GaussianMixture:
+        """One stepwise-EM update from a batch of rows.
+
+        The first call (on an unfitted estimator) initialises the model from
+        this batch as :meth:`fit` would (``init_params``, ``*_init``; with
+        ``n_init > 1`` the initialisation under which the batch is most likely
+        is kept). Every call then takes one step: the E-step of the batch under
+        the current model, blended into the running normalised statistics with
+        step size ``rho_t = (t + learning_offset) ** -learning_decay``, and an
+        M-step. A model fitted by batch EM starts a new stream from its
+        parameters (``t = 0``). A rejected batch (ValueError) leaves the model
+        unchanged.
+
+        Parameters
+        ----------
+        X : array-like, dask array, zarr.Array or str of shape (n_batch, n_features)
+            One batch of rows, from any source (a generator, a message queue,
+            rows appended to a Zarr store).
+        y : Ignored
+
+        Returns
+        -------
+        self : GaussianMixture
+        """
+        Xd, lazy = as_dask_array(X)
+        n, d = Xd.shape
+        fitted = hasattr(self, "means_")
+        if fitted:
+            self._check_fitted_features(d)
+        self._check_parameters(d)
+        if not fitted and n < self.n_components:
+            raise ValueError(
+                f"The first batch initialises the model and needs n_samples >= n_components; "
+                f"got n_components = {self.n_components}, n_samples = {n}"
+            )
+        scheduler = None if lazy else "threads"
+        blocks = _em.as_blocks(Xd)
+        with _em.blas_guard(scheduler):
+            if fitted:
+                states = [self._online_state()]
+            else:
+                states = [_em.OnlineState.from_params(r.params, r.covariances, self.reg_covar)
+                          for r in self._initial_runs(blocks, scheduler)]
+            packets = _em.estep_pass(blocks, [s.params for s in states], scheduler)
+            state, _ = _em.stepwise_step(
+                states, packets, reg_covar=self.reg_covar,
+                decay=self.learning_decay, offset=self.learning_offset,
+            )
+        # Only now, with every check passed, does the model change.
+        self._set_params(state.params, state.covariances, n_features=d)
+        self._set_online_state(state)
         return self
+
+    def _online_state(self) -> _em.OnlineState:
+        """The stream state held in the fitted attributes (fresh if there is none)."""
+        if not hasattr(self, "running_stats_"):
+            return _em.OnlineState.from_params(self._params(), self.covariances_, self.reg_covar)
+        stats = SuffStats.unpack(
+            self.running_stats_, self.covariance_type, self.n_components, self.n_features_in_
+        )
+        return _em.OnlineState(
+            self._params(), self.covariances_, stats, int(self.n_steps_), float(self.step_size_)
+        )
+
+    def _set_online_state(self, state: _em.OnlineState) -> None:
+        self.n_steps_ = int(state.n_steps)
+        self.n_samples_seen_ = int(state.stats.n_rows)
+        self.step_size_ = float(state.step_size)
+        self.running_stats_ = state.stats.pack()
 
     def fit_predict(self, X, y=None):
         """Fit the model, then return the most likely component of every row.
@@ -232,23 +433,19 @@ class GaussianMixture(DensityMixin, BaseEstimator):
 
     def _initial_runs(self, blocks: _em.Blocks, scheduler) -> list[_em.Run]:
         rng = check_random_state(self.random_state)
-        k, cov_type = self.n_components, self.covariance_type
-        need_stats = self.means_init is None or self.weights_init is None or (
-            self.precisions_init is None
+        if self.means_init is not None and self.weights_init is not None and (
+            self.precisions_init is not None
+        ):
+            return [self._run_from_stats(None) for _ in range(self.n_init)]
+        # random_from_data draws its rows from ``rng`` itself, as scikit-learn does
+        seeds = (
+            [0] * self.n_init if self.init_params == "random_from_data"
+            else rng.randint(np.iinfo(np.int32).max, size=self.n_init).tolist()
         )
-        if not need_stats:
-            stats = [None] * self.n_init
-        elif self.init_params == "random":
-            seeds = rng.randint(np.iinfo(np.int32).max, size=self.n_init).tolist()
-            stats = _init.init_random(blocks, k, cov_type, seeds, scheduler)
-        elif self.init_params == "random_from_data":
-            stats = _init.init_random_from_data(blocks, k, cov_type, [rng] * self.n_init, scheduler)
-        else:
-            raise NotImplementedError(
-                f"init_params={self.init_params!r} is not implemented yet; "
-                "use 'random' or 'random_from_data', or pass means_init, "
-                "weights_init and precisions_init"
-            )
+        starts = [(self.n_components, seed) for seed in seeds]
+        stats = _init.initial_stats(
+            blocks, self.init_params, self.covariance_type, starts, rng, scheduler
+        )
         return [self._run_from_stats(st) for st in stats]
 
     def _run_from_stats(self, st) -> _em.Run:
@@ -268,20 +465,44 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         return _em.Run(K.Params(cov_type, weights, means, prec_chol), covariances)
 
     def _set_run(self, run: _em.Run, n_features: int) -> None:
-        p = run.params
-        self.weights_ = p.weights
-        self.means_ = p.means
-        self.precisions_cholesky_ = p.precisions_cholesky
-        self.covariances_ = run.covariances
-        self.precisions_ = K.precisions_from_cholesky(p.precisions_cholesky, p.covariance_type)
+        self._set_params(run.params, run.covariances, n_features)
         self.converged_ = bool(run.converged)
         self.n_iter_ = int(run.n_iter)
         self.lower_bound_ = float(run.lower_bound)
         self.lower_bounds_ = list(run.lower_bounds)
+
+    def _set_params(self, p: K.Params, covariances: np.ndarray, n_features: int) -> None:
+        self.weights_ = p.weights
+        self.means_ = p.means
+        self.precisions_cholesky_ = p.precisions_cholesky
+        self.covariances_ = covariances
+        self.precisions_ = K.precisions_from_cholesky(p.precisions_cholesky, p.covariance_type)
         self.n_features_in_ = int(n_features)
 
     def _params(self) -> K.Params:
         return K.Params(self.covariance_type, self.weights_, self.means_, self.precisions_cholesky_)
+
+    def _iteration_hook(self, callback):
+        """What runs after every EM pass: verbose lines and the user's callback."""
+        best_before = [-np.inf]
+
+        def hook(iteration: int, runs: list[_em.Run], seconds: float) -> None:
+            best = max(r.lower_bound for r in runs)
+            info = {
+                "iteration": iteration,
+                "lower_bound": best,
+                "change": best - best_before[0],
+                "seconds": seconds,
+                "active": sum(not r.converged for r in runs),
+            }
+            best_before[0] = best
+            if self.verbose >= 2 and iteration % self.verbose_interval == 0:
+                self._log(f"  iteration {iteration}: lower bound {best:.6f}, "
+                          f"change {info['change']:.3e}, {seconds:.2f}s")
+            if callback is not None:
+                callback(info)
+
+        return hook
 
     def _log(self, message: str) -> None:
         print(message, file=sys.stdout, flush=True)
@@ -393,3 +614,86 @@ def _check_shape(name: str, value, shape: tuple) -> np.ndarray:
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"{name} contains NaN or infinity")
     return arr
+
+
+def select_n_components(
+    X,
+    n_components=range(1, 11),
+    *,
+    criterion: str = "bic",
+    **params,
+) -> tuple[GaussianMixture, list[dict]]:
+    """Fit one mixture per candidate number of components and keep the best.
+
+    All candidates (and their ``n_init`` restarts) are fitted together: every
+    initialisation pass and every EM pass over the data scores all of them at
+    once, and one last shared pass scores the final models. For out-of-core
+    data this costs about as many passes as a single fit.
+
+    Parameters
+    ----------
+    X : array-like, dask array, zarr.Array or str of shape (n_samples, n_features)
+    n_components : iterable of int, default=range(1, 11)
+        Candidate numbers of components.
+    criterion : {'bic', 'aic'}, default='bic'
+        Lower is better.
+    **params
+        Other :class:`GaussianMixture` parameters (not the ``*_init`` arrays).
+
+    Returns
+    -------
+    best : GaussianMixture
+        The fitted model with the lowest criterion.
+    table : list of dict
+        Per candidate: ``n_components``, ``bic``, ``aic``, ``score`` (mean
+        log-likelihood), ``n_iter``, ``converged``.
+    """
+    if criterion not in ("bic", "aic"):
+        raise ValueError(f"criterion must be 'bic' or 'aic'; got {criterion!r}")
+    for name in ("weights_init", "means_init", "precisions_init"):
+        if params.get(name) is not None:
+            raise ValueError(f"{name} cannot be used when selecting n_components")
+    candidates = sorted({int(k) for k in n_components})
+    if not candidates:
+        raise ValueError("n_components must list at least one candidate")
+    Xd, lazy = as_dask_array(X)
+    n, d = Xd.shape
+    models = [GaussianMixture(k, **params) for k in candidates]
+    for m in models:
+        m._check_parameters(d)
+    if n < candidates[-1]:
+        raise ValueError(f"Expected n_samples >= n_components but got n_components = "
+                         f"{candidates[-1]}, n_samples = {n}")
+    proto = models[0]
+    scheduler = None if lazy else "threads"
+    blocks = _em.as_blocks(Xd)
+    rng = check_random_state(proto.random_state)
+    starts = [
+        (k, int(seed)) for k in candidates
+        for seed in rng.randint(np.iinfo(np.int32).max, size=proto.n_init)
+    ]
+    with _em.blas_guard(scheduler):
+        stats = _init.initial_stats(
+            blocks, proto.init_params, proto.covariance_type, starts, rng, scheduler
+        )
+        runs = [models[candidates.index(k)]._run_from_stats(st)
+                for (k, _), st in zip(starts, stats, strict=True)]
+        _em.batch_em(blocks, runs, max_iter=proto.max_iter, tol=proto.tol,
+                     reg_covar=proto.reg_covar, scheduler=scheduler)
+        best_runs = [_best_run(runs[i * proto.n_init : (i + 1) * proto.n_init])
+                     for i in range(len(candidates))]
+        final = _em.estep_pass(blocks, [r.params for r in best_runs], scheduler=scheduler)
+    table = []
+    for model, run, st in zip(models, best_runs, final, strict=True):
+        model._set_run(run, n_features=d)
+        p = model._n_parameters()
+        table.append({
+            "n_components": model.n_components,
+            "bic": float(-2.0 * st.loglik + p * np.log(n)),
+            "aic": float(-2.0 * st.loglik + 2.0 * p),
+            "score": float(st.loglik / n),
+            "n_iter": run.n_iter,
+            "converged": run.converged,
+        })
+    best = min(range(len(models)), key=lambda i: table[i][criterion])
+    return models[best], table

@@ -1,0 +1,425 @@
+"""The ``dgmm`` command line, for interactive use and scheduled batch jobs.
+
+Exit codes: 0 success; 2 usage errors (bad flags, a missing store, an
+unwritable output) with a one-line message; 1 any other failure, with a
+one-line cause (the traceback too with ``--verbose``). Progress goes to
+stderr as plain lines, one per EM iteration, so logs stay readable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import click
+import numpy as np
+
+from dgmm import _kernels as K
+
+
+class CommandError(click.UsageError):
+    """A usage problem found by a command itself (exit code 2)."""
+
+
+class _Cli(click.Group):
+    """A click group whose errors are one line on stderr with dgmm's exit codes."""
+
+    def main(self, args=None, prog_name=None, **extra):
+        args = list(sys.argv[1:] if args is None else args)
+        verbose = "--verbose" in args or "-v" in args
+        try:
+            super().main(args=args, prog_name=prog_name or "dgmm", standalone_mode=False,
+                         **extra)
+        except click.exceptions.Exit as exc:
+            sys.exit(exc.exit_code)
+        except click.UsageError as exc:
+            _error(exc.format_message(), exc.ctx.command_path if exc.ctx else "dgmm")
+            sys.exit(2)
+        except click.Abort:
+            _error("aborted")
+            sys.exit(1)
+        except Exception as exc:  # the last line of defence: one line, exit 1
+            if verbose:
+                traceback.print_exc()
+            _error(f"{type(exc).__name__}: {exc}")
+            sys.exit(1)
+        sys.exit(0)
+
+
+def _error(message: str, where: str = "dgmm") -> None:
+    click.echo(f"{where}: error: {' '.join(str(message).split())}", err=True)
+
+
+def _progress(quiet: bool):
+    """Per-iteration progress lines on stderr (None when quiet)."""
+    if quiet:
+        return None
+
+    def report(info: dict) -> None:
+        click.echo(
+            f"iteration {info['iteration']:>4}  log-likelihood {info['lower_bound']:.6f}  "
+            f"change {info['change']:+.3e}  {info['seconds']:.2f}s",
+            err=True,
+        )
+
+    return report
+
+
+def _say(quiet: bool, message: str) -> None:
+    if not quiet:
+        click.echo(message, err=True)
+
+
+def _open_store(store: str, array: str | None):
+    from dgmm import io
+
+    try:
+        return io.open_array(store, array)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+
+
+def _check_writable(path: str, overwrite: bool = True) -> None:
+    target = Path(path)
+    parent = target.parent if str(target.parent) else Path(".")
+    if not parent.is_dir():
+        raise CommandError(f"cannot write {path}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise CommandError(f"cannot write {path}: directory {parent} is not writable")
+    if not overwrite and target.exists():
+        raise CommandError(f"{path} exists; pass --overwrite to replace it")
+
+
+def _load(model_path: str):
+    import dgmm
+
+    if not Path(model_path).exists():
+        raise CommandError(f"model file not found: {model_path}")
+    return dgmm.load(model_path)
+
+
+def _parse_components(text: str) -> list[int]:
+    """'4', '1:12' (inclusive) or '2,4,8'."""
+    try:
+        if ":" in text:
+            lo, hi = (int(v) for v in text.split(":"))
+            values = list(range(lo, hi + 1))
+        else:
+            values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise CommandError(f"--n-components must be an int, a range LO:HI or a list; "
+                           f"got {text!r}") from None
+    if not values or min(values) < 1:
+        raise CommandError(f"--n-components must be >= 1; got {text!r}")
+    return values
+
+
+@contextlib.contextmanager
+def _cluster(spec: str | None, quiet: bool):
+    if spec is None:
+        yield None
+        return
+    from dgmm import cluster
+
+    with cluster.connect(spec) as client:
+        _say(quiet, f"using Dask cluster at {client.scheduler.address}")
+        yield client
+
+
+_quiet = click.option("-q", "--quiet", is_flag=True, help="Only errors on stderr.")
+_verbose = click.option("-v", "--verbose", is_flag=True,
+                        help="More detail, and a traceback on failure.")
+_array = click.option("--array", default=None, help="Array name inside a Zarr group.")
+_cluster_opt = click.option("--cluster", "cluster_spec", default=None, metavar="CONFIG_OR_ADDRESS",
+                            help="Cluster YAML config or scheduler address (default: local "
+                                 "threads).")
+
+
+@click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="dgmm")
+def main() -> None:
+    """Gaussian mixture models for data larger than memory, on Dask."""
+
+
+@main.command()
+@click.argument("out")
+@click.option("--n-samples", type=click.IntRange(min=1), required=True)
+@click.option("--n-features", type=click.IntRange(min=1), required=True)
+@click.option("--n-components", type=click.IntRange(min=1), required=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--chunk-rows", type=click.IntRange(min=1), default=None)
+@click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32",
+              show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace an existing store.")
+@_quiet
+@_verbose
+def generate(out, n_samples, n_features, n_components, seed, chunk_rows, dtype, overwrite,
+             quiet, verbose):
+    """Write a synthetic Gaussian mixture to the Zarr group OUT, chunk by chunk."""
+    from dgmm.datasets import make_mixture_zarr
+
+    _check_writable(out, overwrite)
+    start = time.perf_counter()
+    make_mixture_zarr(out, n_samples, n_features, n_components, seed=seed,
+                      chunk_rows=chunk_rows, dtype=dtype, overwrite=overwrite)
+    _say(quiet, f"wrote {n_samples} x {n_features} {dtype} rows of a {n_components}-component "
+                f"mixture to {out} (array 'X') in {time.perf_counter() - start:.1f}s")
+
+
+@main.command()
+@click.argument("store")
+@_array
+@click.option("--n-components", "n_components", required=True, type=click.IntRange(min=1))
+@click.option("--covariance-type", type=click.Choice(K.COVARIANCE_TYPES), default="full",
+              show_default=True)
+@click.option("--max-iter", type=click.IntRange(min=0), default=100, show_default=True)
+@click.option("--tol", type=click.FloatRange(min=0), default=1e-3, show_default=True)
+@click.option("--reg-covar", type=click.FloatRange(min=0), default=1e-6, show_default=True)
+@click.option("--init", "init_params",
+              type=click.Choice(["kmeans", "k-means++", "random", "random_from_data"]),
+              default="kmeans", show_default=True)
+@click.option("--n-init", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--algorithm", type=click.Choice(["batch", "minibatch"]), default="batch",
+              show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=10_000, show_default=True,
+              help="Rows per minibatch (--algorithm minibatch).")
+@click.option("--out", required=True, help="Model file to write (atomically).")
+@_cluster_opt
+@click.option("--checkpoint", type=click.Path(file_okay=False), default=None,
+              help="Directory for a checkpoint written after every iteration.")
+@click.option("--resume", is_flag=True, help="Continue from the checkpoint in --checkpoint.")
+@_quiet
+@_verbose
+def fit(store, array, n_components, covariance_type, max_iter, tol, reg_covar, init_params,
+        n_init, seed, algorithm, batch_size, out, cluster_spec, checkpoint, resume, quiet,
+        verbose):
+    """Fit a mixture to the Zarr array STORE and save it to --out."""
+    from dgmm import GaussianMixture
+
+    X = _open_store(store, array)
+    _check_writable(out)
+    if resume and checkpoint is None:
+        raise CommandError("--resume needs --checkpoint DIR")
+    if checkpoint is not None and algorithm != "batch":
+        raise CommandError("--checkpoint is supported with --algorithm batch only")
+    model = GaussianMixture(
+        n_components, covariance_type=covariance_type, max_iter=max_iter, tol=tol,
+        reg_covar=reg_covar, init_params=init_params, n_init=n_init, random_state=seed,
+        algorithm=algorithm, batch_size=batch_size, verbose=1 if verbose else 0,
+    )
+    start = time.perf_counter()
+    with _cluster(cluster_spec, quiet):
+        model.fit(X, checkpoint=checkpoint, resume=resume, callback=_progress(quiet))
+    model.save(out)
+    _say(quiet, f"fitted {n_components} {covariance_type} components to {X.shape[0]} x "
+                f"{X.shape[1]} rows in {time.perf_counter() - start:.1f}s: "
+                f"{model.n_iter_} iterations, converged={model.converged_}, "
+                f"lower bound {model.lower_bound_:.6f}; saved {out}")
+
+
+@main.command()
+@click.argument("model_path", metavar="MODEL")
+@click.argument("store")
+@_array
+@click.option("--out", required=True, help="Zarr group to write (atomically).")
+@click.option("--labels/--no-labels", default=True, show_default=True)
+@click.option("--proba", is_flag=True, help="Also write responsibilities.")
+@click.option("--log-density", is_flag=True, help="Also write per-row log-density.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output store.")
+@_cluster_opt
+@_quiet
+@_verbose
+def predict(model_path, store, array, out, labels, proba, log_density, overwrite, cluster_spec,
+            quiet, verbose):
+    """Stream predictions of MODEL for STORE into the Zarr group --out."""
+    from dgmm.io import write_predictions
+
+    model = _load(model_path)
+    X = _open_store(store, array)
+    _check_writable(out, overwrite)
+    if not (labels or proba or log_density):
+        raise CommandError("nothing to write: pass --labels, --proba or --log-density")
+    start = time.perf_counter()
+    with _cluster(cluster_spec, quiet):
+        write_predictions(model, X, out, labels=labels, proba=proba, log_density=log_density,
+                          overwrite=overwrite)
+    _say(quiet, f"wrote predictions for {X.shape[0]} rows to {out} "
+                f"in {time.perf_counter() - start:.1f}s")
+
+
+@main.command()
+@click.argument("model_path", metavar="MODEL")
+@click.argument("store")
+@_array
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@_cluster_opt
+@_quiet
+@_verbose
+def score(model_path, store, array, as_json, cluster_spec, quiet, verbose):
+    """Mean log-likelihood, BIC and AIC of MODEL on STORE (one data pass)."""
+    model = _load(model_path)
+    X = _open_store(store, array)
+    with _cluster(cluster_spec, quiet):
+        mean = model.score(X)
+    n = X.shape[0]
+    p = model._n_parameters()
+    result = {
+        "n_samples": int(n),
+        "mean_log_likelihood": mean,
+        "bic": float(-2.0 * mean * n + p * np.log(n)),
+        "aic": float(-2.0 * mean * n + 2.0 * p),
+    }
+    if as_json:
+        click.echo(json.dumps(result))
+    else:
+        for key, value in result.items():
+            click.echo(f"{key:<20} {value}")
+
+
+@main.command()
+@click.argument("store")
+@_array
+@click.option("--n-components", "n_components", required=True, metavar="LO:HI|LIST",
+              help="Candidates, e.g. 1:12 (inclusive) or 2,4,8.")
+@click.option("--covariance-type", type=click.Choice(K.COVARIANCE_TYPES), default="full",
+              show_default=True)
+@click.option("--criterion", type=click.Choice(["bic", "aic"]), default="bic",
+              show_default=True)
+@click.option("--max-iter", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option("--tol", type=click.FloatRange(min=0), default=1e-3, show_default=True)
+@click.option("--n-init", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", required=True, help="Model file for the best candidate.")
+@_cluster_opt
+@_quiet
+@_verbose
+def select(store, array, n_components, covariance_type, criterion, max_iter, tol, n_init, seed,
+           out, cluster_spec, quiet, verbose):
+    """Fit every candidate number of components (sharing data passes); save the best."""
+    from dgmm import select_n_components
+
+    candidates = _parse_components(n_components)
+    X = _open_store(store, array)
+    _check_writable(out)
+    with _cluster(cluster_spec, quiet):
+        best, table = select_n_components(
+            X, candidates, criterion=criterion, covariance_type=covariance_type,
+            max_iter=max_iter, tol=tol, n_init=n_init, random_state=seed,
+        )
+    best.save(out)
+    if not quiet:
+        click.echo(f"{'K':>4} {'bic':>16} {'aic':>16} {'mean loglik':>12} {'iters':>6}", err=True)
+        for row in table:
+            mark = " *" if row["n_components"] == best.n_components else ""
+            click.echo(f"{row['n_components']:>4} {row['bic']:>16.2f} {row['aic']:>16.2f} "
+                       f"{row['score']:>12.5f} {row['n_iter']:>6}{mark}", err=True)
+        click.echo(f"best by {criterion}: {best.n_components} components; saved {out}", err=True)
+
+
+@main.command()
+@click.argument("model_path", metavar="MODEL")
+@_verbose
+def info(model_path, verbose):
+    """A readable summary of a model file."""
+    model = _load(model_path)
+    np.set_printoptions(precision=4, suppress=True, linewidth=100)
+    click.echo(f"model file        {model_path} ({Path(model_path).stat().st_size} bytes)")
+    click.echo(f"covariance type   {model.covariance_type}")
+    click.echo(f"components        {model.n_components}")
+    click.echo(f"features          {model.n_features_in_}")
+    click.echo(f"iterations        {model.n_iter_} (converged={model.converged_})")
+    click.echo(f"lower bound       {model.lower_bound_:.6f}")
+    order = np.argsort(model.weights_)[::-1]
+    click.echo("components by weight:")
+    for k in order:
+        means = np.array2string(model.means_[k][:6], separator=", ")
+        more = ", ..." if model.n_features_in_ > 6 else ""
+        click.echo(f"  {k:>3}  weight {model.weights_[k]:.4f}  mean {means[:-1]}{more}]")
+
+
+@main.command()
+@click.option("--n-samples", type=click.IntRange(min=1000), default=200_000, show_default=True)
+@click.option("--n-features", type=click.IntRange(min=2), default=8, show_default=True)
+@click.option("--n-components", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
+              help="LocalCluster worker processes.")
+@click.option("--plot", "plot_path", default="dgmm-demo.png", show_default=True,
+              help="Where to write a plot (needs matplotlib); '' for none.")
+@_quiet
+@_verbose
+def demo(n_samples, n_features, n_components, seed, workers, plot_path, quiet, verbose):
+    """Generate a synthetic store, fit it on a LocalCluster, compare with the truth."""
+    from distributed import Client, LocalCluster
+
+    from dgmm import GaussianMixture
+    from dgmm.datasets import make_mixture_zarr
+
+    with tempfile.TemporaryDirectory(prefix="dgmm-demo-") as tmp:
+        store = os.path.join(tmp, "demo.zarr")
+        truth = make_mixture_zarr(store, n_samples, n_features, n_components, seed=seed)
+        _say(quiet, f"generated {n_samples} x {n_features} rows from {n_components} "
+                    f"components in {store}")
+        with LocalCluster(n_workers=workers, threads_per_worker=1, dashboard_address=None,
+                          processes=True) as cluster, Client(cluster):
+            _say(quiet, f"LocalCluster with {workers} worker processes")
+            model = GaussianMixture(n_components, random_state=seed, max_iter=200)
+            start = time.perf_counter()
+            model.fit(f"{store}/X", callback=_progress(quiet))
+            elapsed = time.perf_counter() - start
+            X_sample = np.asarray(model.sample(2000)[0]) if plot_path else None
+        err, weight_err = _compare_to_truth(model, truth)
+    click.echo(f"fitted in {elapsed:.1f}s: {model.n_iter_} iterations, "
+               f"converged={model.converged_}, mean log-likelihood {model.lower_bound_:.4f}")
+    click.echo(f"largest distance between a fitted and a true mean: {err:.4f}; "
+               f"largest weight error: {weight_err:.4f}")
+    if plot_path:
+        _plot(model, truth, X_sample, plot_path, quiet)
+    if err > 0.1 * float(np.sqrt(n_features)):
+        raise click.ClickException(f"the fit did not recover the true means (error {err:.3f})")
+
+
+def _compare_to_truth(model, truth) -> tuple[float, float]:
+    from scipy.optimize import linear_sum_assignment
+
+    cost = ((model.means_[:, None, :] - truth.means[None]) ** 2).sum(axis=2)
+    rows, cols = linear_sum_assignment(cost)
+    err = float(np.sqrt(cost[rows, cols]).max())
+    weight_err = float(np.abs(model.weights_[rows] - truth.weights[cols]).max())
+    return err, weight_err
+
+
+def _plot(model, truth, X_sample, path: str, quiet: bool) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        _say(quiet, "matplotlib is not installed: no plot (pip install 'dgmm[plot]')")
+        return
+    fig, ax = plt.subplots(figsize=(6, 6))
+    ax.scatter(X_sample[:, 0], X_sample[:, 1], s=2, alpha=0.3, color="grey",
+               label="samples from the fit")
+    ax.scatter(truth.means[:, 0], truth.means[:, 1], marker="x", s=80, color="black",
+               label="true means")
+    ax.scatter(model.means_[:, 0], model.means_[:, 1], marker="o", s=60,
+               facecolors="none", edgecolors="red", label="fitted means")
+    ax.set_xlabel("feature 0")
+    ax.set_ylabel("feature 1")
+    ax.set_title("dgmm demo: first two features")
+    ax.legend(loc="best")
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    _say(quiet, f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

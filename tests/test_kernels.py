@@ -1,0 +1,169 @@
+"""The pure NumPy kernels against independent references."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.stats import multivariate_normal
+
+from dgmm import _kernels as K
+from tests.conftest import COVARIANCE_TYPES
+
+
+def random_params(covariance_type, k, d, seed=0):
+    rng = np.random.default_rng(seed)
+    means = rng.normal(scale=3.0, size=(k, d))
+    weights = rng.dirichlet(np.ones(k))
+    if covariance_type == "full":
+        A = rng.normal(size=(k, d, d))
+        cov = A @ A.transpose(0, 2, 1) + d * np.eye(d)
+    elif covariance_type == "tied":
+        A = rng.normal(size=(d, d))
+        cov = A @ A.T + d * np.eye(d)
+    elif covariance_type == "diag":
+        cov = rng.uniform(0.5, 2.0, size=(k, d))
+    else:
+        cov = rng.uniform(0.5, 2.0, size=k)
+    prec_chol = K.precision_cholesky(cov, covariance_type)
+    return K.Params(covariance_type, weights, means, prec_chol), cov
+
+
+def dense_cov(cov, covariance_type, k, d):
+    return {
+        "full": lambda: cov,
+        "tied": lambda: np.stack([cov] * k),
+        "diag": lambda: np.stack([np.diag(c) for c in cov]),
+        "spherical": lambda: np.stack([c * np.eye(d) for c in cov]),
+    }[covariance_type]()
+
+
+# Both full-covariance routes: outer-product features (many components) and
+# per-component GEMMs (few components).
+SHAPES = [(3, 4), (2, 9), (6, 5)]
+
+
+@pytest.mark.parametrize("k, d", SHAPES)
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_log_gaussian_prob_matches_scipy(covariance_type, k, d):
+    params, cov = random_params(covariance_type, k, d)
+    X = np.random.default_rng(1).normal(scale=4.0, size=(300, d)) + 50.0
+    params = K.Params(covariance_type, params.weights, params.means + 50.0,
+                      params.precisions_cholesky)
+    dense = dense_cov(cov, covariance_type, k, d)
+    expected = np.column_stack(
+        [multivariate_normal(params.means[j], dense[j]).logpdf(X) for j in range(k)]
+    )
+    np.testing.assert_allclose(K.log_gaussian_prob(X, params), expected, rtol=1e-10)
+
+
+def test_outer_feature_route_switches():
+    assert K.use_outer_features(8, 16)
+    assert not K.use_outer_features(2, 16)
+
+
+@pytest.mark.parametrize("k, d", SHAPES)
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_stats_from_resp_match_definitions(covariance_type, k, d):
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(500, d)) + 1e3
+    R = rng.dirichlet(np.ones(k), size=500).T  # (k, n)
+    shift = X[:k] + rng.normal(size=(k, d))
+    center = X.mean(axis=0) + 1.0
+    st = K.stats_from_resp(X, R, shift, center, covariance_type)
+    np.testing.assert_allclose(st.nk, R.sum(axis=1))
+    for j in range(k):
+        D = X - shift[j]
+        np.testing.assert_allclose(st.sk[j], R[j] @ D, rtol=1e-9, atol=1e-9)
+        outer = (D * R[j][:, None]).T @ D
+        if covariance_type == "full":
+            np.testing.assert_allclose(st.qk[j], outer, rtol=1e-9)
+        elif covariance_type == "diag":
+            np.testing.assert_allclose(st.qk[j], np.diag(outer), rtol=1e-9)
+        elif covariance_type == "spherical":
+            np.testing.assert_allclose(st.qk[j], np.trace(outer), rtol=1e-9)
+    if covariance_type == "tied":
+        Dc = X - center
+        np.testing.assert_allclose(st.qk, Dc.T @ Dc, rtol=1e-9)
+
+
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_m_step_matches_weighted_moments(covariance_type):
+    k, d = 3, 4
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(400, d)) * [1, 2, 3, 4] + 7.0
+    R = rng.dirichlet(np.ones(k), size=400).T
+    st = K.stats_from_resp(X, R, rng.normal(size=(k, d)) + 7, X.mean(0), covariance_type)
+    weights, means, cov, empty = K.m_step(st, reg_covar=1e-3)
+    assert empty.size == 0
+    nk = R.sum(axis=1)
+    np.testing.assert_allclose(weights, nk / 400, rtol=1e-12)
+    mu = (R @ X) / nk[:, None]
+    np.testing.assert_allclose(means, mu, rtol=1e-10)
+    full = np.stack([((X - mu[j]) * R[j][:, None]).T @ (X - mu[j]) / nk[j] for j in range(k)])
+    expected = {
+        "full": full + 1e-3 * np.eye(d),
+        "tied": (full * nk[:, None, None]).sum(0) / nk.sum() + 1e-3 * np.eye(d),
+        "diag": np.diagonal(full, axis1=1, axis2=2) + 1e-3,
+        "spherical": np.trace(full, axis1=1, axis2=2) / d + 1e-3,
+    }[covariance_type]
+    np.testing.assert_allclose(cov, expected, rtol=1e-9)
+
+
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_precision_round_trips(covariance_type):
+    params, cov = random_params(covariance_type, 3, 4)
+    prec = K.precisions_from_cholesky(params.precisions_cholesky, covariance_type)
+    back = K.covariances_from_cholesky(
+        K.precision_cholesky_from_precisions(prec, covariance_type), covariance_type
+    )
+    np.testing.assert_allclose(back, cov, rtol=1e-10)
+
+
+def test_not_positive_definite_covariance_names_the_component():
+    cov = np.stack([np.eye(2), -np.eye(2)])
+    with pytest.raises(ValueError, match="component 1 has an ill-defined"):
+        K.precision_cholesky(cov, "full")
+
+
+def test_estep_rows_sum_to_one_and_sub_blocks_add_up():
+    params, _ = random_params("full", 4, 3)
+    X = np.random.default_rng(4).normal(scale=3, size=(K.SUB_ROWS * 2 + 17, 3))
+    whole = K.estep_stats(X, params)
+    proba = K.predict_block(X, params, "proba")
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0)
+    np.testing.assert_allclose(whole.nk, proba.sum(axis=0), rtol=1e-10)
+    np.testing.assert_allclose(whole.loglik, K.predict_block(X, params, "log_density").sum())
+    assert whole.n_rows == len(X)
+
+
+def test_sample_weight_equals_repeated_rows():
+    params, _ = random_params("diag", 3, 2)
+    X = np.random.default_rng(5).normal(size=(50, 2))
+    w = np.arange(50) % 3
+    weighted = K.estep_stats(X, params, sample_weight=w.astype(float))
+    repeated = K.estep_stats(np.repeat(X, w, axis=0), params)
+    for field in ("nk", "sk", "qk"):
+        np.testing.assert_allclose(getattr(weighted, field), getattr(repeated, field), rtol=1e-10)
+    np.testing.assert_allclose(weighted.loglik, repeated.loglik, rtol=1e-12)
+
+
+def test_far_away_component_has_finite_responsibility():
+    params, _ = random_params("spherical", 2, 2)
+    X = np.array([[1e4, 1e4]])  # astronomically unlikely under both components
+    log_norm = K.predict_block(X, params, "log_density")
+    proba = K.predict_block(X, params, "proba")
+    assert np.isfinite(log_norm).all() and np.isfinite(proba).all()
+    np.testing.assert_allclose(proba.sum(), 1.0)
+
+
+def test_hard_assignment_stats_is_a_lloyd_step():
+    rng = np.random.default_rng(6)
+    X = rng.normal(size=(300, 2))
+    centers = np.array([[-1.0, 0.0], [1.0, 0.0]])
+    st = K.hard_assignment_stats(X, centers, "spherical")
+    labels = K.nearest_center(X, centers)
+    np.testing.assert_array_equal(labels, (X[:, 0] > 0).astype(int))
+    new = K.lloyd_update(st)
+    np.testing.assert_allclose(new, [X[labels == 0].mean(0), X[labels == 1].mean(0)])
+    inertia = sum(((X[labels == j] - centers[j]) ** 2).sum() for j in range(2))
+    np.testing.assert_allclose(st.qk.sum(), inertia)

@@ -1,0 +1,343 @@
+"""The estimator: parity with scikit-learn, invariances, numerics and bad input."""
+
+from __future__ import annotations
+
+import warnings
+
+import dask.array as da
+import numpy as np
+import pytest
+import zarr
+from sklearn.base import clone
+from sklearn.exceptions import ConvergenceWarning, NotFittedError
+from sklearn.mixture import GaussianMixture as SkGM
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from dgmm import EmptyComponentWarning, GaussianMixture
+from tests.conftest import COVARIANCE_TYPES, mixture_data, reference_init
+
+pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+
+
+def as_kind(X, kind):
+    if kind == "numpy":
+        return X
+    if kind == "dask-uneven":
+        n = X.shape[0]
+        return da.from_array(X, chunks=((n // 3, 7, n - n // 3 - 7 - 500, 500), X.shape[1]))
+    if kind == "zarr":
+        arr = zarr.create_array(store={}, shape=X.shape, chunks=(701, X.shape[1]), dtype=X.dtype)
+        arr[:] = X
+        return arr
+    raise AssertionError(kind)
+
+
+def assert_same_fit(a, b, rtol):
+    np.testing.assert_allclose(a.weights_, b.weights_, rtol=rtol)
+    np.testing.assert_allclose(a.means_, b.means_, rtol=rtol, atol=rtol * np.abs(b.means_).max())
+    np.testing.assert_allclose(a.covariances_, b.covariances_, rtol=rtol,
+                               atol=rtol * np.abs(b.covariances_).max())
+    np.testing.assert_allclose(a.lower_bound_, b.lower_bound_, rtol=rtol)
+
+
+# ---------------------------------------------------------------- parity
+
+
+@pytest.mark.parametrize("kind", ["numpy", "dask-uneven", "zarr"])
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+@pytest.mark.parametrize("shape", [(4, 3), (12, 2)], ids=["d4k3", "d12k2"])
+def test_parity_with_sklearn(covariance_type, kind, shape):
+    d, k = shape
+    X, _, _ = mixture_data(n=3000, d=d, k=k, seed=d)
+    init = reference_init(X, k, covariance_type)
+    kw = dict(covariance_type=covariance_type, tol=0, max_iter=8, **init)
+    ref = SkGM(k, **kw).fit(X)
+    ours = GaussianMixture(k, **kw).fit(as_kind(X, kind))
+    assert_same_fit(ours, ref, rtol=1e-6)
+    np.testing.assert_allclose(ours.lower_bounds_, ref.lower_bounds_, rtol=1e-6)
+    assert ours.n_iter_ == ref.n_iter_ == 8
+    assert not ours.converged_
+    np.testing.assert_allclose(ours.precisions_, ref.precisions_, rtol=1e-6,
+                               atol=1e-6 * np.abs(ref.precisions_).max())
+    np.testing.assert_allclose(np.asarray(ours.score_samples(X)), ref.score_samples(X), rtol=1e-9)
+    np.testing.assert_allclose(ours.predict_proba(X), ref.predict_proba(X), atol=1e-9)
+    np.testing.assert_array_equal(ours.predict(X), ref.predict(X))
+    np.testing.assert_allclose(ours.bic(X), ref.bic(X), rtol=1e-9)
+    np.testing.assert_allclose(ours.aic(X), ref.aic(X), rtol=1e-9)
+
+
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_convergence_matches_sklearn(covariance_type, data):
+    init = reference_init(data, 3, covariance_type)
+    kw = dict(covariance_type=covariance_type, tol=1e-4, max_iter=200, **init)
+    ref = SkGM(3, **kw).fit(data)
+    ours = GaussianMixture(3, **kw).fit(da.from_array(data, chunks=500))
+    assert ours.converged_ and ref.converged_
+    assert ours.n_iter_ == ref.n_iter_
+    assert_same_fit(ours, ref, rtol=1e-6)
+
+
+# ---------------------------------------------------------------- invariances and numerics
+
+
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_chunking_invariance(covariance_type):
+    X, _, _ = mixture_data(n=600, d=3, k=2, seed=3)
+    init = reference_init(X, 2, covariance_type)
+    fits = [
+        GaussianMixture(2, covariance_type=covariance_type, tol=0, max_iter=4, **init).fit(
+            da.from_array(X, chunks=(c, 3))
+        )
+        for c in (1, 7, 1000, X.shape[0])
+    ]
+    for other in fits[1:]:
+        assert_same_fit(other, fits[0], rtol=1e-9)
+
+
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_far_from_origin_is_stable(covariance_type):
+    X, _, _ = mixture_data(n=4000, d=3, k=3, seed=5)
+    init = reference_init(X, 3, covariance_type)
+    shifted = dict(init, means_init=init["means_init"] + 1e6)
+    kw = dict(covariance_type=covariance_type, tol=0, max_iter=10)
+    base = GaussianMixture(3, **kw, **init).fit(X)
+    far = GaussianMixture(3, **kw, **shifted).fit(da.from_array(X + 1e6, chunks=999))
+    np.testing.assert_allclose(far.covariances_, base.covariances_, rtol=1e-6)
+    np.testing.assert_allclose(far.means_ - 1e6, base.means_, atol=1e-6)
+    np.testing.assert_allclose(far.lower_bound_, base.lower_bound_, rtol=1e-9)
+
+
+def test_raw_moments_would_fail_the_stability_test():
+    # The test above has teeth: the textbook raw-moment covariance of data at
+    # +1e6 is off by far more than its 1e-6 tolerance.
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(100_000, 3)) + 1e6
+    raw = X.T @ X / len(X) - np.outer(X.mean(0), X.mean(0))
+    shifted = np.cov(X.T, bias=True)
+    assert np.abs(raw - shifted).max() / np.abs(shifted).max() > 1e-6
+
+
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_log_likelihood_never_decreases(covariance_type):
+    X, _, _ = mixture_data(n=2000, d=3, k=4, seed=7)
+    gm = GaussianMixture(4, covariance_type=covariance_type, tol=0, max_iter=30,
+                         init_params="random", random_state=1)
+    gm.fit(da.from_array(X, chunks=300))
+    lb = np.asarray(gm.lower_bounds_)
+    assert len(lb) == 30
+    assert np.all(np.diff(lb) >= -1e-10 * np.abs(lb[1:]))
+
+
+def test_float32_accumulates_in_float64(data):
+    X32 = data.astype(np.float32)
+    init = reference_init(data, 3, "full")
+    a = GaussianMixture(3, tol=0, max_iter=5, **init).fit(X32)
+    b = GaussianMixture(3, tol=0, max_iter=5, **init).fit(X32.astype(np.float64))
+    assert a.means_.dtype == np.float64
+    assert_same_fit(a, b, rtol=1e-12)
+
+
+def test_integer_input_is_accepted(data):
+    Xi = np.round(data * 10).astype(np.int32)
+    init = reference_init(Xi.astype(float), 3, "diag")
+    a = GaussianMixture(3, covariance_type="diag", tol=0, max_iter=3, **init).fit(Xi)
+    b = GaussianMixture(3, covariance_type="diag", tol=0, max_iter=3, **init).fit(Xi.astype(float))
+    assert_same_fit(a, b, rtol=1e-12)
+
+
+def test_empty_component_warns_and_stays_finite():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(500, 2))
+    means = np.array([[0.0, 0.0], [1e3, 1e3]])  # the second component sees no data
+    gm = GaussianMixture(2, means_init=means, weights_init=[0.5, 0.5], tol=0, max_iter=3,
+                         precisions_init=np.stack([np.eye(2)] * 2))
+    with pytest.warns(EmptyComponentWarning, match=r"Component\(s\) \[1\]"):
+        gm.fit(X)
+    for attr in ("weights_", "means_", "covariances_", "precisions_cholesky_"):
+        assert np.all(np.isfinite(getattr(gm, attr)))
+    np.testing.assert_allclose(gm.means_[1], means[1])
+    assert gm.weights_[1] < 1e-12
+
+
+# ---------------------------------------------------------------- outputs and API
+
+
+def test_dask_input_gives_lazy_outputs(data):
+    Xd = da.from_array(data, chunks=700)
+    gm = GaussianMixture(3, init_params="random_from_data", random_state=0).fit(Xd)
+    for method, shape in (("predict", (3000,)), ("predict_proba", (3000, 3)),
+                          ("score_samples", (3000,))):
+        out = getattr(gm, method)(Xd)
+        assert isinstance(out, da.Array), method
+        assert out.shape == shape
+        np.testing.assert_allclose(out.compute(), getattr(gm, method)(data))
+    labels = gm.fit_predict(Xd)
+    assert isinstance(labels, da.Array)
+    assert isinstance(gm.score(Xd), float)
+
+
+def test_zarr_path_input(tmp_path, data):
+    path = tmp_path / "x.zarr"
+    arr = zarr.create_array(store=str(path), shape=data.shape, chunks=(512, 4), dtype="f8")
+    arr[:] = data
+    init = reference_init(data, 3, "full")
+    a = GaussianMixture(3, tol=0, max_iter=4, **init).fit(str(path))
+    b = GaussianMixture(3, tol=0, max_iter=4, **init).fit(data)
+    assert_same_fit(a, b, rtol=1e-9)
+    assert isinstance(a.predict(str(path)), da.Array)
+
+
+def test_sklearn_tooling(data):
+    gm = GaussianMixture(3, covariance_type="diag", random_state=0, init_params="random_from_data")
+    params = gm.get_params()
+    assert params["covariance_type"] == "diag" and params["n_components"] == 3
+    other = clone(gm).set_params(n_components=2)
+    assert other.n_components == 2 and gm.n_components == 3
+    pipe = make_pipeline(StandardScaler(), gm).fit(data)
+    assert pipe.predict(data).shape == (3000,)
+    assert np.isfinite(pipe.score(data))
+
+
+def test_sample(data):
+    gm = GaussianMixture(3, covariance_type="full", random_state=0,
+                         init_params="random_from_data").fit(data)
+    for cov in COVARIANCE_TYPES:
+        gm_c = GaussianMixture(3, covariance_type=cov, random_state=0,
+                               init_params="random_from_data").fit(data)
+        X, y = gm_c.sample(5000)
+        assert X.shape == (5000, 4) and y.shape == (5000,)
+        assert set(np.unique(y)) <= {0, 1, 2}
+        for k in np.unique(y):
+            np.testing.assert_allclose(X[y == k].mean(0), gm_c.means_[k], atol=0.3)
+    with pytest.raises(ValueError, match="n_samples"):
+        gm.sample(0)
+
+
+def test_max_iter_zero_returns_initial_parameters(data):
+    init = reference_init(data, 3, "full")
+    gm = GaussianMixture(3, max_iter=0, **init).fit(data)
+    np.testing.assert_allclose(gm.means_, init["means_init"])
+    np.testing.assert_allclose(gm.precisions_, init["precisions_init"], rtol=1e-10)
+    assert gm.n_iter_ == 0 and not gm.converged_
+
+
+def test_convergence_warning(data):
+    with pytest.warns(ConvergenceWarning):
+        warnings.simplefilter("always")
+        GaussianMixture(3, max_iter=1, init_params="random", random_state=0).fit(data)
+
+
+# ---------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("kind", ["numpy", "dask"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_input_names_the_row(data, kind, bad):
+    X = data.copy()
+    X[2345, 1] = bad
+    X = X if kind == "numpy" else da.from_array(X, chunks=1000)
+    gm = GaussianMixture(3, init_params="random_from_data", random_state=0)
+    with pytest.raises(ValueError, match=r"NaN or infinity \(first at row 2345, column 1"):
+        gm.fit(X)
+
+
+@pytest.mark.parametrize(
+    "X, match",
+    [
+        (np.zeros(10), "must be 2-D"),
+        (np.zeros((4, 3, 2)), "must be 2-D"),
+        (np.zeros((0, 3)), "0 rows"),
+        (np.array([["a", "b"], ["c", "d"]]), "numeric"),
+        (np.ones((5, 2), dtype=complex), "numeric"),
+        (np.ones((5, 2), dtype=object), "numeric"),
+        (np.ones((2, 2)), "n_samples >= n_components"),
+    ],
+)
+def test_bad_input_shapes_and_dtypes(X, match):
+    with pytest.raises(ValueError, match=match):
+        GaussianMixture(3).fit(X)
+
+
+@pytest.mark.parametrize(
+    "params, match",
+    [
+        ({"n_components": 0}, "n_components must be an integer >= 1"),
+        ({"covariance_type": "banana"}, "covariance_type must be one of"),
+        ({"init_params": "kmedoids"}, "init_params must be one of"),
+        ({"tol": -1.0}, "tol must be a number >= 0"),
+        ({"reg_covar": -1e-3}, "reg_covar must be a number >= 0"),
+        ({"max_iter": -1}, "max_iter must be an integer >= 0"),
+        ({"n_init": 0}, "n_init must be an integer >= 1"),
+        ({"means_init": np.zeros((2, 4))}, r"means_init must have shape \(3, 4\)"),
+        ({"weights_init": [0.5, 0.5]}, r"weights_init must have shape \(3,\)"),
+        ({"weights_init": [0.5, 0.5, 0.5]}, "weights_init must sum to 1"),
+        ({"precisions_init": -np.stack([np.eye(4)] * 3)}, "positive definite"),
+        ({"precisions_init": np.stack([np.eye(4)] * 2)}, "precisions_init must have shape"),
+    ],
+)
+def test_bad_parameters(data, params, match):
+    with pytest.raises(ValueError, match=match):
+        GaussianMixture(**{"n_components": 3, **params}).fit(data)
+
+
+def test_not_positive_definite_diag_precisions(data):
+    with pytest.raises(ValueError, match="precisions_init must be positive"):
+        GaussianMixture(3, covariance_type="diag", precisions_init=-np.ones((3, 4))).fit(data)
+
+
+def test_predict_checks(data):
+    gm = GaussianMixture(3, init_params="random_from_data", random_state=0)
+    with pytest.raises(NotFittedError):
+        gm.predict(data)
+    gm.fit(data)
+    with pytest.raises(ValueError, match="X has 3 features, but .* fitted with 4"):
+        gm.predict(data[:, :3])
+    X = data.copy()
+    X[17, 0] = np.nan
+    with pytest.raises(ValueError, match="row 17"):
+        gm.predict(X)
+
+
+# ---------------------------------------------------------------- model selection
+
+
+def test_select_n_components_shares_passes(monkeypatch):
+    from dgmm import _em, select_n_components
+
+    X, _, _ = mixture_data(n=4000, d=3, k=4, seed=1)
+    calls = []
+    real = _em.estep_pass
+    monkeypatch.setattr(_em, "estep_pass", lambda b, ps, **kw: calls.append(len(ps)) or real(
+        b, ps, **kw))
+    best, table = select_n_components(da.from_array(X, chunks=1000), range(1, 7),
+                                      random_state=0, n_init=2)
+    assert best.n_components == 4
+    assert [row["n_components"] for row in table] == [1, 2, 3, 4, 5, 6]
+    assert calls[0] == 12  # every candidate and restart scored in the first pass
+    assert len(calls) == max(row["n_iter"] for row in table) + 1  # + one final scoring pass
+    np.testing.assert_allclose(table[3]["bic"], best.bic(X), rtol=1e-10)
+    np.testing.assert_allclose(table[3]["aic"], best.aic(X), rtol=1e-10)
+
+
+def test_select_n_components_rejects_bad_arguments(data):
+    from dgmm import select_n_components
+
+    with pytest.raises(ValueError, match="criterion"):
+        select_n_components(data, [1, 2], criterion="hqic")
+    with pytest.raises(ValueError, match="means_init cannot be used"):
+        select_n_components(data, [1, 2], means_init=np.zeros((1, 4)))
+    with pytest.raises(ValueError, match="n_samples >= n_components"):
+        select_n_components(data[:3], [2, 5])
+
+
+def test_callback_and_verbose_report_every_iteration(data, capsys):
+    seen = []
+    gm = GaussianMixture(3, init_params="random_from_data", random_state=0, tol=0, max_iter=6,
+                         verbose=2, verbose_interval=2)
+    gm.fit(data, callback=seen.append)
+    assert [s["iteration"] for s in seen] == [1, 2, 3, 4, 5, 6]
+    np.testing.assert_allclose([s["lower_bound"] for s in seen], gm.lower_bounds_)
+    np.testing.assert_allclose([s["change"] for s in seen[1:]], np.diff(gm.lower_bounds_))
+    out = capsys.readouterr().out
+    assert out.count("  iteration ") == 3 and "Initialisation 0" in out
