@@ -78,7 +78,11 @@ class Blocks:
     @classmethod
     def from_array(cls, X: da.Array) -> Blocks:
         keys = list(flatten(X.__dask_keys__()))
-        graph = ensure_dict(X.__dask_optimize__(X.__dask_graph__(), keys))
+        raw = X.__dask_graph__()
+        graph = ensure_dict(X.__dask_optimize__(raw, keys))
+        # Blocks persisted on a distributed cluster are futures, which the
+        # optimisation culls as already computed: keep them as they are.
+        graph.update({k: raw[k] for k in keys if k not in graph})
         offsets = np.concatenate([[0], np.cumsum(X.chunks[0])[:-1]]).astype(int).tolist()
         return cls(graph, keys, offsets, int(X.shape[0]), int(X.shape[1]), X.name)
 

@@ -13,12 +13,14 @@ import inspect
 import json
 import os
 import pickle
+import resource
 import signal
 import subprocess
 import sys
 import threading
 import time
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import dask
@@ -33,7 +35,7 @@ from sklearn.exceptions import ConvergenceWarning
 
 from dgmm import GaussianMixture, _em
 from dgmm import _kernels as K
-from dgmm.cluster import BACKENDS, ConfigError, connect, load_config
+from dgmm.cluster import BACKENDS, WORKER_ENVIRON, ConfigError, connect, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "cluster_configs").glob("*.yaml"))
@@ -169,6 +171,13 @@ def test_fit_on_processes_equals_threaded_fit(scheduler_address, store, threaded
     assert_same_fit(distributed, threaded_fit)
 
 
+def test_persisted_input_on_processes_equals_threaded_fit(scheduler_address, store,
+                                                         threaded_fit):
+    with Client(scheduler_address):
+        X = da.from_zarr(store).persist()  # blocks are futures held by the workers
+        assert_same_fit(fit(X), threaded_fit)
+
+
 def test_numpy_input_stays_local_with_a_client(scheduler_address, store):
     """In-memory input is computed where it lives; only lazy input goes to the cluster."""
     X = zarr.open_array(store, mode="r")[:5000]
@@ -270,10 +279,26 @@ def test_local_config_starts_and_stops_a_cluster():
         cluster = client.cluster
         assert cluster.scheduler_address.startswith("tcp://127.0.0.1:")
         assert len(client.scheduler_info()["workers"]) >= 1
+        for name, value in WORKER_ENVIRON.items():
+            assert set(client.run(os.environ.get, name).values()) == {value}
         on_cluster = fit(X)
+        # With that environment, E-step work arrays reuse memory instead of
+        # being mapped and zeroed afresh (about 20,000 page faults per chunk).
+        big = da.random.default_rng(0).normal(size=(250_000, 16), chunks=(62_500, 16))
+        blocks = _em.as_blocks(big.persist())
+        params = [_params(16, k=8)]
+        _em.estep_pass(blocks, params)
+        before = client.run(_page_faults)
+        _em.estep_pass(blocks, [replace(params[0], means=params[0].means + 1.0)])
+        after = client.run(_page_faults)
+        assert sum(after.values()) - sum(before.values()) < 4_000
     assert cluster.status == Status.closed
     assert client.status == "closed"
     assert_same_fit(on_cluster, fit(X))
+
+
+def _page_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def test_connect_without_config_starts_the_embedded_local_default(monkeypatch):
@@ -281,7 +306,9 @@ def test_connect_without_config_starts_the_embedded_local_default(monkeypatch):
     monkeypatch.setattr("dgmm.cluster.ClusterConfig.connect", lambda self: started.append(self))
     with dask.config.set({"scheduler-address": None, "dgmm.cluster.config": None}):
         connect()
-    assert [(c.backend, c.cluster) for c in started] == [("local", {})]
+    assert [(c.backend, c.cluster, c.worker_environ) for c in started] == [
+        ("local", {}, WORKER_ENVIRON)
+    ]
 
 
 # --------------------------------------------------------------------------
@@ -358,6 +385,8 @@ def write_yaml(tmp_path: Path, text: str) -> Path:
      r"unknown key 'cluster.corse' for backend 'slurm' \(did you mean 'cores'\?\)"),
     ("backend: local\nworkers: 2\n", r"unknown key 'workers' for backend 'local'"),
     ("backend: local\nscale: 2\n", r"unknown key 'scale' for backend 'local'"),
+    ("backend: slurm\ncluster: {cores: 1, memory: 1GiB}\nworker-environ: {A: 1}\n",
+     r"unknown key 'worker-environ' for backend 'slurm'"),
     ("backend: pbs\ncluster: {cores: 4}\n", r"missing required key 'cluster.memory'"),
     ("backend: address\n", r"missing required key 'address'"),
     ("backend: kubernetes\ncluster: {name: x}\n", r"missing required key 'cluster.image'"),
@@ -388,8 +417,13 @@ def test_invalid_config_names_key_and_file(tmp_path, text, message):
 
 def test_dashes_underscores_and_nulls(tmp_path):
     path = write_yaml(tmp_path, "backend: local\ncluster:\n  n_workers: 1\n"
-                                "  threads-per-worker: null\n  memory-limit: 1GiB\n")
-    assert load_config(path).cluster == {"n_workers": 1, "memory_limit": "1GiB"}
+                                "  threads-per-worker: null\n  memory-limit: 1GiB\n"
+                                "worker_environ: null\n")
+    config = load_config(path)
+    assert config.cluster == {"n_workers": 1, "memory_limit": "1GiB"}
+    assert config.worker_environ == WORKER_ENVIRON
+    assert load_config({"backend": "ssh", "cluster": {"hosts": ["a", "b"]},
+                        "worker-environ": {}}).worker_environ == {}
 
 
 def test_tls_paths_become_a_security_object(tmp_path):
