@@ -13,19 +13,26 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 
 import dask
 import dask.array as da
 import dask.threaded
 import numpy as np
 import psutil
-from dask.base import get_scheduler
+from dask.base import get_scheduler, tokenize
+from dask.core import flatten
 from dask.delayed import Delayed
+from dask.highlevelgraph import HighLevelGraph
+from dask.task_spec import DataNode, Task, TaskRef
+from dask.utils import ensure_dict
 from threadpoolctl import threadpool_limits
 
 from dgmm import _kernels as K
 from dgmm._stats import SuffStats, tree_sum
 
+# Fan-in of the tree that combines the per-block results (``dgmm.split-every``
+# in the Dask config, read at every pass): no task receives more than this many.
 SPLIT_EVERY = 8
 
 
@@ -35,47 +42,118 @@ class EmptyComponentWarning(UserWarning):
 
 @dataclass
 class Blocks:
-    """The row blocks of a 2-D dask array as delayed objects, made once per fit."""
+    """The row blocks of a 2-D dask array, made once per fit.
 
-    delayed: list[Delayed]
+    The array's optimised graph is materialised once here; every pass then
+    adds only its own O(n_blocks) tasks on top of it (see :func:`pass_graph`).
+
+    Attributes
+    ----------
+    graph : dict
+        Low-level graph that produces every block.
+    keys : list
+        Key of each block in ``graph``, in row order.
+    offsets : list of int
+        Global index of the first row of each block.
+    name : str
+        Deterministic name of the array (its dask name).
+    """
+
+    graph: dict
+    keys: list
     offsets: list[int]
     n_rows: int
     n_features: int
+    name: str
 
     @property
     def sizes(self) -> list[int]:
         """Rows per block."""
         return np.diff([*self.offsets, self.n_rows]).tolist()
 
+    @cached_property
+    def delayed(self) -> list[Delayed]:
+        """One delayed object per block (all sharing :attr:`graph`)."""
+        return [Delayed(key, self.graph) for key in self.keys]
+
     @classmethod
     def from_array(cls, X: da.Array) -> Blocks:
-        delayed = list(X.to_delayed().ravel())
+        keys = list(flatten(X.__dask_keys__()))
+        raw = X.__dask_graph__()
+        graph = ensure_dict(X.__dask_optimize__(raw, keys))
+        # Blocks persisted on a distributed cluster are futures, which the
+        # optimisation culls as already computed: keep them as they are.
+        graph.update({k: raw[k] for k in keys if k not in graph})
         offsets = np.concatenate([[0], np.cumsum(X.chunks[0])[:-1]]).astype(int).tolist()
-        return cls(delayed, offsets, int(X.shape[0]), int(X.shape[1]))
+        return cls(graph, keys, offsets, int(X.shape[0]), int(X.shape[1]), X.name)
 
 
 def _sum_group(*packets):
     return tree_sum(list(packets))
 
 
-def tree_reduce(
-    tasks: list[Delayed], combine: Callable = _sum_group, split_every: int = SPLIT_EVERY
+def _apply(fn, block, row_offset, index, args, start=0, stop=None):
+    return fn(block[start:stop], row_offset + start, index, *args)
+
+
+def pass_graph(
+    blocks: Blocks,
+    fn: Callable,
+    args: tuple,
+    combine: Callable = _sum_group,
+    pieces: Sequence[tuple[int, int, int | None]] | None = None,
 ) -> Delayed:
-    """Combine delayed results in a tree of fan-in ``split_every``, keeping their order.
+    """The graph of one pass: ``fn(rows, row_offset, block_index, *args)`` per block, combined.
 
-    ``combine(*parts)`` defaults to summing packets (or lists of packets).
+    ``pieces``, triples ``(block index, start, stop)``, restrict the pass to
+    those rows of those blocks (default: every block whole). The results are
+    combined in order by ``combine(*parts)`` (default: summing packets) in a
+    tree of fan-in ``dgmm.split-every``, so no task receives more than that
+    many parts and only the final result travels to the caller. ``args`` enter
+    the graph once, as a single key that every task references.
+
+    The graph is built directly as one layer on top of the blocks' graph, at
+    O(n_pieces) cost with a small constant (a ``dask.delayed`` call per task
+    adds a graph layer each, and culling thousands of layers costs seconds
+    per pass). Tasks per pass: one per piece, about one per
+    ``split_every - 1`` pieces for the tree, and the ``args`` key.
     """
-    while len(tasks) > 1:
-        tasks = [
-            dask.delayed(combine, pure=True)(*tasks[i : i + split_every])
-            for i in range(0, len(tasks), split_every)
-        ]
-    return tasks[0]
+    split_every = int(dask.config.get("dgmm.split-every", SPLIT_EVERY))
+    if split_every < 2:
+        raise ValueError(f"dask config dgmm.split-every must be >= 2; got {split_every}")
+    if pieces is None:
+        pieces = [(b, 0, None) for b in range(len(blocks.keys))]
+    name = f"dgmm-pass-{tokenize(blocks.name, fn, args, combine, pieces)}"
+    args_key = f"{name}-args"
+    layer = {args_key: DataNode(args_key, args)}
+    args_ref = TaskRef(args_key)
+    level = []
+    for i, (b, start, stop) in enumerate(pieces):
+        # Producing a block (a read from the store) and using it are one task:
+        # half the tasks per pass, and a block never moves between workers.
+        node = blocks.graph[blocks.keys[b]]
+        block = node if isinstance(node, (Task, DataNode)) else TaskRef(blocks.keys[b])
+        key = (name, 0, i)
+        layer[key] = Task(key, _apply, fn, block, blocks.offsets[b], b, args_ref, start, stop)
+        level.append(key)
+    depth = 0
+    while len(level) > 1:
+        depth += 1
+        groups = [level[j : j + split_every] for j in range(0, len(level), split_every)]
+        level = []
+        for j, group in enumerate(groups):
+            key = (name, depth, j)
+            layer[key] = Task(key, combine, *[TaskRef(k) for k in group])
+            level.append(key)
+    data_layer = f"dgmm-blocks-{blocks.name}"
+    graph = HighLevelGraph(
+        {data_layer: blocks.graph, name: layer}, {data_layer: set(), name: {data_layer}}
+    )
+    return Delayed(level[0], graph, layer=name)
 
 
-def _estep_block(block, params_list, row_offset, start=0, stop=None):
-    part = block[start:stop]
-    return [K.estep_stats(part, p, row_offset=row_offset + start) for p in params_list]
+def _estep_block(block, row_offset, index, params_list):
+    return [K.estep_stats(block, p, row_offset=row_offset) for p in params_list]
 
 
 def _using_local_threads(scheduler) -> bool:
@@ -117,16 +195,8 @@ def estep_pass(
     stop)`` of rows within a block, restrict the pass to those rows (a
     minibatch); their packets are computed in parallel and tree-summed.
     """
-    params_key = dask.delayed(list(params_list), pure=True, traverse=False)
-    if pieces is None:
-        pieces = [(i, 0, None) for i in range(len(blocks.delayed))]
-    tasks = [
-        dask.delayed(_estep_block, pure=True)(
-            blocks.delayed[b], params_key, blocks.offsets[b], start, stop
-        )
-        for b, start, stop in pieces
-    ]
-    (total,) = compute(tree_reduce(tasks), scheduler=scheduler)
+    graph = pass_graph(blocks, _estep_block, (list(params_list),), pieces=pieces)
+    (total,) = compute(graph, scheduler=scheduler)
     return total
 
 
@@ -136,17 +206,8 @@ def block_pass(blocks: Blocks, fn: Callable, *args, combine: Callable = _sum_gro
 
     Results are tree-summed unless another order-keeping ``combine`` is given.
     """
-    args_key = dask.delayed(args, pure=True, traverse=False)
-    tasks = [
-        dask.delayed(_apply, pure=True)(fn, blk, off, i, args_key)
-        for i, (blk, off) in enumerate(zip(blocks.delayed, blocks.offsets, strict=True))
-    ]
-    (total,) = compute(tree_reduce(tasks, combine), scheduler=scheduler)
+    (total,) = compute(pass_graph(blocks, fn, args, combine), scheduler=scheduler)
     return total
-
-
-def _apply(fn, block, row_offset, index, args):
-    return fn(block, row_offset, index, *args)
 
 
 # --------------------------------------------------------------------------

@@ -61,9 +61,11 @@ def test_graph_is_linear_in_chunks_and_parameters_enter_once(monkeypatch):
     assert graph_size < data_size + 2 * params_size
 
 
-def test_tree_reduce_keeps_order():
-    parts = [dask.delayed(np.array)([i]) for i in range(20)]
-    out = _em.tree_reduce(parts, combine=lambda *a: np.concatenate(a), split_every=3).compute()
+def test_tree_combine_keeps_order():
+    blks = _em.as_blocks(da.arange(20, chunks=1)[:, None])
+    with dask.config.set({"dgmm.split-every": 3}):
+        out = _em.block_pass(blks, lambda block, offset, index: block[:, 0],
+                             combine=lambda *parts: np.concatenate(parts), scheduler="sync")
     np.testing.assert_array_equal(out, np.arange(20))
 
 
