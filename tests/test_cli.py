@@ -174,3 +174,13 @@ def test_demo_runs_on_a_fresh_install_in_under_a_minute(tmp_path):
     assert time.monotonic() - start < 60
     assert "largest distance between a fitted and a true mean" in proc.stdout
     assert Path(tmp_path / "dgmm-demo.png").exists() or "matplotlib" in proc.stderr
+
+
+def test_fit_on_a_cluster_from_a_config(store, tmp_path):
+    config = Path(__file__).resolve().parents[1] / "cluster_configs" / "local.yaml"
+    out = tmp_path / "m.npz"
+    proc = run("fit", store, "--array", "X", "--n-components", 3, "--seed", 1, "--out", out,
+               "--cluster", config)
+    assert "using Dask cluster at tcp://127.0.0.1:" in proc.stderr
+    local = GaussianMixture(3, random_state=1).fit(dgmm.io.open_array(store, "X"))
+    np.testing.assert_allclose(dgmm.load(out).means_, local.means_, rtol=1e-9)
