@@ -270,13 +270,7 @@ def score(model_path, store, array, as_json, cluster_spec, quiet, verbose):
     with _cluster(cluster_spec, quiet):
         mean = model.score(X)
     n = X.shape[0]
-    p = model._n_parameters()
-    result = {
-        "n_samples": int(n),
-        "mean_log_likelihood": mean,
-        "bic": float(-2.0 * mean * n + p * np.log(n)),
-        "aic": float(-2.0 * mean * n + 2.0 * p),
-    }
+    result = {"n_samples": int(n), "mean_log_likelihood": mean, **model.criteria(mean, n)}
     if as_json:
         click.echo(json.dumps(result))
     else:

@@ -607,15 +607,23 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     def _n_parameters(self) -> int:
         return K.n_parameters(self.n_components, self.n_features_in_, self.covariance_type)
 
+    def criteria(self, mean_log_likelihood: float, n_samples: int) -> dict[str, float]:
+        """BIC and AIC from a mean log-likelihood already computed on ``n_samples`` rows.
+
+        Lets callers that scored the data once (a CLI job, a model sweep) get
+        both criteria without another pass.
+        """
+        total = -2.0 * mean_log_likelihood * n_samples
+        p = self._n_parameters()
+        return {"bic": float(total + p * np.log(n_samples)), "aic": float(total + 2.0 * p)}
+
     def bic(self, X) -> float:
         """Bayesian information criterion on X (lower is better)."""
-        n = as_dask_array(X)[0].shape[0]
-        return float(-2.0 * self.score(X) * n + self._n_parameters() * np.log(n))
+        return self.criteria(self.score(X), as_dask_array(X)[0].shape[0])["bic"]
 
     def aic(self, X) -> float:
         """Akaike information criterion on X (lower is better)."""
-        n = as_dask_array(X)[0].shape[0]
-        return float(-2.0 * self.score(X) * n + 2.0 * self._n_parameters())
+        return self.criteria(self.score(X), as_dask_array(X)[0].shape[0])["aic"]
 
     def sample(self, n_samples: int = 1):
         """Draw samples from the fitted mixture.
@@ -776,11 +784,9 @@ def select_n_components(
     table = []
     for model, run, st in zip(models, best_runs, final, strict=True):
         model._set_run(run, n_features=d)
-        p = model._n_parameters()
         table.append({
             "n_components": model.n_components,
-            "bic": float(-2.0 * st.loglik + p * np.log(n)),
-            "aic": float(-2.0 * st.loglik + 2.0 * p),
+            **model.criteria(st.loglik / n, n),
             "score": float(st.loglik / n),
             "n_iter": run.n_iter,
             "converged": run.converged,
