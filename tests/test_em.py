@@ -9,8 +9,7 @@ import pytest
 
 from dgmm import _em
 from dgmm import _kernels as K
-from tests.conftest import mixture_data
-from tests.test_kernels import random_params
+from tests.helpers import mixture_data, random_params
 
 
 @pytest.fixture

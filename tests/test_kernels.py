@@ -7,35 +7,7 @@ import pytest
 from scipy.stats import multivariate_normal
 
 from dgmm import _kernels as K
-from tests.conftest import COVARIANCE_TYPES
-
-
-def random_params(covariance_type, k, d, seed=0):
-    rng = np.random.default_rng(seed)
-    means = rng.normal(scale=3.0, size=(k, d))
-    weights = rng.dirichlet(np.ones(k))
-    if covariance_type == "full":
-        A = rng.normal(size=(k, d, d))
-        cov = A @ A.transpose(0, 2, 1) + d * np.eye(d)
-    elif covariance_type == "tied":
-        A = rng.normal(size=(d, d))
-        cov = A @ A.T + d * np.eye(d)
-    elif covariance_type == "diag":
-        cov = rng.uniform(0.5, 2.0, size=(k, d))
-    else:
-        cov = rng.uniform(0.5, 2.0, size=k)
-    prec_chol = K.precision_cholesky(cov, covariance_type)
-    return K.Params(covariance_type, weights, means, prec_chol), cov
-
-
-def dense_cov(cov, covariance_type, k, d):
-    return {
-        "full": lambda: cov,
-        "tied": lambda: np.stack([cov] * k),
-        "diag": lambda: np.stack([np.diag(c) for c in cov]),
-        "spherical": lambda: np.stack([c * np.eye(d) for c in cov]),
-    }[covariance_type]()
-
+from tests.helpers import COVARIANCE_TYPES, dense_cov, random_params
 
 # Both full-covariance routes: outer-product features (many components) and
 # per-component GEMMs (few components).

@@ -15,7 +15,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from dgmm import EmptyComponentWarning, GaussianMixture
-from tests.conftest import COVARIANCE_TYPES, mixture_data, reference_init
+from tests.helpers import COVARIANCE_TYPES, mixture_data, reference_init
 
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 

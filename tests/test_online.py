@@ -14,7 +14,7 @@ from sklearn.exceptions import ConvergenceWarning
 from dgmm import GaussianMixture, _em
 from dgmm import _kernels as K
 from dgmm._stats import SuffStats
-from tests.conftest import COVARIANCE_TYPES, mixture_data
+from tests.helpers import COVARIANCE_TYPES, mixture_data
 
 FITTED = ("weights_", "means_", "covariances_", "precisions_", "precisions_cholesky_",
           "n_features_in_", "n_steps_", "n_samples_seen_", "step_size_", "running_stats_")

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from dgmm import _kernels as K
 from dgmm._stats import tree_sum
-from tests.conftest import COVARIANCE_TYPES
+from tests.helpers import COVARIANCE_TYPES
 
 
 def packet(X, R, shift, covariance_type, center=None):
