@@ -45,7 +45,7 @@ import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 
 from benchmarks.bench_minibatch import mean_loglik, write_store
-from dgmm import GaussianMixture, _em
+from dgmm import GaussianMixture, _passes
 from dgmm import _kernels as K
 from dgmm.cluster import connect
 
@@ -67,22 +67,22 @@ def start_params(X: da.Array, k: int) -> K.Params:
     return K.Params("full", np.full(k, 1.0 / k), means, np.stack([np.eye(d)] * k))
 
 
-def graph_bytes(blocks: _em.Blocks, params: K.Params) -> int:
+def graph_bytes(blocks: _passes.Blocks, params: K.Params) -> int:
     """Size of one pass's (culled) task graph as the client ships it."""
-    (graph,) = dask.optimize(_em.pass_graph(blocks, _em._estep_block, ([params],)))
+    (graph,) = dask.optimize(_passes.pass_graph(blocks, _passes._estep_block, ([params],)))
     return len(cloudpickle.dumps(dict(graph.__dask_graph__())))
 
 
-def time_passes(blocks: _em.Blocks, params: K.Params, n: int, scheduler=None):
+def time_passes(blocks: _passes.Blocks, params: K.Params, n: int, scheduler=None):
     """Seconds of ``n`` passes after a warm-up pass, and the last pass's result."""
     times = []
-    with _em.blas_guard(scheduler):
+    with _passes.blas_guard(scheduler):
         for i in range(n + 1):  # the first pass warms up: worker imports, page cache
             # new means every pass, as in EM: a pass with the same parameters has the
             # same keys, and a scheduler may still hold the previous result
             moved = replace(params, means=params.means + i * 1e-9)
             t0 = time.perf_counter()
-            result = _em.estep_pass(blocks, [moved], scheduler)
+            result = _passes.estep_pass(blocks, [moved], scheduler)
             times.append(time.perf_counter() - t0)
     return times[1:], result
 
@@ -94,7 +94,7 @@ def time_passes(blocks: _em.Blocks, params: K.Params, n: int, scheduler=None):
 
 def bench_passes(store: str, n_passes: int, k: int) -> dict:
     X = da.from_zarr(store)
-    blocks = _em.as_blocks(X)
+    blocks = _passes.as_blocks(X)
     params = start_params(X, k)
     n, d = X.shape
     print(f"\n### Seconds per EM pass: {n:.0e} x {d} float32 Zarr store "
@@ -132,10 +132,10 @@ def bench_passes(store: str, n_passes: int, k: int) -> dict:
 
 def bench_overhead(n_chunks: int) -> dict:
     X = np.random.default_rng(0).normal(size=(2 * n_chunks, 16))
-    blocks = _em.as_blocks(da.from_array(X, chunks=(2, 16)))
+    blocks = _passes.as_blocks(da.from_array(X, chunks=(2, 16)))
     params = K.Params("full", np.full(8, 1 / 8), X[:8], np.stack([np.eye(16)] * 8))
     t0 = time.perf_counter()
-    graph = _em.pass_graph(blocks, _em._estep_block, ([params],))
+    graph = _passes.pass_graph(blocks, _passes._estep_block, ([params],))
     build = time.perf_counter() - t0
     n_tasks = len(dask.optimize(graph)[0].__dask_graph__())
     t0 = time.perf_counter()

@@ -31,7 +31,7 @@ import numpy as np
 import zarr
 from sklearn.exceptions import ConvergenceWarning
 
-from dgmm import GaussianMixture, _em
+from dgmm import GaussianMixture, _em, _passes
 from dgmm import _kernels as K
 
 GAP = 0.01  # nats per sample
@@ -60,8 +60,8 @@ def _score_block(block, row_offset, index, params_list):
 
 def mean_loglik(X: da.Array, params_list: list[K.Params]) -> np.ndarray:
     """Mean log-likelihood of each parameter set over X, in one read of X."""
-    with _em.blas_guard():
-        total = _em.block_pass(_em.as_blocks(X), _score_block, params_list)
+    with _passes.blas_guard():
+        total = _passes.block_pass(_passes.as_blocks(X), _score_block, params_list)
     return total / X.shape[0]
 
 
@@ -102,14 +102,14 @@ def main() -> None:
 
         # Batch EM: lower bound of pass i is the log-likelihood of the model
         # that existed at the end of pass i - 1.
-        blocks = _em.as_blocks(X)
+        blocks = _passes.as_blocks(X)
         run = _em.Run(init_model._params(), init_model.covariances_)
         ends = [time.perf_counter()]
         t0 = ends[0]
-        with _em.blas_guard():
-            _em.batch_em(blocks, [run], max_iter=args.batch_max_iter, tol=args.batch_tol,
-                         reg_covar=1e-6, log=lambda _: ends.append(time.perf_counter()),
-                         verbose_interval=1)
+        with _passes.blas_guard():
+            _em.batch_em(blocks, [[run]], max_iter=args.batch_max_iter, tol=args.batch_tol,
+                         reg_covar=1e-6,
+                         on_iteration=lambda *_: ends.append(time.perf_counter()))
         batch_times = [e - t0 for e in ends[: len(run.lower_bounds)]]
         batch_rows = [i * n for i in range(len(run.lower_bounds))]
         optimum = run.lower_bound
@@ -120,17 +120,18 @@ def main() -> None:
         snaps = []
         state0 = _em.OnlineState.from_params(init_model._params(), init_model.covariances_, 1e-6)
 
-        def on_step(state):
+        def on_step(group, state):
             if state.n_steps % args.snapshot_every == 0:
                 snaps.append((time.perf_counter() - t0, state.stats.n_rows, state.params))
 
         t0 = time.perf_counter()
         snaps.append((0.0, 0, state0.params))
-        with _em.blas_guard():
-            state, mrun = _em.minibatch_em(
-                blocks, [state0], batch_size=args.batch_size, max_iter=args.epochs, tol=0.0,
-                reg_covar=1e-6, decay=0.6, offset=0.0,
-                rng=np.random.default_rng(args.seed), on_step=on_step,
+        with _passes.blas_guard():
+            settings = _em.Settings(batch_size=args.batch_size, max_iter=args.epochs, tol=0.0,
+                                    learning_decay=0.6, learning_offset=0.0)
+            ((state, mrun),) = _em.minibatch_em(
+                blocks, [[state0]], settings, rng=np.random.default_rng(args.seed),
+                on_step=on_step,
             )
         mini_total = time.perf_counter() - t0
         print(f"minibatch EM: {mrun.n_iter} epoch(s), {state.n_steps} steps of ~"

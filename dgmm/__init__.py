@@ -1,8 +1,7 @@
 """dgmm: Gaussian mixture models for data larger than memory, on Dask."""
 
 from dgmm._em import EmptyComponentWarning
-from dgmm.io import load_model as load
-from dgmm.mixture import GaussianMixture, select_n_components
+from dgmm.mixture import GaussianMixture, load, select_n_components
 
 __version__ = "0.1.0"
 

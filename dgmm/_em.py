@@ -1,223 +1,109 @@
-"""Dask orchestration: one EM pass = map a pure kernel over row blocks, tree-sum.
+"""Drivers: the EM loops, and the one function that takes starts to fitted runs.
 
-This is the only module that builds task graphs for fitting. It never creates a
-scheduler: it computes with whichever is active (the threaded scheduler by
-default, a ``distributed.Client`` if one is the default), unless the caller
-names one.
+:func:`fit_groups` is the only place where a fit runs from initialisation to
+the end (batch or minibatch EM, ``n_init`` restarts, polish passes, warm
+start, resume, the per-iteration hook); :class:`~dgmm.GaussianMixture` and
+:func:`~dgmm.select_n_components` both call it, so every parameter means the
+same everywhere. The loops below it (:func:`batch_em`, :func:`minibatch_em`)
+run any number of runs at once and share every data pass between them.
+
+Nothing here reads or writes files: checkpoints and progress lines reach the
+caller through the per-iteration hook.
 """
 
 from __future__ import annotations
 
-import contextlib
 import time
 import warnings
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
-from functools import cached_property
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
 
-import dask
-import dask.array as da
-import dask.threaded
 import numpy as np
-import psutil
-from dask.base import get_scheduler, tokenize
-from dask.core import flatten
-from dask.delayed import Delayed
-from dask.highlevelgraph import HighLevelGraph
-from dask.task_spec import DataNode, Task, TaskRef
-from dask.utils import ensure_dict
-from threadpoolctl import threadpool_limits
+from sklearn.utils import check_random_state
 
-from dgmm import _kernels as K
-from dgmm._stats import SuffStats, tree_sum
+from dgmm import _init
+from dgmm import _kernels as kernels
+from dgmm._passes import Blocks, compute, estep_pass
+from dgmm._stats import SuffStats
 
-# Fan-in of the tree that combines the per-block results (``dgmm.split-every``
-# in the Dask config, read at every pass): no task receives more than this many.
-SPLIT_EVERY = 8
+ALGORITHMS = ("batch", "minibatch")
 
 
 class EmptyComponentWarning(UserWarning):
     """A mixture component received (almost) no responsibility in an M-step."""
 
 
-@dataclass
-class Blocks:
-    """The row blocks of a 2-D dask array, made once per fit.
+# --------------------------------------------------------------------------
+# What a fit is asked to do
+# --------------------------------------------------------------------------
 
-    The array's optimised graph is materialised once here; every pass then
-    adds only its own O(n_blocks) tasks on top of it (see :func:`pass_graph`).
 
-    Attributes
-    ----------
-    graph : dict
-        Low-level graph that produces every block.
-    keys : list
-        Key of each block in ``graph``, in row order.
-    offsets : list of int
-        Global index of the first row of each block.
-    name : str
-        Deterministic name of the array (its dask name).
-    """
+@dataclass(frozen=True)
+class Settings:
+    """The estimator parameters that drive EM, with the estimator's names and meanings."""
 
-    graph: dict
-    keys: list
-    offsets: list[int]
-    n_rows: int
-    n_features: int
-    name: str
-
-    @property
-    def sizes(self) -> list[int]:
-        """Rows per block."""
-        return np.diff([*self.offsets, self.n_rows]).tolist()
-
-    @cached_property
-    def delayed(self) -> list[Delayed]:
-        """One delayed object per block (all sharing :attr:`graph`)."""
-        return [Delayed(key, self.graph) for key in self.keys]
+    covariance_type: str = "full"
+    tol: float = 1e-3
+    reg_covar: float = 1e-6
+    max_iter: int = 100
+    init_params: str = "kmeans"
+    verbose: int = 0
+    verbose_interval: int = 10
+    algorithm: str = "batch"
+    batch_size: int = 10_000
+    learning_decay: float = 0.6
+    learning_offset: float = 0.0
+    shuffle: bool = True
+    polish_iter: int = 0
 
     @classmethod
-    def from_array(cls, X: da.Array) -> Blocks:
-        keys = list(flatten(X.__dask_keys__()))
-        raw = X.__dask_graph__()
-        graph = ensure_dict(X.__dask_optimize__(raw, keys))
-        # Blocks persisted on a distributed cluster are futures, which the
-        # optimisation culls as already computed: keep them as they are.
-        graph.update({k: raw[k] for k in keys if k not in graph})
-        offsets = np.concatenate([[0], np.cumsum(X.chunks[0])[:-1]]).astype(int).tolist()
-        return cls(graph, keys, offsets, int(X.shape[0]), int(X.shape[1]), X.name)
+    def of(cls, params: Mapping) -> Settings:
+        """The settings among an estimator's ``get_params()``."""
+        return cls(**{f.name: params[f.name] for f in fields(cls)})
 
 
-def _sum_group(*packets):
-    return tree_sum(list(packets))
+@dataclass(frozen=True)
+class Group:
+    """Starts competing for one model: ``n_init`` initialisations of ``n_components``.
 
-
-def _apply(fn, block, row_offset, index, args, start=0, stop=None):
-    return fn(block[start:stop], row_offset + start, index, *args)
-
-
-def pass_graph(
-    blocks: Blocks,
-    fn: Callable,
-    args: tuple,
-    combine: Callable = _sum_group,
-    pieces: Sequence[tuple[int, int, int | None]] | None = None,
-) -> Delayed:
-    """The graph of one pass: ``fn(rows, row_offset, block_index, *args)`` per block, combined.
-
-    ``pieces``, triples ``(block index, start, stop)``, restrict the pass to
-    those rows of those blocks (default: every block whole). The results are
-    combined in order by ``combine(*parts)`` (default: summing packets) in a
-    tree of fan-in ``dgmm.split-every``, so no task receives more than that
-    many parts and only the final result travels to the caller. ``args`` enter
-    the graph once, as a single key that every task references.
-
-    The graph is built directly as one layer on top of the blocks' graph, at
-    O(n_pieces) cost with a small constant (a ``dask.delayed`` call per task
-    adds a graph layer each, and culling thousands of layers costs seconds
-    per pass). Tasks per pass: one per piece, about one per
-    ``split_every - 1`` pieces for the tree, and the ``args`` key.
+    ``random_state`` is the estimator's: an int gives every group the same
+    random stream, so a group fits exactly as a lone estimator with these
+    settings would.
     """
-    split_every = int(dask.config.get("dgmm.split-every", SPLIT_EVERY))
-    if split_every < 2:
-        raise ValueError(f"dask config dgmm.split-every must be >= 2; got {split_every}")
-    if pieces is None:
-        pieces = [(b, 0, None) for b in range(len(blocks.keys))]
-    name = f"dgmm-pass-{tokenize(blocks.name, fn, args, combine, pieces)}"
-    args_key = f"{name}-args"
-    layer = {args_key: DataNode(args_key, args)}
-    args_ref = TaskRef(args_key)
-    level = []
-    for i, (b, start, stop) in enumerate(pieces):
-        # Producing a block (a read from the store) and using it are one task:
-        # half the tasks per pass, and a block never moves between workers.
-        node = blocks.graph[blocks.keys[b]]
-        block = node if isinstance(node, (Task, DataNode)) else TaskRef(blocks.keys[b])
-        key = (name, 0, i)
-        layer[key] = Task(key, _apply, fn, block, blocks.offsets[b], b, args_ref, start, stop)
-        level.append(key)
-    depth = 0
-    while len(level) > 1:
-        depth += 1
-        groups = [level[j : j + split_every] for j in range(0, len(level), split_every)]
-        level = []
-        for j, group in enumerate(groups):
-            key = (name, depth, j)
-            layer[key] = Task(key, combine, *[TaskRef(k) for k in group])
-            level.append(key)
-    data_layer = f"dgmm-blocks-{blocks.name}"
-    graph = HighLevelGraph(
-        {data_layer: blocks.graph, name: layer}, {data_layer: set(), name: {data_layer}}
-    )
-    return Delayed(level[0], graph, layer=name)
+
+    n_components: int
+    n_init: int = 1
+    random_state: object = None
 
 
-def _estep_block(block, row_offset, index, params_list):
-    return [K.estep_stats(block, p, row_offset=row_offset) for p in params_list]
+@dataclass(frozen=True)
+class InitialParams:
+    """User-supplied starting parameters (``weights_init``, ...); None where not given."""
+
+    weights: np.ndarray | None = None
+    means: np.ndarray | None = None
+    precisions: np.ndarray | None = None
+
+    @property
+    def complete(self) -> bool:
+        return all(v is not None for v in (self.weights, self.means, self.precisions))
 
 
-def _using_local_threads(scheduler) -> bool:
-    # None: nothing configured, so dask arrays and delayed use the threaded scheduler.
-    return get_scheduler(scheduler=scheduler) in (None, dask.threaded.get)
-
-
-@contextlib.contextmanager
-def blas_guard(scheduler=None):
-    """One BLAS thread per task while Dask runs tasks on local threads.
-
-    Dask already keeps every core busy with one task each; letting each task's
-    GEMMs spawn more threads would oversubscribe them. Distributed workers
-    manage their own BLAS threads, so they are left alone.
-    """
-    if _using_local_threads(scheduler):
-        with threadpool_limits(limits=1, user_api="blas"):
-            yield
-    else:
-        yield
-
-
-def compute(*objs, scheduler=None):
-    """``dask.compute`` with the caller's scheduler, or the active one."""
-    return dask.compute(*objs, scheduler=scheduler)
-
-
-def estep_pass(
-    blocks: Blocks,
-    params_list: Sequence[K.Params],
-    scheduler=None,
-    pieces: Sequence[tuple[int, int, int]] | None = None,
-) -> list[SuffStats]:
-    """One pass over the data: summed statistics for each parameter set.
-
-    All parameter sets are scored in the same read of each block, so ``n_init``
-    restarts cost one pass of I/O, not ``n_init``. The parameters enter the
-    graph once, as a single key. ``pieces``, triples ``(block index, start,
-    stop)`` of rows within a block, restrict the pass to those rows (a
-    minibatch); their packets are computed in parallel and tree-summed.
-    """
-    graph = pass_graph(blocks, _estep_block, (list(params_list),), pieces=pieces)
-    (total,) = compute(graph, scheduler=scheduler)
-    return total
-
-
-def block_pass(blocks: Blocks, fn: Callable, *args, combine: Callable = _sum_group,
-               scheduler=None):
-    """Reduce ``fn(block, row_offset, block_index, *args)`` over all blocks in one pass.
-
-    Results are tree-summed unless another order-keeping ``combine`` is given.
-    """
-    (total,) = compute(pass_graph(blocks, fn, args, combine), scheduler=scheduler)
-    return total
+NO_INIT = InitialParams()
 
 
 # --------------------------------------------------------------------------
-# Batch EM driver
+# Runs: one initialisation's state, and the M-step that moves it
 # --------------------------------------------------------------------------
 
 
-def params_from_stats(stats: SuffStats, reg_covar: float) -> tuple[K.Params, np.ndarray]:
-    """M-step: new parameters (with precision Cholesky) and covariances."""
-    weights, means, covariances, empty = K.m_step(stats, reg_covar)
+def params_from_stats(stats: SuffStats, reg_covar: float) -> tuple[kernels.Params, np.ndarray]:
+    """M-step: new parameters (with precision Cholesky) and covariances.
+
+    Every M-step of every driver goes through here, so an empty component is
+    always reported.
+    """
+    weights, means, covariances, empty = kernels.m_step(stats, reg_covar)
     if empty.size:
         warnings.warn(
             f"Component(s) {empty.tolist()} received no responsibility in this M-step; "
@@ -226,31 +112,121 @@ def params_from_stats(stats: SuffStats, reg_covar: float) -> tuple[K.Params, np.
             EmptyComponentWarning,
             stacklevel=3,
         )
-    prec_chol = K.precision_cholesky(covariances, stats.covariance_type)
-    return K.Params(stats.covariance_type, weights, means, prec_chol), covariances
+    prec_chol = kernels.precision_cholesky(covariances, stats.covariance_type)
+    return kernels.Params(stats.covariance_type, weights, means, prec_chol), covariances
 
 
 @dataclass
 class Run:
     """The state of one EM run (one initialisation)."""
 
-    params: K.Params
+    params: kernels.Params
     covariances: np.ndarray | None
     lower_bound: float = -np.inf
     lower_bounds: list[float] = field(default_factory=list)
     n_iter: int = 0
     converged: bool = False
 
+    def to_record(self) -> dict:
+        """The run as plain arrays and numbers (what a checkpoint stores)."""
+        p = self.params
+        return {
+            "weights": p.weights, "means": p.means,
+            "precisions_cholesky": p.precisions_cholesky, "covariances": self.covariances,
+            "lower_bound": float(self.lower_bound), "lower_bounds": list(self.lower_bounds),
+            "n_iter": int(self.n_iter), "converged": bool(self.converged),
+        }
+
+    @classmethod
+    def from_record(cls, record: Mapping, covariance_type: str) -> Run:
+        """Inverse of :meth:`to_record`."""
+        params = kernels.Params(covariance_type, record["weights"], record["means"],
+                                record["precisions_cholesky"])
+        return cls(params, record["covariances"], float(record["lower_bound"]),
+                   [float(v) for v in record["lower_bounds"]], int(record["n_iter"]),
+                   bool(record["converged"]))
+
+
+def initial_run(stats: SuffStats | None, settings: Settings, init: InitialParams) -> Run:
+    """A run starting from the M-step of ``stats``, overridden by the user's ``*_init``.
+
+    As in scikit-learn, the covariances come from the statistics about their
+    own means even when ``means_init`` is given; ``stats`` may be None when
+    every parameter is supplied.
+    """
+    cov_type = settings.covariance_type
+    if init.complete:
+        weights, means = init.weights, init.means
+    else:
+        params, covariances = params_from_stats(stats, settings.reg_covar)
+        weights = params.weights if init.weights is None else init.weights
+        means = params.means if init.means is None else init.means
+        prec_chol = params.precisions_cholesky
+    if init.precisions is not None:
+        prec_chol = kernels.precision_cholesky_from_precisions(init.precisions, cov_type)
+        covariances = kernels.covariances_from_cholesky(prec_chol, cov_type)
+    params = kernels.Params(cov_type, np.asarray(weights, dtype=np.float64),
+                            np.asarray(means, dtype=np.float64), prec_chol)
+    return Run(params, covariances)
+
+
+def initial_runs(
+    blocks: Blocks,
+    settings: Settings,
+    groups: Sequence[Group],
+    init: InitialParams = NO_INIT,
+    scheduler=None,
+) -> list[list[Run]]:
+    """The starting runs of every group, all initialised in shared data passes.
+
+    Each group draws its seeds from its own ``check_random_state(random_state)``
+    exactly as a lone estimator does, so a group starts where such a fit would.
+    """
+    rngs = [check_random_state(g.random_state) for g in groups]
+    if init.complete:
+        return [[initial_run(None, settings, init) for _ in range(g.n_init)] for g in groups]
+    starts, start_rngs = [], []
+    for g, rng in zip(groups, rngs, strict=True):
+        # random_from_data draws its rows from ``rng`` itself, as scikit-learn does
+        seeds = (
+            [0] * g.n_init if settings.init_params == "random_from_data"
+            else rng.randint(np.iinfo(np.int32).max, size=g.n_init).tolist()
+        )
+        starts += [(g.n_components, seed) for seed in seeds]
+        start_rngs += [rng] * g.n_init
+    stats = _init.initial_stats(blocks, settings.init_params, settings.covariance_type, starts,
+                                start_rngs, scheduler)
+    runs = iter([initial_run(st, settings, init) for st in stats])
+    return [[next(runs) for _ in range(g.n_init)] for g in groups]
+
+
+def best_run(runs: Sequence[Run]) -> Run:
+    """The run with the highest lower bound (the first of equals)."""
+    best = runs[0]
+    for r in runs[1:]:
+        if r.lower_bound > best.lower_bound:
+            best = r
+    return best
+
+
+# --------------------------------------------------------------------------
+# Batch EM
+# --------------------------------------------------------------------------
+
+# on_iteration(iteration, runs, seconds): called after every batch pass, with
+# the runs of every group (a list of lists).
+IterationHook = Callable[[int, list[list[Run]], float], None]
+
 
 def batch_em(
     blocks: Blocks,
-    runs: list[Run],
+    runs: list[list[Run]],
     *,
     max_iter: int,
     tol: float,
     reg_covar: float,
     scheduler=None,
-    on_iteration: Callable[[int, list[Run], float], None] | None = None,
+    on_iteration: IterationHook | None = None,
 ) -> list[Run]:
     """Run batch EM for several initialisations at once, one data pass per iteration.
 
@@ -261,10 +237,11 @@ def batch_em(
     log-likelihood of the parameters before the last M-step.
 
     Runs restored from a checkpoint continue from their ``n_iter``.
-    ``on_iteration(iteration, runs, seconds)`` is called after every pass.
+    ``runs`` holds one list of runs per group; ``on_iteration(iteration,
+    runs, seconds)`` is called after every pass.
     """
-    active = [r for r in runs if not r.converged]
-    for it in range(max(r.n_iter for r in runs) + 1, max_iter + 1):
+    active = [r for group in runs for r in group if not r.converged]
+    for it in range(max(r.n_iter for group in runs for r in group) + 1, max_iter + 1):
         if not active:
             break
         start = time.perf_counter()
@@ -276,8 +253,7 @@ def batch_em(
             run.lower_bounds.append(run.lower_bound)
             run.params, run.covariances = params_from_stats(st, reg_covar)
             run.n_iter = it
-            change = run.lower_bound - prev
-            if abs(change) < tol:
+            if abs(run.lower_bound - prev) < tol:
                 run.converged = True
             else:
                 still.append(run)
@@ -288,7 +264,7 @@ def batch_em(
 
 
 # --------------------------------------------------------------------------
-# Stepwise (online) EM driver: running normalised statistics s, and for each
+# Stepwise (online) EM: running normalised statistics s, and for each
 # minibatch t with packet s_t: s <- (1 - rho_t) s + rho_t s_t / n_t, then an
 # M-step from s; rho_t = (t + offset) ** -decay.
 # --------------------------------------------------------------------------
@@ -311,7 +287,7 @@ class OnlineState:
         ``rho`` of the last step (NaN before the first).
     """
 
-    params: K.Params
+    params: kernels.Params
     covariances: np.ndarray
     stats: SuffStats
     n_steps: int = 0
@@ -319,10 +295,10 @@ class OnlineState:
 
     @classmethod
     def from_params(
-        cls, params: K.Params, covariances: np.ndarray, reg_covar: float, n_rows: int = 0
+        cls, params: kernels.Params, covariances: np.ndarray, reg_covar: float, n_rows: int = 0
     ) -> OnlineState:
         """A state whose running statistics reproduce ``params`` (no steps taken)."""
-        stats = replace(K.stats_from_params(params, covariances, reg_covar), n_rows=n_rows)
+        stats = replace(kernels.stats_from_params(params, covariances, reg_covar), n_rows=n_rows)
         return cls(params, covariances, stats)
 
 
@@ -383,133 +359,268 @@ def epoch_plan(
     ]
 
 
+# on_step(group, state): called after every stepwise-EM step of a group.
+StepHook = Callable[[int, OnlineState], None]
+
+
 def minibatch_em(
     blocks: Blocks,
-    states: list[OnlineState],
+    groups: list[list[OnlineState]],
+    settings: Settings,
     *,
-    batch_size: int,
-    max_iter: int,
-    tol: float,
-    reg_covar: float,
-    decay: float,
-    offset: float,
     rng: np.random.Generator | None,
     scheduler=None,
     log: Callable[[str], None] | None = None,
-    verbose_interval: int = 10,
-    on_step: Callable[[OnlineState], None] | None = None,
-) -> tuple[OnlineState, Run]:
+    on_step: StepHook | None = None,
+) -> list[tuple[OnlineState, Run]]:
     """Stepwise EM over the row blocks, an epoch (a full pass) at a time.
 
-    Each minibatch is one E-step over its pieces, computed in parallel and
-    tree-summed, then one :func:`stepwise_step`. Several ``states``
-    (initialisations) compete on the first minibatch only. An epoch's
-    log-likelihood is the mean over its rows under the parameters in force
-    when each row was visited; the loop stops after ``max_iter`` epochs or
-    when that changes by less than ``tol``. ``on_step`` is called with each
-    new state (for progress reports, checkpoints or measurements).
+    Every group runs its own stepwise EM, and all groups share each
+    minibatch's E-step pass (its pieces are computed in parallel and
+    tree-summed). The states within a group (initialisations) compete on the
+    first minibatch only. An epoch's log-likelihood is the mean over its rows
+    under the parameters in force when each row was visited; a group stops
+    after ``max_iter`` epochs or when that changes by less than ``tol``.
+    ``rng`` shuffles the pieces of every epoch (storage order if None).
 
-    Returns the final state and a :class:`Run` with one ``lower_bounds`` entry
-    per epoch (``n_iter`` epochs).
+    Returns, per group, the final state and a :class:`Run` with one
+    ``lower_bounds`` entry per epoch (``n_iter`` epochs).
     """
-    run = Run(states[0].params, states[0].covariances)
+    s = settings
+    current = [list(states) for states in groups]
+    runs = [Run(states[0].params, states[0].covariances) for states in groups]
+    active = list(range(len(groups)))
     t_last = time.perf_counter()
-    for epoch in range(1, max_iter + 1):
-        loglik = n = 0.0
-        for pieces in epoch_plan(blocks.sizes, batch_size, rng):
-            packets = estep_pass(blocks, [s.params for s in states], scheduler, pieces=pieces)
-            state, packet = stepwise_step(
-                states, packets, reg_covar=reg_covar, decay=decay, offset=offset
-            )
-            states = [state]
-            if on_step is not None:
-                on_step(state)
-            loglik += packet.loglik
-            n += packet.n
-        prev = run.lower_bound
-        run.lower_bound = loglik / n
-        run.lower_bounds.append(run.lower_bound)
-        run.n_iter = epoch
-        run.converged = abs(run.lower_bound - prev) < tol
-        if log is not None and (epoch % verbose_interval == 0 or run.converged
-                                or epoch == max_iter):
-            now = time.perf_counter()
-            log(
-                f"  epoch {epoch}: mean log-likelihood {run.lower_bound:.6f}, "
-                f"{state.n_steps} steps, step size {state.step_size:.4g}, {now - t_last:.2f}s"
-            )
-            t_last = now
-        if run.converged:
+    for epoch in range(1, s.max_iter + 1):
+        totals = {g: [0.0, 0.0] for g in active}
+        for pieces in epoch_plan(blocks.sizes, s.batch_size, rng):
+            flat = [state.params for g in active for state in current[g]]
+            packets = iter(estep_pass(blocks, flat, scheduler, pieces=pieces))
+            for g in active:
+                mine = [next(packets) for _ in current[g]]
+                state, packet = stepwise_step(current[g], mine, reg_covar=s.reg_covar,
+                                              decay=s.learning_decay, offset=s.learning_offset)
+                current[g] = [state]
+                if on_step is not None:
+                    on_step(g, state)
+                totals[g][0] += packet.loglik
+                totals[g][1] += packet.n
+        now = time.perf_counter()
+        still = []
+        for g in active:
+            run, state = runs[g], current[g][0]
+            prev = run.lower_bound
+            run.lower_bound = totals[g][0] / totals[g][1]
+            run.lower_bounds.append(run.lower_bound)
+            run.n_iter = epoch
+            run.converged = abs(run.lower_bound - prev) < s.tol
+            if log is not None and (epoch % s.verbose_interval == 0 or run.converged
+                                    or epoch == s.max_iter):
+                log(f"  {_label(state.params, len(groups))}epoch {epoch}: mean log-likelihood "
+                    f"{run.lower_bound:.6f}, {state.n_steps} steps, step size "
+                    f"{state.step_size:.4g}, {now - t_last:.2f}s")
+            if not run.converged:
+                still.append(g)
+        t_last = now
+        active = still
+        if not active:
             break
-    state = states[0]
-    run.params, run.covariances = state.params, state.covariances
-    return state, run
+    out = []
+    for states, run in zip(current, runs, strict=True):
+        run.params, run.covariances = states[0].params, states[0].covariances
+        out.append((states[0], run))
+    return out
+
+
+def _label(params: kernels.Params, n_groups: int) -> str:
+    """A prefix naming the candidate in progress lines, when there are several."""
+    return f"n_components={params.n_components}: " if n_groups > 1 else ""
 
 
 # --------------------------------------------------------------------------
-# Cache policy: persist the data once, or stream it on every pass
+# The one driver
 # --------------------------------------------------------------------------
 
-# Share of the active scheduler's memory that cache='auto' lets the data use
-# (config ``dgmm.cache-fraction``): the rest is headroom for the chunks in
-# flight, the workers' own bookkeeping and other users of the machine.
-DEFAULT_CACHE_FRACTION = 0.5
-CACHE_OPTIONS = ("auto", True, False)
 
+@dataclass
+class Fitted:
+    """The outcome of one group: its best run, all its runs, and its stream state.
 
-def _distributed_client(scheduler):
-    """The ``distributed.Client`` that would run a compute, or None."""
-    owner = getattr(get_scheduler(scheduler=scheduler), "__self__", None)
-    try:
-        from distributed import Client
-    except ImportError:  # pragma: no cover - distributed is a dependency
-        return None
-    return owner if isinstance(owner, Client) else None
-
-
-def memory_budget(scheduler=None) -> tuple[int, str]:
-    """Bytes that persisted data may occupy, and a description of that memory.
-
-    With a ``distributed.Client`` active: a fraction of the sum of its workers'
-    memory limits (0 if any worker has no limit, since its size is unknown).
-    With local schedulers: a fraction of this machine's available memory.
+    ``state`` is the stepwise-EM state after a minibatch fit (what
+    ``partial_fit`` continues), None after batch EM. ``score`` is the mean
+    log-likelihood of the best run's final parameters when asked for.
     """
-    fraction = float(dask.config.get("dgmm.cache-fraction", DEFAULT_CACHE_FRACTION))
-    client = _distributed_client(scheduler)
-    if client is not None:
-        workers = client.scheduler_info(n_workers=-1)["workers"].values()
-        limits = [int(w.get("memory_limit") or 0) for w in workers]
-        if not limits or min(limits) <= 0:
-            return 0, "distributed workers without a memory limit"
-        return int(fraction * sum(limits)), f"{len(limits)} distributed worker(s)"
-    return int(fraction * psutil.virtual_memory().available), "available memory of this machine"
+
+    best: Run
+    runs: list[Run]
+    state: OnlineState | None = None
+    score: float = float("nan")
 
 
-def apply_cache_policy(
-    X: da.Array, cache, scheduler=None, log: Callable[[str], None] | None = None
-) -> da.Array:
-    """``X`` persisted for the whole fit, or unchanged so every pass streams it.
+def fit_groups(
+    blocks: Blocks,
+    settings: Settings,
+    groups: Sequence[Group],
+    *,
+    init: InitialParams = NO_INIT,
+    start: list[list[Run]] | None = None,
+    stream: list[OnlineState] | None = None,
+    scheduler=None,
+    on_iteration: IterationHook | None = None,
+    log: Callable[[str], None] | None = None,
+    score: bool = False,
+) -> list[Fitted]:
+    """Fit every group from its initialisation to the end; all groups share every pass.
 
-    ``cache='auto'`` persists when ``X.nbytes`` fits in :func:`memory_budget`;
-    ``True``/``False`` force either choice. The choice is logged.
+    Parameters
+    ----------
+    blocks : Blocks
+        The data.
+    settings : Settings
+        What to run: batch or minibatch EM, iterations, tolerance, polish, ...
+    groups : sequence of Group
+        One per model wanted (a fit has one; a selection one per candidate).
+    init : InitialParams
+        User-supplied starting parameters.
+    start : list of list of Run, optional
+        Runs to continue instead of initialising, per group (a resumed
+        checkpoint, or a warm start from a fitted model).
+    stream : list of OnlineState, optional
+        Per group, the stream a minibatch fit continues (a warm start).
+    scheduler
+        Dask scheduler for the passes (None: the active one).
+    on_iteration : callable, optional
+        Called after every batch pass (EM and polish) with
+        ``(iteration, runs, seconds)``: progress, callbacks, checkpoints.
+    log : callable, optional
+        Receives progress lines (``verbose >= 1``: one per run;
+        ``verbose >= 2``: also one per epoch of minibatch EM).
+    score : bool, default=False
+        Score every group's final model in one more shared pass
+        (:attr:`Fitted.score`), as a model selection needs.
+
+    Returns
+    -------
+    list of Fitted, one per group
     """
-    size = f"{X.nbytes / 2**30:.2f} GiB"
-    if cache == "auto":
-        budget, where = memory_budget(scheduler)
-        persist = X.nbytes <= budget
-        reason = f"cache='auto': data {size}, budget {budget / 2**30:.2f} GiB ({where})"
+    s = settings
+    if start is None and stream is None:
+        start = initial_runs(blocks, s, groups, init, scheduler)
+    if s.algorithm == "minibatch":
+        states = ([[state] for state in stream] if stream is not None else [
+            [OnlineState.from_params(r.params, r.covariances, s.reg_covar) for r in runs]
+            for runs in start
+        ])
+        fitted = _minibatch(blocks, s, groups, states, scheduler, on_iteration, log)
     else:
-        persist = bool(cache)
-        reason = f"cache={cache!r}: data {size}"
-    if log is not None:
-        choice = "persisting it in memory" if persist else "streaming it from its source every pass"
-        log(f"{reason}: {choice}")
-    return X.persist(scheduler=scheduler) if persist else X
+        if s.max_iter > 0:
+            batch_em(blocks, start, max_iter=s.max_iter,
+                     tol=s.tol, reg_covar=s.reg_covar, scheduler=scheduler,
+                     on_iteration=on_iteration)
+        # With no iterations scikit-learn keeps the last initialisation.
+        fitted = [Fitted(runs[-1] if s.max_iter == 0 else best_run(runs), runs)
+                  for runs in start]
+    if log is not None and s.verbose >= 1:
+        for f in fitted:
+            for i, r in enumerate(f.runs):
+                what = "Minibatch EM" if f.state is not None else f"Initialisation {i}"
+                log(f"{_label(r.params, len(fitted))}{what}: lower bound {r.lower_bound:.6f} "
+                    f"after {r.n_iter} {'iterations' if f.state is None else 'passes'}, "
+                    f"converged={r.converged}")
+    if score:
+        totals = estep_pass(blocks, [f.best.params for f in fitted], scheduler=scheduler)
+        for f, st in zip(fitted, totals, strict=True):
+            f.score = float(st.loglik / st.n)
+    return fitted
 
 
-def as_blocks(X: da.Array) -> Blocks:
-    """Blocks of ``X`` (rows chunked, one column chunk)."""
-    if X.numblocks[1] != 1:
-        X = X.rechunk({1: -1})
-    return Blocks.from_array(X)
+def _minibatch(blocks, s: Settings, groups, states, scheduler, on_iteration, log) -> list[Fitted]:
+    """Stepwise EM for every group, then ``polish_iter`` batch passes shared by all."""
+    # One epoch order for every group, drawn as a lone estimator would draw it.
+    seed = check_random_state(groups[0].random_state).randint(np.iinfo(np.int32).max)
+    out = minibatch_em(blocks, states, s, rng=np.random.default_rng(seed) if s.shuffle else None,
+                       scheduler=scheduler, log=log if s.verbose >= 2 else None)
+    if s.polish_iter > 0:
+        runs = [run for _, run in out]
+        epochs = [run.n_iter for run in runs]
+        for run in runs:
+            run.converged, run.n_iter = False, 0
+        batch_em(blocks, [[run] for run in runs], max_iter=s.polish_iter, tol=s.tol,
+                 reg_covar=s.reg_covar,
+                 scheduler=scheduler, on_iteration=on_iteration)
+        polished = []
+        for (state, run), n_epochs in zip(out, epochs, strict=True):
+            run.n_iter += n_epochs
+            # The running statistics restart from the polished model.
+            fresh = OnlineState.from_params(run.params, run.covariances, s.reg_covar,
+                                            n_rows=state.stats.n_rows)
+            polished.append((replace(fresh, n_steps=state.n_steps, step_size=state.step_size),
+                             run))
+        out = polished
+    return [Fitted(run, [run], state) for state, run in out]
 
+
+# --------------------------------------------------------------------------
+# What every fit reports after a pass, and what identifies it for a resume
+# --------------------------------------------------------------------------
+
+
+def iteration_hook(
+    settings: Settings,
+    log: Callable[[str], None] | None = None,
+    callback: Callable[[dict], None] | None = None,
+    save: Callable[[int, list[list[Run]]], None] | None = None,
+) -> IterationHook:
+    """What runs after every batch pass: ``save`` (a checkpoint), verbose lines, ``callback``.
+
+    ``callback`` receives a dict: ``iteration``, ``lower_bound`` (best over
+    all runs), ``change`` (of that since the previous pass), ``seconds`` (of
+    the pass), ``active`` (runs still iterating).
+    """
+    best_before = [-np.inf]
+
+    def hook(iteration: int, runs: list[list[Run]], seconds: float) -> None:
+        best = max(r.lower_bound for group in runs for r in group)
+        info = {
+            "iteration": iteration,
+            "lower_bound": best,
+            "change": best - best_before[0],
+            "seconds": seconds,
+            "active": sum(not r.converged for group in runs for r in group),
+        }
+        best_before[0] = best
+        if save is not None:
+            save(iteration, runs)
+        if log is not None and settings.verbose >= 2 and iteration % settings.verbose_interval == 0:
+            log(f"  iteration {iteration}: lower bound {best:.6f}, "
+                f"change {info['change']:.3e}, {seconds:.2f}s")
+        if callback is not None:
+            callback(info)
+
+    return hook
+
+
+# Settings that do not change the numbers a fit produces.
+_COSMETIC = ("verbose", "verbose_interval")
+
+
+def fit_identity(blocks: Blocks, settings: Settings, groups: Sequence[Group],
+                 scheduler=None) -> dict:
+    """What identifies a fit for a resume: the data (shape, chunking, first rows) and settings."""
+    import hashlib
+
+    (first,) = compute(blocks.delayed[0], scheduler=scheduler)
+    digest = hashlib.sha256(np.ascontiguousarray(first[:1000]).tobytes())
+    digest.update(repr(blocks.sizes).encode())
+    named = {f.name: getattr(settings, f.name) for f in fields(settings)
+             if f.name not in _COSMETIC}
+    named["groups"] = [[g.n_components, g.n_init, _plain(g.random_state)] for g in groups]
+    return {
+        "data": {"shape": [blocks.n_rows, blocks.n_features], "dtype": str(first.dtype),
+                 "fingerprint": digest.hexdigest()},
+        "settings": {k: _plain(v) for k, v in named.items()},
+    }
+
+
+def _plain(value):
+    return value if value is None or isinstance(value, (bool, int, float, str)) else repr(value)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 
 from dgmm import _kernels as K
-from dgmm._em import Blocks, block_pass, compute
+from dgmm._passes import Blocks, block_pass, compute
 from dgmm._stats import SuffStats
 
 INIT_METHODS = ("kmeans", "k-means++", "random", "random_from_data")
@@ -72,13 +72,14 @@ def init_random(blocks, starts, covariance_type, scheduler=None) -> list[SuffSta
                       scheduler=scheduler)
 
 
-def init_random_from_data(blocks, starts, covariance_type, rng, scheduler=None):
+def init_random_from_data(blocks, starts, covariance_type, rngs, scheduler=None):
     """Statistics of ``n_components`` distinct random rows, one-hot (no data pass).
 
-    Rows are drawn with ``rng.choice`` as scikit-learn does, so a shared seed
-    picks the same rows.
+    Each start's rows are drawn with ``rng.choice`` from its entry of ``rngs``
+    as scikit-learn does, so a shared seed picks the same rows.
     """
-    picks = [rng.choice(blocks.n_rows, k, replace=False) for k, _ in starts]
+    picks = [rng.choice(blocks.n_rows, k, replace=False)
+             for (k, _), rng in zip(starts, rngs, strict=True)]
     rows = read_rows(blocks, np.concatenate(picks), scheduler)
     out, pos = [], 0
     for (k, _) in starts:
@@ -148,13 +149,17 @@ def initial_stats(
     method: str,
     covariance_type: str,
     starts: list[tuple[int, int]],
-    rng: np.random.RandomState,
+    rngs: list[np.random.RandomState],
     scheduler=None,
 ) -> list[SuffStats]:
-    """Starting statistics for each ``(n_components, seed)`` start, sharing data passes."""
+    """Starting statistics for each ``(n_components, seed)`` start, sharing data passes.
+
+    ``rngs`` holds each start's random state ('random_from_data' draws its
+    rows from it; starts of one fit share one, drawn from in order).
+    """
     if method in ("kmeans", "k-means++"):
         return init_kmeans(blocks, starts, covariance_type, lloyd=method == "kmeans",
                            scheduler=scheduler)
     if method == "random":
         return init_random(blocks, starts, covariance_type, scheduler)
-    return init_random_from_data(blocks, starts, covariance_type, rng, scheduler)
+    return init_random_from_data(blocks, starts, covariance_type, rngs, scheduler)

@@ -49,6 +49,11 @@ class Params:
     means: np.ndarray
     precisions_cholesky: np.ndarray
 
+    def __post_init__(self):
+        # Fitted attributes may be float32 (float32 input); the maths is float64.
+        for name in ("weights", "means", "precisions_cholesky"):
+            object.__setattr__(self, name, np.asarray(getattr(self, name), dtype=np.float64))
+
     @property
     def n_components(self) -> int:
         return self.means.shape[0]

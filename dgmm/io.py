@@ -13,6 +13,7 @@ import shutil
 import threading
 import uuid
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import dask
@@ -21,8 +22,8 @@ import numpy as np
 import zarr
 from sklearn.utils.validation import check_is_fitted
 
-from dgmm import _em
-from dgmm import _kernels as K
+from dgmm import _kernels as kernels
+from dgmm._passes import as_blocks, blas_guard, block_pass, scheduler_for
 
 # Row chunk for in-memory NumPy input: big enough that per-task overhead is
 # negligible, small enough that a block's (rows x K*d) work arrays stay modest.
@@ -243,7 +244,7 @@ def _regular_rows(X: da.Array) -> da.Array:
 
 def _write_block(block, row_offset, index, params, arrays, whats, writers):
     with writers.running():
-        outputs = K.per_row_outputs(block, params, whats, row_offset)
+        outputs = kernels.per_row_outputs(block, params, whats, row_offset)
         stop = row_offset + len(block)
         for name, out in zip(whats, outputs, strict=True):
             arrays[name][row_offset:stop] = out
@@ -305,10 +306,8 @@ def write_predictions(
     FileExistsError
         ``out`` exists and ``overwrite`` is false, before anything is written.
     """
-    whats = tuple(
-        name for name, wanted in zip(K.PER_ROW_OUTPUTS, (labels, proba, log_density), strict=True)
-        if wanted
-    )
+    wanted = (labels, proba, log_density)
+    whats = tuple(name for name, w in zip(kernels.PER_ROW_OUTPUTS, wanted, strict=True) if w)
     if not whats:
         raise ValueError("Nothing to write: set at least one of labels, proba, log_density")
     float_dtype = np.dtype(dtype)
@@ -332,7 +331,7 @@ def write_predictions(
         "proba": ((n, k), (rows, k), float_dtype),
         "log_density": ((n,), (rows,), float_dtype),
     }
-    scheduler = None if lazy else "threads"  # NumPy input: local threads, as fit does
+    scheduler = scheduler_for(lazy)
     with _atomic_path(target, overwrite) as tmp, Writers() as writers:
         group = zarr.open_group(str(tmp), mode="w-")
         group.attrs.update({"dgmm_version": _version(), "outputs": list(whats)})
@@ -340,11 +339,11 @@ def write_predictions(
         for name in whats:
             shape, chunks, out_dtype = specs[name]
             arrays[name] = group.create_array(name, shape=shape, chunks=chunks, dtype=out_dtype)
-        with _em.blas_guard(scheduler):
-            written = _em.block_pass(
-                _em.as_blocks(X), _write_block, model._params(), arrays, whats, writers,
-                scheduler=scheduler,
-            )
+        params = kernels.Params(model.covariance_type, model.weights_, model.means_,
+                                model.precisions_cholesky_)
+        with blas_guard(scheduler):
+            written = block_pass(as_blocks(X), _write_block, params, arrays, whats, writers,
+                                 scheduler=scheduler)
         if written != n:  # every row block must have reported its rows
             raise RuntimeError(f"wrote {written} of {n} rows to {tmp}")
     return zarr.open_group(str(target), mode="r")
@@ -365,15 +364,10 @@ MODEL_SCHEMA_VERSION = 1
 _METADATA = "metadata.json"
 _FITTED = "fitted/"
 _PARAM = "params/"
-# Fitted attributes every GaussianMixture model file must hold.
-_REQUIRED = (
-    "weights_", "means_", "covariances_", "precisions_", "precisions_cholesky_",
-    "converged_", "n_iter_", "lower_bound_", "lower_bounds_", "n_features_in_",
-)
 _SCALARS = {"bool": (bool, np.bool_), "int": (int, np.int64), "float": (float, np.float64)}
 
 
-def _encode_attribute(name: str, value) -> tuple[str, np.ndarray]:
+def _encode_value(name: str, value) -> tuple[str, np.ndarray]:
     if isinstance(value, np.ndarray) and value.dtype.kind in "biuf":
         return "array", value
     for kind, (py_type, np_type) in _SCALARS.items():  # bool before int: bool is an int
@@ -383,12 +377,12 @@ def _encode_attribute(name: str, value) -> tuple[str, np.ndarray]:
         return "list", np.asarray(value, dtype=np.float64 if any(
             isinstance(v, float) for v in value) else np.int64)
     raise TypeError(
-        f"Cannot save fitted attribute {name} of type {type(value).__name__}: model files "
+        f"Cannot save {name} of type {type(value).__name__}: model files "
         "hold numeric arrays, scalars and lists of numbers only"
     )
 
 
-def _decode_attribute(kind: str, value: np.ndarray):
+def _decode_value(kind: str, value: np.ndarray):
     if kind == "array":
         return value
     if kind == "list":
@@ -396,8 +390,36 @@ def _decode_attribute(kind: str, value: np.ndarray):
     return _SCALARS[kind][0](value.item())
 
 
-def save_model(model, path: str | os.PathLike) -> None:
-    """Write a fitted estimator to ``path`` without pickle, atomically.
+def _write_npz(target: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write an NPZ archive at ``target`` atomically (complete and synced, or absent)."""
+    with _atomic_path(target, overwrite=True) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+@dataclass(frozen=True)
+class SavedModel:
+    """What a model file holds: plain data from which an estimator rebuilds itself.
+
+    Attributes
+    ----------
+    estimator : str
+        Class name of the estimator that wrote it.
+    params : dict
+        Hyper-parameters (``get_params()``), arrays among them as ndarrays.
+    fitted : dict
+        Fitted attributes (names ending in ``_``).
+    """
+
+    estimator: str
+    params: dict
+    fitted: dict
+
+
+def save_model(path: str | os.PathLike, estimator: str, params: dict, fitted: dict) -> None:
+    """Write a model file at ``path`` without pickle, atomically.
 
     Format (schema version 1): an uncompressed NumPy ``.npz`` archive, loadable
     with ``np.load(path, allow_pickle=False)``, holding
@@ -406,13 +428,12 @@ def save_model(model, path: str | os.PathLike) -> None:
       "dgmm-model", "schema_version": 1, "dgmm_version", "estimator",
       "covariance_type", "params": {...}, "array_params": [...],
       "fitted": {name: kind}}``. ``params`` holds the JSON-representable
-      hyper-parameters of ``get_params()``; ``array_params`` names those
-      stored as arrays;
+      hyper-parameters; ``array_params`` names those stored as arrays;
     * ``params/<name>``: array-valued hyper-parameters (e.g. ``means_init``);
-    * ``fitted/<name>``: every public fitted attribute (name ending in ``_``)
-      with ``kind`` ``'array'``, ``'bool'``, ``'int'``, ``'float'`` (0-d
-      arrays) or ``'list'`` (1-d array of a list of numbers). New estimator
-      state is saved by adding such attributes; no schema change is needed.
+    * ``fitted/<name>``: every fitted attribute with ``kind`` ``'array'``,
+      ``'bool'``, ``'int'``, ``'float'`` (0-d arrays) or ``'list'`` (1-d
+      array of a list of numbers). New estimator state is saved by adding
+      such attributes; no schema change is needed.
 
     Every value round-trips bit for bit. A ``random_state`` given as a
     generator object is saved as ``None`` (with a warning): its state is not
@@ -420,21 +441,24 @@ def save_model(model, path: str | os.PathLike) -> None:
 
     Parameters
     ----------
-    model : GaussianMixture
-        A fitted model.
     path : str or PathLike
         Local file path (no suffix is added). An existing file is replaced
         once the new file is complete.
+    estimator : str
+        The estimator's class name.
+    params : dict
+        Its hyper-parameters (``get_params(deep=False)``).
+    fitted : dict
+        Its fitted attributes.
     """
-    check_is_fitted(model, "means_")
     target = _local_target(path, "path")
     arrays: dict[str, np.ndarray] = {}
-    params, array_params = {}, []
-    for name, value in model.get_params(deep=False).items():
+    plain, array_params = {}, []
+    for name, value in params.items():
         if isinstance(value, np.integer | np.floating | np.bool_):
             value = value.item()
         if value is None or isinstance(value, (bool, int, float, str)):
-            params[name] = value
+            plain[name] = value
         elif isinstance(value, (np.ndarray, list, tuple)):
             arrays[_PARAM + name] = np.asarray(value, dtype=np.float64)
             array_params.append(name)
@@ -443,42 +467,38 @@ def save_model(model, path: str | os.PathLike) -> None:
                 "random_state is a generator object; it is saved as None",
                 UserWarning, stacklevel=3,
             )
-            params[name] = None
+            plain[name] = None
         else:
             raise TypeError(f"Cannot save hyper-parameter {name}={value!r} in a model file")
-    fitted = {}
-    for name, value in sorted(vars(model).items()):
-        if name.endswith("_") and not name.startswith("_"):
-            fitted[name], arrays[_FITTED + name] = _encode_attribute(name, value)
+    kinds = {}
+    for name, value in fitted.items():
+        kinds[name], arrays[_FITTED + name] = _encode_value(f"fitted attribute {name}", value)
     metadata = {
         "format": MODEL_FORMAT,
         "schema_version": MODEL_SCHEMA_VERSION,
         "dgmm_version": _version(),
-        "estimator": type(model).__name__,
-        "covariance_type": model.covariance_type,
-        "params": params,
+        "estimator": estimator,
+        "covariance_type": plain.get("covariance_type"),
+        "params": plain,
         "array_params": array_params,
-        "fitted": fitted,
+        "fitted": kinds,
     }
     arrays[_METADATA] = np.asarray(json.dumps(metadata, allow_nan=False))
-    with _atomic_path(target, overwrite=True) as tmp:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
+    _write_npz(target, arrays)
 
 
-def _model_error(path, message: str) -> ValueError:
+def model_file_error(path, message: str) -> ValueError:
+    """The error for a model file that cannot be used, naming the file."""
     return ValueError(f"Invalid dgmm model file {path}: {message}")
 
 
 def _read_member(npz, path, key: str) -> np.ndarray:
     if key not in npz.files:
-        raise _model_error(path, f"missing field {key!r}")
+        raise model_file_error(path, f"missing field {key!r}")
     try:
         return npz[key]
     except Exception as exc:  # bad CRC, truncated member, object dtype, ...
-        raise _model_error(path, f"field {key!r} is corrupt ({exc})") from exc
+        raise model_file_error(path, f"field {key!r} is corrupt ({exc})") from exc
 
 
 def _read_metadata(npz, path) -> dict:
@@ -486,111 +506,83 @@ def _read_metadata(npz, path) -> dict:
     try:
         metadata = json.loads(str(raw[()]))
     except (ValueError, TypeError) as exc:
-        raise _model_error(path, f"field {_METADATA!r} is not valid JSON ({exc})") from exc
+        raise model_file_error(path, f"field {_METADATA!r} is not valid JSON ({exc})") from exc
     if not isinstance(metadata, dict) or metadata.get("format") != MODEL_FORMAT:
-        raise _model_error(path, f"field {_METADATA!r} does not describe a {MODEL_FORMAT} file")
+        raise model_file_error(path, f"field {_METADATA!r} does not describe a {MODEL_FORMAT} "
+                                     "file")
     version = metadata.get("schema_version")
     if not isinstance(version, int) or not 1 <= version <= MODEL_SCHEMA_VERSION:
-        raise _model_error(
+        raise model_file_error(
             path, f"schema_version {version!r} is not supported (this dgmm reads "
             f"1..{MODEL_SCHEMA_VERSION}; upgrade dgmm)"
         )
-    for key, kind in (("params", dict), ("array_params", list), ("fitted", dict)):
+    for key, kind in (("params", dict), ("array_params", list), ("fitted", dict),
+                      ("estimator", str)):
         if not isinstance(metadata.get(key), kind):
-            raise _model_error(path, f"metadata field {key!r} is missing or malformed")
-    if metadata.get("estimator") != "GaussianMixture":
-        raise _model_error(path, f"unknown estimator {metadata.get('estimator')!r}")
+            raise model_file_error(path, f"metadata field {key!r} is missing or malformed")
     return metadata
 
 
-def _check_fitted_shapes(model, path) -> None:
-    k, d = model.n_components, model.n_features_in_
-    cov_shape = K.covariance_shape(model.covariance_type, k, d)
-    expected = {
-        "weights_": (k,), "means_": (k, d), "covariances_": cov_shape,
-        "precisions_": cov_shape, "precisions_cholesky_": cov_shape,
-    }
-    for name, shape in expected.items():
-        value = getattr(model, name)
-        if not isinstance(value, np.ndarray) or value.shape != shape:
-            got = getattr(value, "shape", type(value).__name__)
-            raise _model_error(path, f"field {name!r} must have shape {shape}; got {got}")
-        if not np.isfinite(value).all():
-            raise _model_error(path, f"field {name!r} contains NaN or infinity")
+def _open_npz(path) -> np.lib.npyio.NpzFile:
+    try:
+        npz = np.load(path, allow_pickle=False)
+    except Exception as exc:  # BadZipFile, EOFError, ValueError, OSError
+        message = f"not a readable NPZ archive; truncated or corrupt ({exc})"
+        raise model_file_error(path, message) from exc
+    if not isinstance(npz, np.lib.npyio.NpzFile):
+        raise model_file_error(path, "not an NPZ archive")
+    return npz
 
 
-def load_model(path: str | os.PathLike):
-    """Read a model written by :meth:`GaussianMixture.save` (never unpickles).
+def _read_fitted(npz, path, kinds: dict) -> dict:
+    fitted = {}
+    for name, kind in kinds.items():
+        value = _read_member(npz, path, _FITTED + name)
+        if kind not in ("array", "list", *_SCALARS) or value.dtype.kind not in "biuf" or (
+            kind not in ("array", "list") and value.ndim != 0
+        ):
+            raise model_file_error(path, f"field {name!r} has unexpected kind {kind!r}")
+        fitted[name] = _decode_value(kind, value)
+    return fitted
 
-    Parameters
-    ----------
-    path : str or PathLike
 
-    Returns
-    -------
-    GaussianMixture
-        The fitted estimator, with hyper-parameters and fitted attributes
-        exactly as saved.
+def read_model(path: str | os.PathLike) -> SavedModel:
+    """Read a model file written by :func:`save_model` (never unpickles).
+
+    The estimator rebuilds itself from the result (:func:`dgmm.load`).
 
     Raises
     ------
     ValueError
         The file does not exist, is not a model file, is truncated or
-        corrupt, or misses or has an inconsistent field; the message names
-        the file and the field.
+        corrupt, or has a missing or unexpected field; the message names the
+        file and the field.
     """
-    from dgmm.mixture import GaussianMixture
-
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"Model file not found: {path}")
-    try:
-        npz = np.load(path, allow_pickle=False)
-    except Exception as exc:  # BadZipFile, EOFError, ValueError, OSError
-        message = f"not a readable NPZ archive; truncated or corrupt ({exc})"
-        raise _model_error(path, message) from exc
-    if not isinstance(npz, np.lib.npyio.NpzFile):
-        raise _model_error(path, "not an NPZ archive")
-    with npz:
+    with _open_npz(path) as npz:
         metadata = _read_metadata(npz, path)
         params = dict(metadata["params"])
         for name in metadata["array_params"]:
             params[name] = _read_member(npz, path, _PARAM + str(name))
-        fitted = {}
-        for name, kind in metadata["fitted"].items():
-            value = _read_member(npz, path, _FITTED + name)
-            if kind not in ("array", "list", *_SCALARS) or value.dtype.kind not in "biuf" or (
-                kind not in ("array", "list") and value.ndim != 0
-            ):
-                raise _model_error(path, f"field {name!r} has unexpected kind {kind!r}")
-            fitted[name] = _decode_attribute(kind, value)
+        fitted = _read_fitted(npz, path, metadata["fitted"])
         expected = {_METADATA} | {_PARAM + str(n) for n in metadata["array_params"]} | {
             _FITTED + n for n in metadata["fitted"]
         }
         extra = sorted(set(npz.files) - expected)
         if extra:
-            raise _model_error(path, f"unexpected field(s) {extra}")
-    missing = [name for name in _REQUIRED if name not in fitted]
-    if missing:
-        raise _model_error(path, f"missing field(s) {missing}")
-    model = GaussianMixture()
-    try:
-        model.set_params(**params)
-        model._check_parameters(int(fitted["n_features_in_"]))
-    except (ValueError, TypeError) as exc:
-        raise _model_error(path, f"invalid hyper-parameter in field 'params' ({exc})") from exc
-    for name, value in fitted.items():
-        setattr(model, name, value)
-    _check_fitted_shapes(model, path)
-    return model
+            raise model_file_error(path, f"unexpected field(s) {extra}")
+    return SavedModel(metadata["estimator"], params, fitted)
 
 
 # --------------------------------------------------------------------------
-# Checkpoints: a directory of model files, one per EM run, plus a manifest
+# Checkpoints: a directory with the runs of a fit (plain arrays) and a manifest
 # --------------------------------------------------------------------------
 
 CHECKPOINT_FORMAT = "dgmm-checkpoint"
 _MANIFEST = "checkpoint.json"
+_RUNS = "runs.npz"
 
 
 def has_checkpoint(directory: str | os.PathLike) -> bool:
@@ -598,26 +590,32 @@ def has_checkpoint(directory: str | os.PathLike) -> bool:
     return (Path(directory) / _MANIFEST).is_file()
 
 
-def write_checkpoint(directory: str | os.PathLike, models: list, manifest: dict) -> None:
+def write_checkpoint(directory: str | os.PathLike, records: list[dict], manifest: dict) -> None:
     """Atomically replace the checkpoint in ``directory``.
 
-    Each run's state is saved as an ordinary model file (``run-<i>.npz``, see
-    :func:`save_model`) next to ``checkpoint.json``, which holds ``manifest``
-    (the data fingerprint and settings a resume must match). The whole
-    directory is built under a temporary name and swapped in, so a kill at
-    any moment leaves the previous checkpoint or the new one, never a mix.
+    ``records`` holds the state of every run as plain values (arrays,
+    numbers, lists of numbers); they are stored in ``runs.npz`` (no pickle)
+    next to ``checkpoint.json``, which holds ``manifest`` (what a resume must
+    match, such as the data fingerprint and settings). The whole directory is
+    built under a temporary name and swapped in, so a kill at any moment
+    leaves the previous checkpoint or the new one, never a mix.
     """
     target = _local_target(directory, "checkpoint")
+    arrays, kinds = {}, []
+    for i, record in enumerate(records):
+        entry = {}
+        for name, value in record.items():
+            entry[name], arrays[f"run-{i}/{name}"] = _encode_value(f"run field {name}", value)
+        kinds.append(entry)
     with _atomic_path(target, overwrite=True) as tmp:
         tmp.mkdir()
-        for i, model in enumerate(models):
-            save_model(model, tmp / f"run-{i}.npz")
-        body = {"format": CHECKPOINT_FORMAT, "n_runs": len(models), **manifest}
+        _write_npz(tmp / _RUNS, arrays)
+        body = {"format": CHECKPOINT_FORMAT, "runs": kinds, **manifest}
         (tmp / _MANIFEST).write_text(json.dumps(body, allow_nan=False, sort_keys=True))
 
 
-def read_checkpoint(directory: str | os.PathLike, manifest: dict) -> list:
-    """Models of the runs in a checkpoint, after checking it matches ``manifest``.
+def read_checkpoint(directory: str | os.PathLike, manifest: dict) -> list[dict]:
+    """The run records of a checkpoint, after checking it matches ``manifest``.
 
     Raises
     ------
@@ -630,13 +628,20 @@ def read_checkpoint(directory: str | os.PathLike, manifest: dict) -> list:
         body = json.loads((directory / _MANIFEST).read_text())
     except (OSError, ValueError) as exc:
         raise ValueError(f"Unreadable checkpoint {directory}: {exc}") from exc
-    if not isinstance(body, dict) or body.get("format") != CHECKPOINT_FORMAT:
+    if not isinstance(body, dict) or body.get("format") != CHECKPOINT_FORMAT or not isinstance(
+            body.get("runs"), list):
         raise ValueError(f"{directory} does not hold a dgmm checkpoint")
     for key, expected in manifest.items():
         if body.get(key) != json.loads(json.dumps(expected)):
             raise ValueError(
                 f"Checkpoint {directory} was made for different {key}: it has "
-                f"{body.get(key)!r}, this fit has {expected!r}. Remove the checkpoint "
-                "directory or point --checkpoint elsewhere."
+                f"{body.get(key)!r}, this fit has {expected!r}. Remove that checkpoint "
+                "or checkpoint this fit in another directory."
             )
-    return [load_model(directory / f"run-{i}.npz") for i in range(int(body["n_runs"]))]
+    path = directory / _RUNS
+    with _open_npz(path) as npz:
+        return [
+            {name: _decode_value(kind, _read_member(npz, path, f"run-{i}/{name}"))
+             for name, kind in kinds.items()}
+            for i, kinds in enumerate(body["runs"])
+        ]

@@ -10,21 +10,28 @@ from __future__ import annotations
 import numbers
 import sys
 import warnings
-from dataclasses import replace
 
 import dask
 import numpy as np
-from sklearn.base import BaseEstimator, DensityMixin, clone
+from sklearn.base import BaseEstimator, DensityMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
 from dgmm import _em, _init, io
 from dgmm import _kernels as K
+from dgmm._em import ALGORITHMS
+from dgmm._passes import (
+    CACHE_OPTIONS,
+    apply_cache_policy,
+    as_blocks,
+    blas_guard,
+    estep_pass,
+    scheduler_for,
+)
 from dgmm._stats import SuffStats
-from dgmm.io import as_dask_array, save_model
+from dgmm.io import as_dask_array, model_file_error, read_model, save_model
 
-ALGORITHMS = ("batch", "minibatch")
 ONLINE_ATTRIBUTES = ("n_steps_", "n_samples_seen_", "step_size_", "running_stats_")
 
 
@@ -205,10 +212,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         _check_int("verbose_interval", self.verbose_interval, 1)
         _check_number("tol", self.tol, 0.0)
         _check_number("reg_covar", self.reg_covar, 0.0)
-        if self.cache not in _em.CACHE_OPTIONS:
-            raise ValueError(
-                f"cache must be one of {list(_em.CACHE_OPTIONS)}; got {self.cache!r}"
-            )
+        if self.cache not in CACHE_OPTIONS:
+            raise ValueError(f"cache must be one of {list(CACHE_OPTIONS)}; got {self.cache!r}")
         _check_int("batch_size", self.batch_size, 1)
         _check_int("polish_iter", self.polish_iter, 0)
         _check_number("learning_offset", self.learning_offset, 0.0)
@@ -264,8 +269,10 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         X : array-like, dask array, zarr.Array or str of shape (n_samples, n_features)
             The data; a string is a path or URL to a Zarr array.
         y : Ignored
+            Accepted so that scikit-learn pipelines and model selection work;
+            ``fit`` never uses labels.
         callback : callable, optional
-            Called after every EM iteration with a dict: ``iteration``,
+            Called after every batch EM pass with a dict: ``iteration``,
             ``lower_bound`` (best over restarts), ``change`` (of that since
             the previous iteration), ``seconds`` (of the pass), ``active``
             (restarts still running).
@@ -276,6 +283,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             Continue from the checkpoint in ``checkpoint`` (the result equals an
             uninterrupted fit); without one there, start afresh. A checkpoint
             made for other data or settings is refused with a ``ValueError``.
+            Resuming a checkpoint whose runs have all finished does no pass
+            and gives the finished model again.
 
         Returns
         -------
@@ -284,112 +293,46 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         Xd, lazy = as_dask_array(X)
         n, d = Xd.shape
         self._check_parameters(d)
-        if checkpoint is not None:
-            if self.algorithm != "batch":
-                raise ValueError("checkpoint is supported with algorithm='batch' only")
-            if not resume and io.has_checkpoint(checkpoint):
-                raise ValueError(f"{checkpoint} already holds a checkpoint; pass resume=True "
-                                 "to continue it, or remove it")
-        elif resume:
-            raise ValueError("resume=True needs a checkpoint directory")
-        if n < self.n_components:
-            raise ValueError(
-                f"Expected n_samples >= n_components but got n_components = "
-                f"{self.n_components}, n_samples = {n}"
-            )
-        scheduler = None if lazy else "threads"
-        if lazy:
-            log = self._log if self.verbose >= 1 else None
-            Xd = _em.apply_cache_policy(Xd, self.cache, scheduler, log=log)
-        blocks = _em.as_blocks(Xd)
+        _check_n_samples(n, self.n_components)
+        settings = _em.Settings.of(self.get_params())
         warm = self.warm_start and hasattr(self, "means_")
-        manifest = _checkpoint_manifest(self, Xd, blocks, scheduler) if checkpoint else None
-        with _em.blas_guard(scheduler):
-            if resume and io.has_checkpoint(checkpoint):
-                runs = [_run_of(m) for m in io.read_checkpoint(checkpoint, manifest)]
-            elif not warm:
-                runs = self._initial_runs(blocks, scheduler)
-            else:
-                runs = [_em.Run(self._params(), self.covariances_,
-                                lower_bound=getattr(self, "lower_bound_", -np.inf))]
-            if self.algorithm == "minibatch":
-                self._fit_minibatch(blocks, runs, warm, scheduler, callback)
-                return self
-            if self.max_iter > 0:
-                _em.batch_em(
-                    blocks,
-                    runs,
-                    max_iter=self.max_iter,
-                    tol=self.tol,
-                    reg_covar=self.reg_covar,
-                    scheduler=scheduler,
-                    on_iteration=self._iteration_hook(callback, checkpoint, manifest),
-                )
-        best = runs[-1] if self.max_iter == 0 else _best_run(runs)
-        if self.verbose >= 1:
-            for i, r in enumerate(runs):
-                self._log(f"Initialisation {i}: lower bound {r.lower_bound:.6f} after "
-                          f"{r.n_iter} iterations, converged={r.converged}")
-        for name in ONLINE_ATTRIBUTES:  # a batch fit starts any later stream afresh
-            self.__dict__.pop(name, None)
-        self._set_run(best, n_features=d)
-        self._warn_not_converged(stacklevel=3)
+        start = stream = None
+        if warm and self.algorithm == "minibatch":
+            stream = [self._online_state()]
+        elif warm:
+            start = [[_em.Run(self._params(), self._covariances64(),
+                              lower_bound=getattr(self, "lower_bound_", -np.inf))]]
+        group = _em.Group(self.n_components, self.n_init, self.random_state)
+        (fitted,) = _fit_groups(
+            Xd, lazy, settings, [group], cache=self.cache, init=self._initial_params(),
+            start=start, stream=stream, checkpoint=checkpoint, resume=resume,
+            callback=callback, log=self._log,
+        )
+        self._set_fitted(fitted, n_features=d)
+        self._warn_not_converged(stacklevel=2)
         return self
+
+    def _initial_params(self) -> _em.InitialParams:
+        return _em.InitialParams(self.weights_init, self.means_init, self.precisions_init)
+
+    def _set_fitted(self, fitted: _em.Fitted, n_features: int) -> None:
+        """Adopt a driver's result: the best run, and the stream after minibatch EM."""
+        self._set_run(fitted.best, n_features)
+        if fitted.state is None:  # a batch fit starts any later stream afresh
+            for name in ONLINE_ATTRIBUTES:
+                self.__dict__.pop(name, None)
+        else:
+            self._set_online_state(fitted.state)
 
     def _warn_not_converged(self, stacklevel: int) -> None:
         if not self.converged_ and self.max_iter > 0:
             warnings.warn(
-                "The best initialisation did not converge. Try different init "
-                "parameters, increase max_iter or tol, or check for degenerate data.",
+                f"The best initialisation did not converge in {self.n_iter_} iterations. "
+                "Try different init parameters, increase max_iter or tol, or check for "
+                "degenerate data.",
                 ConvergenceWarning,
-                stacklevel=stacklevel,
+                stacklevel=stacklevel + 1,
             )
-
-    def _fit_minibatch(self, blocks: _em.Blocks, runs: list[_em.Run], warm: bool, scheduler,
-                       callback=None):
-        """Stepwise EM over ``blocks`` from ``runs`` (or the current stream), then polish."""
-        if warm:
-            states = [self._online_state()]
-        else:
-            states = [_em.OnlineState.from_params(r.params, r.covariances, self.reg_covar)
-                      for r in runs]
-        seed = check_random_state(self.random_state).randint(np.iinfo(np.int32).max)
-        state, run = _em.minibatch_em(
-            blocks,
-            states,
-            batch_size=self.batch_size,
-            max_iter=self.max_iter,
-            tol=self.tol,
-            reg_covar=self.reg_covar,
-            decay=self.learning_decay,
-            offset=self.learning_offset,
-            rng=np.random.default_rng(seed) if self.shuffle else None,
-            scheduler=scheduler,
-            log=self._log if self.verbose >= 2 else None,
-            verbose_interval=self.verbose_interval,
-        )
-        if self.polish_iter > 0:
-            epochs, run.converged, run.n_iter = run.n_iter, False, 0
-            _em.batch_em(
-                blocks, [run], max_iter=self.polish_iter, tol=self.tol,
-                reg_covar=self.reg_covar, scheduler=scheduler,
-                on_iteration=self._iteration_hook(callback),
-            )
-            run.n_iter += epochs
-            # The running statistics restart from the polished model.
-            state = replace(
-                _em.OnlineState.from_params(
-                    run.params, run.covariances, self.reg_covar, n_rows=state.stats.n_rows
-                ),
-                n_steps=state.n_steps,
-                step_size=state.step_size,
-            )
-        if self.verbose >= 1:
-            self._log(f"Minibatch EM: lower bound {run.lower_bound:.6f} after {run.n_iter} "
-                      f"passes, {state.n_steps} steps, converged={run.converged}")
-        self._set_run(run, n_features=blocks.n_features)
-        self._set_online_state(state)
-        self._warn_not_converged(stacklevel=4)
 
     def partial_fit(self, X, y=None) -> GaussianMixture:
         """One stepwise-EM update from a batch of rows.
@@ -426,15 +369,19 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                 f"The first batch initialises the model and needs n_samples >= n_components; "
                 f"got n_components = {self.n_components}, n_samples = {n}"
             )
-        scheduler = None if lazy else "threads"
-        blocks = _em.as_blocks(Xd)
-        with _em.blas_guard(scheduler):
+        settings = _em.Settings.of(self.get_params())
+        scheduler = scheduler_for(lazy)
+        blocks = as_blocks(Xd)
+        with blas_guard(scheduler):
             if fitted:
                 states = [self._online_state()]
             else:
+                group = _em.Group(self.n_components, self.n_init, self.random_state)
+                (runs,) = _em.initial_runs(blocks, settings, [group], self._initial_params(),
+                                           scheduler)
                 states = [_em.OnlineState.from_params(r.params, r.covariances, self.reg_covar)
-                          for r in self._initial_runs(blocks, scheduler)]
-            packets = _em.estep_pass(blocks, [s.params for s in states], scheduler)
+                          for r in runs]
+            packets = estep_pass(blocks, [s.params for s in states], scheduler)
             state, _ = _em.stepwise_step(
                 states, packets, reg_covar=self.reg_covar,
                 decay=self.learning_decay, offset=self.learning_offset,
@@ -447,12 +394,14 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     def _online_state(self) -> _em.OnlineState:
         """The stream state held in the fitted attributes (fresh if there is none)."""
         if not hasattr(self, "running_stats_"):
-            return _em.OnlineState.from_params(self._params(), self.covariances_, self.reg_covar)
+            return _em.OnlineState.from_params(self._params(), self._covariances64(),
+                                               self.reg_covar)
         stats = SuffStats.unpack(
             self.running_stats_, self.covariance_type, self.n_components, self.n_features_in_
         )
         return _em.OnlineState(
-            self._params(), self.covariances_, stats, int(self.n_steps_), float(self.step_size_)
+            self._params(), self._covariances64(), stats, int(self.n_steps_),
+            float(self.step_size_),
         )
 
     def _set_online_state(self, state: _em.OnlineState) -> None:
@@ -470,9 +419,45 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         Parameters
         ----------
         path : str or PathLike
-            Local file path; an existing file is replaced once the new one is complete.
+            Local file path; an existing file is replaced once the new one is
+            complete. A directory is never replaced.
         """
-        save_model(self, path)
+        check_is_fitted(self, "means_")
+        fitted = {name: value for name, value in sorted(vars(self).items())
+                  if name.endswith("_") and not name.startswith("_")}
+        save_model(path, type(self).__name__, self.get_params(deep=False), fitted)
+
+    @classmethod
+    def _from_saved(cls, params: dict, fitted: dict) -> GaussianMixture:
+        """A fitted estimator from a model file's hyper-parameters and attributes.
+
+        Raises ``ValueError`` naming what is inconsistent.
+        """
+        missing = [name for name in _REQUIRED_FITTED if name not in fitted]
+        if missing:
+            raise ValueError(f"missing field(s) {missing}")
+        model = cls()
+        try:
+            model.set_params(**params)
+            model._check_parameters(int(fitted["n_features_in_"]))
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"invalid hyper-parameter in field 'params' ({exc})") from exc
+        for name, value in fitted.items():
+            setattr(model, name, value)
+        k, d = model.n_components, model.n_features_in_
+        cov_shape = K.covariance_shape(model.covariance_type, k, d)
+        expected = {
+            "weights_": (k,), "means_": (k, d), "covariances_": cov_shape,
+            "precisions_": cov_shape, "precisions_cholesky_": cov_shape,
+        }
+        for name, shape in expected.items():
+            value = getattr(model, name)
+            if not isinstance(value, np.ndarray) or value.shape != shape:
+                got = getattr(value, "shape", type(value).__name__)
+                raise ValueError(f"field {name!r} must have shape {shape}; got {got}")
+            if not np.isfinite(value).all():
+                raise ValueError(f"field {name!r} contains NaN or infinity")
+        return model
 
     def fit_predict(self, X, y=None):
         """Fit the model, then return the most likely component of every row.
@@ -480,45 +465,6 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         Returns a dask array for dask/Zarr input, a NumPy array otherwise.
         """
         return self.fit(X).predict(X)
-
-    def _initial_runs(self, blocks: _em.Blocks, scheduler) -> list[_em.Run]:
-        rng = check_random_state(self.random_state)
-        if self.means_init is not None and self.weights_init is not None and (
-            self.precisions_init is not None
-        ):
-            return [self._run_from_stats(None) for _ in range(self.n_init)]
-        # random_from_data draws its rows from ``rng`` itself, as scikit-learn does
-        seeds = (
-            [0] * self.n_init if self.init_params == "random_from_data"
-            else rng.randint(np.iinfo(np.int32).max, size=self.n_init).tolist()
-        )
-        starts = [(self.n_components, seed) for seed in seeds]
-        stats = _init.initial_stats(
-            blocks, self.init_params, self.covariance_type, starts, rng, scheduler
-        )
-        return [self._run_from_stats(st) for st in stats]
-
-    def _run_from_stats(self, st) -> _em.Run:
-        cov_type = self.covariance_type
-        weights = means = covariances = None
-        if st is not None:
-            weights, means, covariances, _ = K.m_step(st, self.reg_covar)
-        if self.weights_init is not None:
-            weights = np.asarray(self.weights_init, dtype=np.float64)
-        if self.means_init is not None:
-            means = np.asarray(self.means_init, dtype=np.float64)
-        if self.precisions_init is not None:
-            prec_chol = K.precision_cholesky_from_precisions(self.precisions_init, cov_type)
-            covariances = K.covariances_from_cholesky(prec_chol, cov_type)
-        else:
-            prec_chol = K.precision_cholesky(covariances, cov_type)
-        return _em.Run(K.Params(cov_type, weights, means, prec_chol), covariances)
-
-    def _model_of(self, run: _em.Run) -> GaussianMixture:
-        """A fitted copy of this estimator holding one run's state (for checkpoints)."""
-        model = clone(self)
-        model._set_run(run, n_features=run.params.n_features)
-        return model
 
     def _set_run(self, run: _em.Run, n_features: int) -> None:
         self._set_params(run.params, run.covariances, n_features)
@@ -538,30 +484,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     def _params(self) -> K.Params:
         return K.Params(self.covariance_type, self.weights_, self.means_, self.precisions_cholesky_)
 
-    def _iteration_hook(self, callback, checkpoint=None, manifest=None):
-        """What runs after every EM pass: checkpoint, verbose lines, the user's callback."""
-        best_before = [-np.inf]
-
-        def hook(iteration: int, runs: list[_em.Run], seconds: float) -> None:
-            best = max(r.lower_bound for r in runs)
-            info = {
-                "iteration": iteration,
-                "lower_bound": best,
-                "change": best - best_before[0],
-                "seconds": seconds,
-                "active": sum(not r.converged for r in runs),
-            }
-            best_before[0] = best
-            if checkpoint is not None:
-                io.write_checkpoint(checkpoint, [self._model_of(r) for r in runs],
-                                    {**manifest, "iteration": iteration})
-            if self.verbose >= 2 and iteration % self.verbose_interval == 0:
-                self._log(f"  iteration {iteration}: lower bound {best:.6f}, "
-                          f"change {info['change']:.3e}, {seconds:.2f}s")
-            if callback is not None:
-                callback(info)
-
-        return hook
+    def _covariances64(self) -> np.ndarray:
+        return np.asarray(self.covariances_, dtype=np.float64)
 
     def _log(self, message: str) -> None:
         print(message, file=sys.stdout, flush=True)
@@ -584,7 +508,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             out = Xd.map_blocks(_predict_block, params, what, drop_axis=1, dtype=dtype)
         if lazy:
             return out
-        with _em.blas_guard("threads"):
+        with blas_guard("threads"):
             return out.compute(scheduler="threads")
 
     def predict(self, X):
@@ -656,43 +580,105 @@ def _predict_block(block, params, what, block_info=None):
     return K.predict_block(block, params, what, row_offset=offset)
 
 
-def _run_of(model: GaussianMixture) -> _em.Run:
-    """The EM run state held by a (checkpointed) fitted model."""
-    return _em.Run(model._params(), model.covariances_, lower_bound=model.lower_bound_,
-                   lower_bounds=list(model.lower_bounds_), n_iter=model.n_iter_,
-                   converged=model.converged_)
+# Fitted attributes every GaussianMixture model file must hold.
+_REQUIRED_FITTED = (
+    "weights_", "means_", "covariances_", "precisions_", "precisions_cholesky_",
+    "converged_", "n_iter_", "lower_bound_", "lower_bounds_", "n_features_in_",
+)
+# Estimators that model files can name, by class name.
+ESTIMATORS = {"GaussianMixture": GaussianMixture}
 
 
-# Settings that change the numbers a fit produces; a checkpoint must match them.
-_CHECKPOINT_SETTINGS = ("n_components", "covariance_type", "tol", "reg_covar", "max_iter",
-                        "n_init", "init_params", "random_state")
+def load(path) -> GaussianMixture:
+    """Read a model written by :meth:`GaussianMixture.save` (never unpickles).
+
+    Parameters
+    ----------
+    path : str or PathLike
+
+    Returns
+    -------
+    GaussianMixture
+        The fitted estimator, with hyper-parameters and fitted attributes
+        exactly as saved.
+
+    Raises
+    ------
+    ValueError
+        The file does not exist, is not a dgmm model file, is truncated or
+        corrupt, or misses or has an inconsistent field; the message names
+        the file and the field.
+    """
+    saved = read_model(path)
+    estimator = ESTIMATORS.get(saved.estimator)
+    if estimator is None:
+        raise model_file_error(path, f"unknown estimator {saved.estimator!r}")
+    try:
+        return estimator._from_saved(saved.params, saved.fitted)
+    except ValueError as exc:
+        raise model_file_error(path, str(exc)) from exc
 
 
-def _checkpoint_manifest(model: GaussianMixture, Xd, blocks: _em.Blocks, scheduler) -> dict:
-    """What identifies a fit: the data (shape, dtype, chunking, first rows) and settings."""
-    import hashlib
+def _fit_groups(
+    Xd,
+    lazy: bool,
+    settings: _em.Settings,
+    groups: list[_em.Group],
+    *,
+    cache,
+    init: _em.InitialParams = _em.NO_INIT,
+    start: list[list[_em.Run]] | None = None,
+    stream: list[_em.OnlineState] | None = None,
+    checkpoint=None,
+    resume: bool = False,
+    callback=None,
+    log=None,
+    score: bool = False,
+) -> list[_em.Fitted]:
+    """What every fit does around the one driver: cache, checkpoints, progress.
 
-    (first,) = _em.compute(blocks.delayed[0], scheduler=scheduler)
-    digest = hashlib.sha256(np.ascontiguousarray(first[:1000]).tobytes())
-    digest.update(repr(Xd.chunks[0]).encode())
-    settings = {}
-    for name in _CHECKPOINT_SETTINGS:
-        value = getattr(model, name)
-        settings[name] = value if value is None or isinstance(value, (int, float, str)) else repr(
-            value)
-    return {
-        "data": {"shape": list(Xd.shape), "dtype": str(Xd.dtype), "fingerprint":
-                 digest.hexdigest()},
-        "settings": settings,
-    }
+    ``fit`` and :func:`select_n_components` both come through here, so the
+    cache policy, checkpoints, resume, verbosity and callbacks behave the same
+    in both.
+    """
+    if checkpoint is not None:
+        if settings.algorithm != "batch":
+            raise ValueError("checkpoint is supported with algorithm='batch' only")
+        if not resume and io.has_checkpoint(checkpoint):
+            raise ValueError(f"{checkpoint} already holds a checkpoint; pass resume=True "
+                             "to continue it, or remove it")
+    elif resume:
+        raise ValueError("resume=True needs a checkpoint directory")
+    scheduler = scheduler_for(lazy)
+    if lazy:
+        Xd = apply_cache_policy(Xd, cache, scheduler, log=log if settings.verbose >= 1 else None)
+    blocks = as_blocks(Xd)
+    save = None
+    with blas_guard(scheduler):
+        if checkpoint is not None:
+            identity = _em.fit_identity(blocks, settings, groups, scheduler)
+            if resume and io.has_checkpoint(checkpoint):
+                records = io.read_checkpoint(checkpoint, identity)
+                start = [[_em.Run.from_record(r, settings.covariance_type) for r in records
+                          if r["group"] == g] for g in range(len(groups))]
+                stream = None
+
+            def save(iteration: int, runs: list[list[_em.Run]]) -> None:
+                records = [{**r.to_record(), "group": g}
+                           for g, group in enumerate(runs) for r in group]
+                io.write_checkpoint(checkpoint, records, {**identity, "iteration": iteration})
+
+        hook = _em.iteration_hook(settings, log, callback, save)
+        return _em.fit_groups(blocks, settings, groups, init=init, start=start, stream=stream,
+                              scheduler=scheduler, on_iteration=hook, log=log, score=score)
 
 
-def _best_run(runs: list[_em.Run]) -> _em.Run:
-    best = runs[0]
-    for r in runs[1:]:
-        if r.lower_bound > best.lower_bound:
-            best = r
-    return best
+def _check_n_samples(n_samples: int, n_components: int) -> None:
+    if n_samples < n_components:
+        raise ValueError(
+            f"Expected n_samples >= n_components but got n_components = "
+            f"{n_components}, n_samples = {n_samples}"
+        )
 
 
 def _check_int(name: str, value, minimum: int) -> None:
@@ -714,19 +700,27 @@ def _check_shape(name: str, value, shape: tuple) -> np.ndarray:
     return arr
 
 
+CRITERIA = ("bic", "aic")
+
+
 def select_n_components(
     X,
     n_components=range(1, 11),
     *,
     criterion: str = "bic",
+    callback=None,
+    checkpoint=None,
+    resume: bool = False,
     **params,
 ) -> tuple[GaussianMixture, list[dict]]:
     """Fit one mixture per candidate number of components and keep the best.
 
-    All candidates (and their ``n_init`` restarts) are fitted together: every
-    initialisation pass and every EM pass over the data scores all of them at
-    once, and one last shared pass scores the final models. For out-of-core
-    data this costs about as many passes as a single fit.
+    Every candidate is fitted exactly as ``GaussianMixture(k, **params).fit(X)``
+    would fit it (the same driver, the same random streams for an int
+    ``random_state``), but all candidates (and their ``n_init`` restarts)
+    share every data pass: initialisation, EM (batch or minibatch), polish,
+    and one last pass that scores the final models. For out-of-core data this
+    costs about as many passes as a single fit.
 
     Parameters
     ----------
@@ -735,8 +729,14 @@ def select_n_components(
         Candidate numbers of components.
     criterion : {'bic', 'aic'}, default='bic'
         Lower is better.
+    callback, checkpoint, resume
+        As in :meth:`GaussianMixture.fit`; the checkpoint holds every
+        candidate's runs.
     **params
-        Other :class:`GaussianMixture` parameters (not the ``*_init`` arrays).
+        Other :class:`GaussianMixture` parameters (``algorithm``, ``cache``,
+        ``verbose``, ``polish_iter``, ...; not the ``*_init`` arrays). The
+        candidates are new estimators, so ``warm_start`` has nothing to
+        continue and they start as a cold fit does.
 
     Returns
     -------
@@ -744,10 +744,10 @@ def select_n_components(
         The fitted model with the lowest criterion.
     table : list of dict
         Per candidate: ``n_components``, ``bic``, ``aic``, ``score`` (mean
-        log-likelihood), ``n_iter``, ``converged``.
+        log-likelihood of the final model), ``n_iter``, ``converged``.
     """
-    if criterion not in ("bic", "aic"):
-        raise ValueError(f"criterion must be 'bic' or 'aic'; got {criterion!r}")
+    if criterion not in CRITERIA:
+        raise ValueError(f"criterion must be one of {list(CRITERIA)}; got {criterion!r}")
     for name in ("weights_init", "means_init", "precisions_init"):
         if params.get(name) is not None:
             raise ValueError(f"{name} cannot be used when selecting n_components")
@@ -759,37 +759,30 @@ def select_n_components(
     models = [GaussianMixture(k, **params) for k in candidates]
     for m in models:
         m._check_parameters(d)
-    if n < candidates[-1]:
-        raise ValueError(f"Expected n_samples >= n_components but got n_components = "
-                         f"{candidates[-1]}, n_samples = {n}")
+    _check_n_samples(n, candidates[-1])
     proto = models[0]
-    scheduler = None if lazy else "threads"
-    blocks = _em.as_blocks(Xd)
-    rng = check_random_state(proto.random_state)
-    starts = [
-        (k, int(seed)) for k in candidates
-        for seed in rng.randint(np.iinfo(np.int32).max, size=proto.n_init)
-    ]
-    with _em.blas_guard(scheduler):
-        stats = _init.initial_stats(
-            blocks, proto.init_params, proto.covariance_type, starts, rng, scheduler
-        )
-        runs = [models[candidates.index(k)]._run_from_stats(st)
-                for (k, _), st in zip(starts, stats, strict=True)]
-        _em.batch_em(blocks, runs, max_iter=proto.max_iter, tol=proto.tol,
-                     reg_covar=proto.reg_covar, scheduler=scheduler)
-        best_runs = [_best_run(runs[i * proto.n_init : (i + 1) * proto.n_init])
-                     for i in range(len(candidates))]
-        final = _em.estep_pass(blocks, [r.params for r in best_runs], scheduler=scheduler)
+    groups = [_em.Group(m.n_components, m.n_init, m.random_state) for m in models]
+    fitted = _fit_groups(
+        Xd, lazy, _em.Settings.of(proto.get_params()), groups, cache=proto.cache,
+        checkpoint=checkpoint, resume=resume, callback=callback, log=proto._log, score=True,
+    )
     table = []
-    for model, run, st in zip(models, best_runs, final, strict=True):
-        model._set_run(run, n_features=d)
+    for model, f in zip(models, fitted, strict=True):
+        model._set_fitted(f, n_features=d)
         table.append({
             "n_components": model.n_components,
-            **model.criteria(st.loglik / n, n),
-            "score": float(st.loglik / n),
-            "n_iter": run.n_iter,
-            "converged": run.converged,
+            **model.criteria(f.score, n),
+            "score": f.score,
+            "n_iter": model.n_iter_,
+            "converged": model.converged_,
         })
+    late = [row["n_components"] for row in table if not row["converged"]]
+    if late and proto.max_iter > 0:
+        warnings.warn(
+            f"Candidate(s) with n_components={late} did not converge; their criteria may "
+            "be too high. Increase max_iter or tol, or try n_init > 1.",
+            ConvergenceWarning,
+            stacklevel=2,
+        )
     best = min(range(len(models)), key=lambda i: table[i][criterion])
     return models[best], table

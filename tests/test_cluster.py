@@ -33,7 +33,7 @@ from distributed import Client, get_task_stream
 from distributed.core import Status
 from sklearn.exceptions import ConvergenceWarning
 
-from dgmm import GaussianMixture, _em
+from dgmm import GaussianMixture, _passes
 from dgmm import _kernels as K
 from dgmm.cluster import BACKENDS, WORKER_ENVIRON, ConfigError, connect, load_config
 
@@ -293,11 +293,11 @@ def test_local_config_starts_and_stops_a_cluster():
         # With that environment, E-step work arrays reuse memory instead of
         # being mapped and zeroed afresh (about 20,000 page faults per chunk).
         big = da.random.default_rng(0).normal(size=(250_000, 16), chunks=(62_500, 16))
-        blocks = _em.as_blocks(big.persist())
+        blocks = _passes.as_blocks(big.persist())
         params = [_params(16, k=8)]
-        _em.estep_pass(blocks, params)
+        _passes.estep_pass(blocks, params)
         before = client.run(_page_faults)
-        _em.estep_pass(blocks, [replace(params[0], means=params[0].means + 1.0)])
+        _passes.estep_pass(blocks, [replace(params[0], means=params[0].means + 1.0)])
         after = client.run(_page_faults)
         assert sum(after.values()) - sum(before.values()) < 4_000
     assert cluster.status == Status.closed
@@ -478,10 +478,10 @@ def _params(d: int, k: int = 2) -> K.Params:
 def test_fit_with_10000_chunks():
     X = np.random.default_rng(0).normal(size=(10_000, 2))
     Xd = da.from_array(X, chunks=(1, 2))
-    blocks = _em.as_blocks(Xd)
+    blocks = _passes.as_blocks(Xd)
     params = [_params(2)]
     t0 = time.perf_counter()
-    graph = dict(_em.pass_graph(blocks, _em._estep_block, (params,)).__dask_graph__())
+    graph = dict(_passes.pass_graph(blocks, _passes._estep_block, (params,)).__dask_graph__())
     build = time.perf_counter() - t0
     tasks = {k: v for k, v in graph.items() if k not in blocks.graph}
     n = len(blocks.keys)
@@ -503,21 +503,22 @@ def test_fit_with_10000_chunks():
 
 
 def test_split_every_from_dask_config():
-    blocks = _em.as_blocks(da.ones((100, 2), chunks=(1, 2)))
+    blocks = _passes.as_blocks(da.ones((100, 2), chunks=(1, 2)))
     with dask.config.set({"dgmm.split-every": 3}):
-        graph = dict(_em.pass_graph(blocks, _em._estep_block, ([_params(2)],)).__dask_graph__())
+        graph = _passes.pass_graph(blocks, _passes._estep_block, ([_params(2)],))
+        graph = dict(graph.__dask_graph__())
     fan_in = [len(v.dependencies) for k, v in graph.items() if isinstance(k, tuple)
               and k[0].startswith("dgmm-pass") and k[1] > 0]
     assert max(fan_in) == 3
     with dask.config.set({"dgmm.split-every": 1}), pytest.raises(ValueError, match="split-every"):
-        _em.pass_graph(blocks, _em._estep_block, ([_params(2)],))
+        _passes.pass_graph(blocks, _passes._estep_block, ([_params(2)],))
 
 
 def test_pass_result_size_does_not_grow_with_rows():
     params = [_params(4, k=3)]
     sizes = []
     for n in (1_000, 100_000):
-        blocks = _em.as_blocks(da.from_array(blobs(n), chunks=(500, 4)))
-        sizes.append(len(pickle.dumps(_em.estep_pass(blocks, params, scheduler="sync"))))
+        blocks = _passes.as_blocks(da.from_array(blobs(n), chunks=(500, 4)))
+        sizes.append(len(pickle.dumps(_passes.estep_pass(blocks, params, scheduler="sync"))))
     assert abs(sizes[1] - sizes[0]) <= 8 and max(sizes) < 3_000  # only n_rows's width differs
 

@@ -11,7 +11,7 @@ from sklearn.mixture import GaussianMixture as SkGM
 
 from dgmm import GaussianMixture, _init
 from dgmm import _kernels as K
-from dgmm._em import as_blocks
+from dgmm._passes import as_blocks
 from tests.helpers import COVARIANCE_TYPES, mixture_data
 
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")

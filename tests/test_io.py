@@ -172,7 +172,7 @@ def test_cache_auto_follows_the_memory_budget(store, small_reads, capsys):
 
 def test_cache_budget_of_a_distributed_cluster(store, small_reads):
     distributed = pytest.importorskip("distributed")
-    from dgmm._em import memory_budget
+    from dgmm._passes import memory_budget
 
     with distributed.Client(
         processes=False, n_workers=2, threads_per_worker=1, memory_limit="1GiB",
@@ -450,7 +450,7 @@ def test_save_replaces_atomically(store, tmp_path, monkeypatch):
 def test_default_scheduler_gets_one_blas_thread_per_task():
     from threadpoolctl import threadpool_info
 
-    from dgmm._em import blas_guard
+    from dgmm._passes import blas_guard
 
     with dask.config.set(scheduler=None), blas_guard(None):
         assert all(p["num_threads"] == 1 for p in threadpool_info() if p["user_api"] == "blas")

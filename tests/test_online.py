@@ -11,7 +11,7 @@ import pytest
 from scipy.optimize import linear_sum_assignment
 from sklearn.exceptions import ConvergenceWarning
 
-from dgmm import GaussianMixture, _em
+from dgmm import GaussianMixture, _em, _passes
 from dgmm import _kernels as K
 from dgmm._stats import SuffStats
 from tests.helpers import COVARIANCE_TYPES, mixture_data
@@ -137,11 +137,11 @@ def test_epoch_plan_covers_every_row_once(sizes, batch_size, n_batches):
 
 def test_minibatch_step_sums_its_pieces():
     X, _, _ = mixture_data(n=3000, d=3, k=2)
-    blocks = _em.as_blocks(da.from_array(X, chunks=500))
+    blocks = _passes.as_blocks(da.from_array(X, chunks=500))
     params = _em.params_from_stats(K.estep_stats(X, K.Params(
         "full", np.full(2, 0.5), X[:2], np.stack([np.eye(3)] * 2))), 1e-6)[0]
     pieces = [(4, 100, 400), (1, 0, 500)]
-    (st,) = _em.estep_pass(blocks, [params], scheduler="sync", pieces=pieces)
+    (st,) = _passes.estep_pass(blocks, [params], scheduler="sync", pieces=pieces)
     want = K.estep_stats(X[2100:2400], params) + K.estep_stats(X[500:1000], params)
     np.testing.assert_allclose(st.qk, want.qk, rtol=1e-12)
     assert st.n_rows == 800

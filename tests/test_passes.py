@@ -7,21 +7,21 @@ import dask.array as da
 import numpy as np
 import pytest
 
-from dgmm import _em
 from dgmm import _kernels as K
+from dgmm import _passes
 from tests.helpers import mixture_data, random_params
 
 
 @pytest.fixture
 def blocks():
     X, _, _ = mixture_data(n=2000, d=3, k=3)
-    return _em.as_blocks(da.from_array(X, chunks=(150, 3))), X
+    return _passes.as_blocks(da.from_array(X, chunks=(150, 3))), X
 
 
 def test_pass_equals_in_memory_kernel(blocks):
     blks, X = blocks
     params, _ = random_params("full", 3, 3)
-    (st,) = _em.estep_pass(blks, [params])
+    (st,) = _passes.estep_pass(blks, [params])
     ref = K.estep_stats(X, params)
     np.testing.assert_allclose(st.qk, ref.qk, rtol=1e-10)
     np.testing.assert_allclose(st.loglik, ref.loglik, rtol=1e-12)
@@ -30,9 +30,9 @@ def test_pass_equals_in_memory_kernel(blocks):
 def test_several_parameter_sets_share_one_pass(blocks):
     blks, _ = blocks
     sets = [random_params(c, 3, 3, seed=s)[0] for s, c in enumerate(["full", "diag", "tied"])]
-    together = _em.estep_pass(blks, sets)
+    together = _passes.estep_pass(blks, sets)
     for p, st in zip(sets, together, strict=True):
-        (alone,) = _em.estep_pass(blks, [p])
+        (alone,) = _passes.estep_pass(blks, [p])
         np.testing.assert_allclose(st.qk, alone.qk, rtol=1e-12)
 
 
@@ -40,7 +40,7 @@ def test_graph_is_linear_in_chunks_and_parameters_enter_once(monkeypatch):
     import cloudpickle
 
     X = np.random.default_rng(0).normal(size=(2000, 40))
-    blks = _em.as_blocks(da.from_array(X, chunks=(100, 40)))
+    blks = _passes.as_blocks(da.from_array(X, chunks=(100, 40)))
     params, _ = random_params("full", 10, 40)  # 16,000 float64 of precisions
     seen = {}
 
@@ -48,8 +48,8 @@ def test_graph_is_linear_in_chunks_and_parameters_enter_once(monkeypatch):
         seen["graph"] = dict(objs[0].__dask_graph__())
         return dask.compute(*objs, scheduler="sync")
 
-    monkeypatch.setattr(_em, "compute", capture)
-    _em.estep_pass(blks, [params])
+    monkeypatch.setattr(_passes, "compute", capture)
+    _passes.estep_pass(blks, [params])
     graph = seen["graph"]
     n_chunks = len(blks.delayed)
     assert len(graph) < 3 * n_chunks + 10  # blocks + kernels + tree nodes
@@ -61,9 +61,9 @@ def test_graph_is_linear_in_chunks_and_parameters_enter_once(monkeypatch):
 
 
 def test_tree_combine_keeps_order():
-    blks = _em.as_blocks(da.arange(20, chunks=1)[:, None])
+    blks = _passes.as_blocks(da.arange(20, chunks=1)[:, None])
     with dask.config.set({"dgmm.split-every": 3}):
-        out = _em.block_pass(blks, lambda block, offset, index: block[:, 0],
+        out = _passes.block_pass(blks, lambda block, offset, index: block[:, 0],
                              combine=lambda *parts: np.concatenate(parts), scheduler="sync")
     np.testing.assert_array_equal(out, np.arange(20))
 
@@ -71,7 +71,7 @@ def test_tree_combine_keeps_order():
 def test_blas_guard_limits_threads_only_for_local_threads():
     from threadpoolctl import threadpool_info
 
-    with _em.blas_guard("threads"):
+    with _passes.blas_guard("threads"):
         assert all(i["num_threads"] == 1 for i in threadpool_info() if i["user_api"] == "blas")
-    with _em.blas_guard("sync"):
+    with _passes.blas_guard("sync"):
         pass  # the synchronous scheduler runs one task at a time: nothing to limit

@@ -1,0 +1,312 @@
+"""The pass engine: map a pure per-block function over row blocks, combine in a tree.
+
+Every data pass of a fit (initialisation, E-steps, minibatch steps, scoring,
+streamed writes) goes through :func:`pass_graph`. It never creates a
+scheduler: it computes with whichever is active (the threaded scheduler by
+default, a ``distributed.Client`` if one is the default), unless the caller
+names one.
+
+The per-block calling convention
+--------------------------------
+A per-block function is a :class:`BlockFn`: ``fn(rows, row_offset,
+block_index, *args)``, where ``rows`` is an in-memory ``(n, d)`` array (a
+whole block or a slice of one), ``row_offset`` the global index of its first
+row (so errors name global rows), ``block_index`` the block's position (so
+per-block random streams are reproducible), and ``args`` the pass's shared
+arguments. Its results are combined by an order-keeping ``combine(*parts)``,
+summation of statistics packets by default.
+
+Why not ``da.reduction``
+------------------------
+``da.reduction`` would optimise and cull the whole graph of ``X`` again on
+every pass (seconds per pass with thousands of chunks), cannot restrict a
+pass to shuffled slices of chosen blocks (a minibatch) without building a
+new array, gives the chunk function no global row offset or block index, and
+embeds its arguments per task. Here the input graph is materialised once per
+fit (:class:`Blocks`), each pass adds one layer of O(n_blocks) tasks on top,
+the reading of a block is fused into the task that uses it, and the
+arguments enter the graph once, as one key.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any, Protocol
+
+import dask
+import dask.array as da
+import dask.threaded
+import numpy as np
+import psutil
+from dask.base import get_scheduler, tokenize
+from dask.core import flatten
+from dask.delayed import Delayed
+from dask.highlevelgraph import HighLevelGraph
+from dask.task_spec import DataNode, Task, TaskRef
+from dask.utils import ensure_dict
+from threadpoolctl import threadpool_limits
+
+from dgmm import _kernels as kernels
+from dgmm._stats import SuffStats, tree_sum
+
+# Fan-in of the tree that combines the per-block results (``dgmm.split-every``
+# in the Dask config, read at every pass): no task receives more than this many.
+SPLIT_EVERY = 8
+
+
+class BlockFn(Protocol):
+    """A function mapped over the row blocks of a pass (see the module docstring)."""
+
+    def __call__(self, rows: np.ndarray, row_offset: int, block_index: int, *args: Any) -> Any:
+        ...
+
+
+def scheduler_for(lazy: bool) -> str | None:
+    """The scheduler a pass uses: the active one for lazy input, local threads for NumPy.
+
+    In-memory NumPy input is never shipped to a cluster: its blocks already
+    sit in this process.
+    """
+    return None if lazy else "threads"
+
+
+@dataclass
+class Blocks:
+    """The row blocks of a 2-D dask array, made once per fit.
+
+    The array's optimised graph is materialised once here; every pass then
+    adds only its own O(n_blocks) tasks on top of it (see :func:`pass_graph`).
+
+    Attributes
+    ----------
+    graph : dict
+        Low-level graph that produces every block.
+    keys : list
+        Key of each block in ``graph``, in row order.
+    offsets : list of int
+        Global index of the first row of each block.
+    name : str
+        Deterministic name of the array (its dask name).
+    """
+
+    graph: dict
+    keys: list
+    offsets: list[int]
+    n_rows: int
+    n_features: int
+    name: str
+
+    @property
+    def sizes(self) -> list[int]:
+        """Rows per block."""
+        return np.diff([*self.offsets, self.n_rows]).tolist()
+
+    @cached_property
+    def delayed(self) -> list[Delayed]:
+        """One delayed object per block (all sharing :attr:`graph`)."""
+        return [Delayed(key, self.graph) for key in self.keys]
+
+    @classmethod
+    def from_array(cls, X: da.Array) -> Blocks:
+        keys = list(flatten(X.__dask_keys__()))
+        raw = X.__dask_graph__()
+        graph = ensure_dict(X.__dask_optimize__(raw, keys))
+        # Blocks persisted on a distributed cluster are futures, which the
+        # optimisation culls as already computed: keep them as they are.
+        graph.update({k: raw[k] for k in keys if k not in graph})
+        offsets = np.concatenate([[0], np.cumsum(X.chunks[0])[:-1]]).astype(int).tolist()
+        return cls(graph, keys, offsets, int(X.shape[0]), int(X.shape[1]), X.name)
+
+
+def _sum_group(*packets):
+    return tree_sum(list(packets))
+
+
+def _apply(fn, block, row_offset, index, args, start=0, stop=None):
+    return fn(block[start:stop], row_offset + start, index, *args)
+
+
+def pass_graph(
+    blocks: Blocks,
+    fn: BlockFn,
+    args: tuple,
+    combine: Callable = _sum_group,
+    pieces: Sequence[tuple[int, int, int | None]] | None = None,
+) -> Delayed:
+    """The graph of one pass: ``fn(rows, row_offset, block_index, *args)`` per block, combined.
+
+    ``pieces``, triples ``(block index, start, stop)``, restrict the pass to
+    those rows of those blocks (default: every block whole). The results are
+    combined in order by ``combine(*parts)`` (default: summing packets) in a
+    tree of fan-in ``dgmm.split-every``, so no task receives more than that
+    many parts and only the final result travels to the caller. ``args`` enter
+    the graph once, as a single key that every task references.
+
+    The graph is built directly as one layer on top of the blocks' graph, at
+    O(n_pieces) cost with a small constant (a ``dask.delayed`` call per task
+    adds a graph layer each, and culling thousands of layers costs seconds
+    per pass). Tasks per pass: one per piece, about one per
+    ``split_every - 1`` pieces for the tree, and the ``args`` key.
+    """
+    split_every = int(dask.config.get("dgmm.split-every", SPLIT_EVERY))
+    if split_every < 2:
+        raise ValueError(f"dask config dgmm.split-every must be >= 2; got {split_every}")
+    if pieces is None:
+        pieces = [(b, 0, None) for b in range(len(blocks.keys))]
+    name = f"dgmm-pass-{tokenize(blocks.name, fn, args, combine, pieces)}"
+    args_key = f"{name}-args"
+    layer = {args_key: DataNode(args_key, args)}
+    args_ref = TaskRef(args_key)
+    level = []
+    for i, (b, start, stop) in enumerate(pieces):
+        # Producing a block (a read from the store) and using it are one task:
+        # half the tasks per pass, and a block never moves between workers.
+        node = blocks.graph[blocks.keys[b]]
+        block = node if isinstance(node, (Task, DataNode)) else TaskRef(blocks.keys[b])
+        key = (name, 0, i)
+        layer[key] = Task(key, _apply, fn, block, blocks.offsets[b], b, args_ref, start, stop)
+        level.append(key)
+    depth = 0
+    while len(level) > 1:
+        depth += 1
+        groups = [level[j : j + split_every] for j in range(0, len(level), split_every)]
+        level = []
+        for j, group in enumerate(groups):
+            key = (name, depth, j)
+            layer[key] = Task(key, combine, *[TaskRef(k) for k in group])
+            level.append(key)
+    data_layer = f"dgmm-blocks-{blocks.name}"
+    graph = HighLevelGraph(
+        {data_layer: blocks.graph, name: layer}, {data_layer: set(), name: {data_layer}}
+    )
+    return Delayed(level[0], graph, layer=name)
+
+
+def _estep_block(block, row_offset, index, params_list):
+    return [kernels.estep_stats(block, p, row_offset=row_offset) for p in params_list]
+
+
+def _using_local_threads(scheduler) -> bool:
+    # None: nothing configured, so dask arrays and delayed use the threaded scheduler.
+    return get_scheduler(scheduler=scheduler) in (None, dask.threaded.get)
+
+
+@contextlib.contextmanager
+def blas_guard(scheduler=None):
+    """One BLAS thread per task while Dask runs tasks on local threads.
+
+    Dask already keeps every core busy with one task each; letting each task's
+    GEMMs spawn more threads would oversubscribe them. Distributed workers
+    manage their own BLAS threads, so they are left alone.
+    """
+    if _using_local_threads(scheduler):
+        with threadpool_limits(limits=1, user_api="blas"):
+            yield
+    else:
+        yield
+
+
+def compute(*objs, scheduler=None):
+    """``dask.compute`` with the caller's scheduler, or the active one."""
+    return dask.compute(*objs, scheduler=scheduler)
+
+
+def estep_pass(
+    blocks: Blocks,
+    params_list: Sequence[kernels.Params],
+    scheduler=None,
+    pieces: Sequence[tuple[int, int, int]] | None = None,
+) -> list[SuffStats]:
+    """One pass over the data: summed statistics for each parameter set.
+
+    All parameter sets are scored in the same read of each block, so ``n_init``
+    restarts cost one pass of I/O, not ``n_init``. The parameters enter the
+    graph once, as a single key. ``pieces``, triples ``(block index, start,
+    stop)`` of rows within a block, restrict the pass to those rows (a
+    minibatch); their packets are computed in parallel and tree-summed.
+    """
+    graph = pass_graph(blocks, _estep_block, (list(params_list),), pieces=pieces)
+    (total,) = compute(graph, scheduler=scheduler)
+    return total
+
+
+def block_pass(blocks: Blocks, fn: BlockFn, *args, combine: Callable = _sum_group,
+               scheduler=None):
+    """Reduce ``fn(block, row_offset, block_index, *args)`` over all blocks in one pass.
+
+    Results are tree-summed unless another order-keeping ``combine`` is given.
+    """
+    (total,) = compute(pass_graph(blocks, fn, args, combine), scheduler=scheduler)
+    return total
+
+
+# --------------------------------------------------------------------------
+# Cache policy: persist the data once, or stream it on every pass
+# --------------------------------------------------------------------------
+
+# Share of the active scheduler's memory that cache='auto' lets the data use
+# (config ``dgmm.cache-fraction``): the rest is headroom for the chunks in
+# flight, the workers' own bookkeeping and other users of the machine.
+DEFAULT_CACHE_FRACTION = 0.5
+CACHE_OPTIONS = ("auto", True, False)
+
+
+def _distributed_client(scheduler):
+    """The ``distributed.Client`` that would run a compute, or None."""
+    owner = getattr(get_scheduler(scheduler=scheduler), "__self__", None)
+    try:
+        from distributed import Client
+    except ImportError:  # pragma: no cover - distributed is a dependency
+        return None
+    return owner if isinstance(owner, Client) else None
+
+
+def memory_budget(scheduler=None) -> tuple[int, str]:
+    """Bytes that persisted data may occupy, and a description of that memory.
+
+    With a ``distributed.Client`` active: a fraction of the sum of its workers'
+    memory limits (0 if any worker has no limit, since its size is unknown).
+    With local schedulers: a fraction of this machine's available memory.
+    """
+    fraction = float(dask.config.get("dgmm.cache-fraction", DEFAULT_CACHE_FRACTION))
+    client = _distributed_client(scheduler)
+    if client is not None:
+        workers = client.scheduler_info(n_workers=-1)["workers"].values()
+        limits = [int(w.get("memory_limit") or 0) for w in workers]
+        if not limits or min(limits) <= 0:
+            return 0, "distributed workers without a memory limit"
+        return int(fraction * sum(limits)), f"{len(limits)} distributed worker(s)"
+    return int(fraction * psutil.virtual_memory().available), "available memory of this machine"
+
+
+def apply_cache_policy(
+    X: da.Array, cache, scheduler=None, log: Callable[[str], None] | None = None
+) -> da.Array:
+    """``X`` persisted for the whole fit, or unchanged so every pass streams it.
+
+    ``cache='auto'`` persists when ``X.nbytes`` fits in :func:`memory_budget`;
+    ``True``/``False`` force either choice. The choice is logged.
+    """
+    size = f"{X.nbytes / 2**30:.2f} GiB"
+    if cache == "auto":
+        budget, where = memory_budget(scheduler)
+        persist = X.nbytes <= budget
+        reason = f"cache='auto': data {size}, budget {budget / 2**30:.2f} GiB ({where})"
+    else:
+        persist = bool(cache)
+        reason = f"cache={cache!r}: data {size}"
+    if log is not None:
+        choice = "persisting it in memory" if persist else "streaming it from its source every pass"
+        log(f"{reason}: {choice}")
+    return X.persist(scheduler=scheduler) if persist else X
+
+
+def as_blocks(X: da.Array) -> Blocks:
+    """Blocks of ``X`` (rows chunked, one column chunk)."""
+    if X.numblocks[1] != 1:
+        X = X.rechunk({1: -1})
+    return Blocks.from_array(X)
+
