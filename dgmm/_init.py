@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from dgmm import _kernels as K
+from dgmm import _kernels as kernels
+from dgmm._covariance import COVARIANCE, CentredBlock
 from dgmm._passes import Blocks, block_pass, compute
 from dgmm._stats import SuffStats
 
@@ -47,7 +48,7 @@ def read_rows(blocks: Blocks, rows: np.ndarray, scheduler=None) -> np.ndarray:
         for r, b in zip(rows, which, strict=True)
     ])
     for i, r in enumerate(rows):
-        K.check_finite_block(out[i : i + 1], int(r))
+        kernels.check_finite_block(out[i : i + 1], int(r))
     return out
 
 
@@ -57,9 +58,9 @@ def _random_block(block, row_offset, index, starts, shifts, center, cov_type):
         rng = np.random.default_rng([seed, index])
         resp = rng.uniform(size=(n_components, block.shape[0]))
         resp /= resp.sum(axis=0, keepdims=True)
-        st = K.stats_from_resp(block, resp, shift, center, cov_type)
+        st = kernels.stats_from_resp(block, resp, shift, center, cov_type)
         if not np.isfinite(st.qk).all():
-            K.check_finite_block(block, row_offset)
+            kernels.check_finite_block(block, row_offset)
         out.append(st)
     return out
 
@@ -85,7 +86,7 @@ def init_random_from_data(blocks, starts, covariance_type, rngs, scheduler=None)
     for (k, _) in starts:
         pts = rows[pos : pos + k]
         pos += k
-        out.append(K.stats_from_resp(pts, np.eye(k), pts, pts.mean(axis=0), covariance_type))
+        out.append(kernels.stats_from_resp(pts, np.eye(k), pts, pts.mean(axis=0), covariance_type))
     return out
 
 
@@ -93,7 +94,7 @@ def _sample_block(block, row_offset, index, seed, prob):
     rng = np.random.default_rng([seed, index])
     rows = np.asarray(block[rng.random(len(block)) < prob], dtype=np.float64)
     if not np.isfinite(rows).all():
-        K.check_finite_block(block, row_offset)
+        kernels.check_finite_block(block, row_offset)
     return rows
 
 
@@ -107,8 +108,99 @@ def sample_rows(blocks: Blocks, size: int, seed: int, scheduler=None) -> np.ndar
     return block_pass(blocks, _sample_block, seed, prob, combine=_concat, scheduler=scheduler)
 
 
+# --------------------------------------------------------------------------
+# k-means: nearest-centre assignment, k-means++ seeding and Lloyd iterations
+# on an in-memory sample
+# --------------------------------------------------------------------------
+
+
+def _sq_dist_t(b: CentredBlock, centers_c: np.ndarray) -> np.ndarray:
+    """Squared Euclidean distances (K, n) from a centred block to centred centres."""
+    spherical = COVARIANCE["spherical"]
+    coef, const = spherical.prep(centers_c, np.ones(len(centers_c)))
+    out = spherical.sq_maha(b, coef)
+    out += const[:, None]
+    return out
+
+
+def nearest_center(X: np.ndarray, centers: np.ndarray) -> np.ndarray:
+    """Index of the nearest centre for every row, shape (n,)."""
+    c = centers.mean(axis=0)
+    b = CentredBlock.build(X, c, "spherical", len(centers))
+    return _sq_dist_t(b, centers - c).argmin(axis=0)
+
+
+def hard_assignment_stats(
+    X: np.ndarray, centers: np.ndarray, covariance_type: str, row_offset: int = 0
+) -> SuffStats:
+    """Statistics of one-hot responsibilities to the nearest centre, about the centres.
+
+    With ``covariance_type='spherical'`` this is one Lloyd step's worth of work:
+    new centres are ``centers + sk / nk`` and ``qk.sum()`` is the inertia.
+    """
+    total = None
+    center = centers.mean(axis=0)
+    K = len(centers)
+    for start, sl in kernels.sub_blocks(len(X)):
+        with np.errstate(invalid="ignore", over="ignore"):
+            b = CentredBlock.build(X[sl], center, covariance_type, K)
+            dist = _sq_dist_t(b, centers - center)
+        if not np.isfinite(dist).all():
+            kernels.check_finite_block(X[sl], row_offset + start)
+        one_hot = (dist.argmin(axis=0) == np.arange(K)[:, None]).astype(np.float64)
+        st = kernels.stats_from_resp(X[sl], one_hot, centers, center, covariance_type, block=b)
+        total = st if total is None else total + st
+    return total
+
+
+def kmeans_plusplus(X: np.ndarray, n_clusters: int, rng: np.random.Generator) -> np.ndarray:
+    """Greedy k-means++ seeding (Arthur & Vassilvitskii 2007) on in-memory rows.
+
+    Each new centre is the best, by resulting potential, of ``2 + log(k)``
+    candidates drawn with probability proportional to squared distance.
+    """
+    n = len(X)
+    n_trials = 2 + int(np.log(n_clusters))
+    centers = np.empty((n_clusters, X.shape[1]))
+    centers[0] = X[rng.integers(n)]
+    d2 = ((X - centers[0]) ** 2).sum(axis=1)
+    potential = d2.sum()
+    for c in range(1, n_clusters):
+        if potential <= 0.0:  # fewer distinct points than clusters: any row will do
+            centers[c] = X[rng.integers(n)]
+            continue
+        cand = np.searchsorted(np.cumsum(d2), rng.random(n_trials) * potential)
+        cand = np.minimum(cand, n - 1)
+        cand_d2 = ((X[None, :, :] - X[cand][:, None, :]) ** 2).sum(axis=2)
+        np.minimum(cand_d2, d2[None, :], out=cand_d2)
+        pots = cand_d2.sum(axis=1)
+        best = int(np.argmin(pots))
+        centers[c] = X[cand[best]]
+        d2, potential = cand_d2[best], pots[best]
+    return centers
+
+
+def lloyd_update(stats: SuffStats) -> np.ndarray:
+    """New centres from hard-assignment statistics; an empty cluster keeps its centre."""
+    counts = np.maximum(stats.nk, 1.0)[:, None]
+    return stats.shift + np.where(stats.nk[:, None] > 0, stats.sk / counts, 0.0)
+
+
+def lloyd_iterations(
+    X: np.ndarray, centers: np.ndarray, tol: float, max_iter: int = 300
+) -> np.ndarray:
+    """Lloyd iterations on in-memory rows until the squared centre shift is <= ``tol``."""
+    for _ in range(max_iter):
+        new = lloyd_update(hard_assignment_stats(X, centers, "spherical"))
+        shift = ((new - centers) ** 2).sum()
+        centers = new
+        if shift <= tol:
+            break
+    return centers
+
+
 def _hard_block(block, row_offset, index, centers_list, covariance_type):
-    return [K.hard_assignment_stats(block, c, covariance_type, row_offset) for c in centers_list]
+    return [hard_assignment_stats(block, c, covariance_type, row_offset) for c in centers_list]
 
 
 def init_kmeans(
@@ -125,16 +217,16 @@ def init_kmeans(
     if len(sample) < k_max:  # a tiny sampling probability came up short
         sample = sample_rows(blocks, blocks.n_rows, seed, scheduler)
     tol = 1e-4 * sample.var(axis=0).mean()  # scikit-learn's KMeans tolerance
-    centers = [K.kmeans_plusplus(sample, k, np.random.default_rng([s, 1])) for k, s in starts]
+    centers = [kmeans_plusplus(sample, k, np.random.default_rng([s, 1])) for k, s in starts]
     if lloyd:
-        centers = [K.lloyd(sample, c, tol) for c in centers]
+        centers = [lloyd_iterations(sample, c, tol) for c in centers]
         active = list(range(len(centers)))
         for _ in range(KMEANS_LLOYD_PASSES if len(sample) < blocks.n_rows else 0):
             stats = block_pass(blocks, _hard_block, [centers[i] for i in active], "spherical",
                                scheduler=scheduler)
             moving = []
             for i, st in zip(active, stats, strict=True):
-                new = K.lloyd_update(st)
+                new = lloyd_update(st)
                 if ((new - centers[i]) ** 2).sum() > tol:
                     moving.append(i)
                 centers[i] = new

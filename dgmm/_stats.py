@@ -13,6 +13,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from dgmm._covariance import COVARIANCE
+
 
 @dataclass(frozen=True)
 class SuffStats:
@@ -79,23 +81,8 @@ class SuffStats:
     def shifted(self, shift: np.ndarray, center: np.ndarray) -> SuffStats:
         """The same statistics expressed about new shifts (exact algebra)."""
         delta = shift - self.shift  # (K, d)
-        nk = self.nk[:, None]
-        sk = self.sk - nk * delta
-        if self.covariance_type == "full":
-            qk = (
-                self.qk
-                - self.sk[:, :, None] * delta[:, None, :]
-                - delta[:, :, None] * self.sk[:, None, :]
-                + nk[:, :, None] * delta[:, :, None] * delta[:, None, :]
-            )
-        elif self.covariance_type == "diag":
-            qk = self.qk - 2.0 * self.sk * delta + nk * delta**2
-        elif self.covariance_type == "spherical":
-            qk = self.qk - 2.0 * (self.sk * delta).sum(axis=1) + self.nk * (delta**2).sum(axis=1)
-        else:  # tied: Q is about the common centre
-            s0 = (self.sk + nk * (self.shift - self.center)).sum(axis=0)
-            dc = center - self.center
-            qk = self.qk - np.outer(s0, dc) - np.outer(dc, s0) + self.n * np.outer(dc, dc)
+        sk = self.sk - self.nk[:, None] * delta
+        qk = COVARIANCE[self.covariance_type].shift_scatter(self, delta, center)
         return replace(self, shift=shift, center=center, sk=sk, qk=qk)
 
     def stepped(self, packet: SuffStats, rho: float) -> SuffStats:
@@ -120,8 +107,7 @@ class SuffStats:
     ) -> SuffStats:
         """Inverse of :meth:`pack`; raises ``ValueError`` if the length does not fit."""
         K, d = n_components, n_features
-        q_shape = {"full": (K, d, d), "tied": (d, d), "diag": (K, d), "spherical": (K,)}
-        shapes = [(K,), (K, d), q_shape[covariance_type], (K, d), (d,)]
+        shapes = [(K,), (K, d), COVARIANCE[covariance_type].shape(K, d), (K, d), (d,)]
         sizes = [int(np.prod(s)) for s in shapes]
         vector = np.asarray(vector, dtype=np.float64)
         if vector.shape != (3 + sum(sizes),):

@@ -16,7 +16,8 @@ import dask
 import numpy as np
 import zarr
 
-from dgmm import _kernels as K
+from dgmm import _kernels as kernels
+from dgmm._covariance import COVARIANCE, COVARIANCE_TYPES
 from dgmm.io import Writers, _atomic_path, _local_target
 
 # Rows per generated chunk when none is given: about this many bytes each.
@@ -43,24 +44,18 @@ class MixtureParams:
 
     def as_init(self) -> dict:
         """``weights_init``, ``means_init`` and ``precisions_init`` for GaussianMixture."""
-        prec_chol = K.precision_cholesky(self.covariances, self.covariance_type)
+        prec_chol = kernels.precision_cholesky(self.covariances, self.covariance_type)
         return {
             "weights_init": self.weights,
             "means_init": self.means,
-            "precisions_init": K.precisions_from_cholesky(prec_chol, self.covariance_type),
+            "precisions_init": kernels.precisions_from_cholesky(prec_chol, self.covariance_type),
         }
 
     def _full_cholesky(self) -> np.ndarray:
         """Lower Cholesky factor of every component's covariance, (K, d, d)."""
         k, d = self.means.shape
-        cov = self.covariances
-        if self.covariance_type == "tied":
-            cov = np.broadcast_to(cov, (k, d, d))
-        elif self.covariance_type == "diag":
-            cov = cov[:, :, None] * np.eye(d)
-        elif self.covariance_type == "spherical":
-            cov = cov[:, None, None] * np.eye(d)
-        return np.linalg.cholesky(cov)
+        dense = COVARIANCE[self.covariance_type].dense(self.covariances, k, d)
+        return np.linalg.cholesky(dense)
 
 
 def make_mixture_params(
@@ -79,21 +74,16 @@ def make_mixture_params(
     ``A`` standard normal scaled by ``1/sqrt(d)``; diag and spherical:
     variances uniform in [0.5, 1.5]).
     """
-    if covariance_type not in K.COVARIANCE_TYPES:
+    if covariance_type not in COVARIANCE_TYPES:
         raise ValueError(
-            f"covariance_type must be one of {list(K.COVARIANCE_TYPES)}; got {covariance_type!r}"
+            f"covariance_type must be one of {list(COVARIANCE_TYPES)}; got {covariance_type!r}"
         )
     k, d = n_components, n_features
     rng = np.random.default_rng([seed, 2**32 - 1])  # apart from the chunk streams [seed, i]
     weights = rng.uniform(0.5, 1.5, k)
     weights /= weights.sum()
     means = separation * rng.standard_normal((k, d))
-    if covariance_type in ("full", "tied"):
-        A = rng.standard_normal((k if covariance_type == "full" else 1, d, d)) / np.sqrt(d)
-        cov = 0.5 * np.eye(d) + 0.5 * A @ A.transpose(0, 2, 1)
-        covariances = cov if covariance_type == "full" else cov[0]
-    else:
-        covariances = rng.uniform(0.5, 1.5, (k, d) if covariance_type == "diag" else k)
+    covariances = COVARIANCE[covariance_type].random(rng, k, d)
     return MixtureParams(covariance_type, weights, means, covariances)
 
 

@@ -20,6 +20,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from dgmm import _em, _init, io
 from dgmm import _kernels as K
+from dgmm._covariance import COVARIANCE
 from dgmm._em import ALGORITHMS
 from dgmm._passes import (
     CACHE_OPTIONS,
@@ -562,17 +563,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         _check_int("n_samples", n_samples, 1)
         rng = check_random_state(self.random_state)
         counts = rng.multinomial(n_samples, self.weights_)
-        d = self.n_features_in_
-        parts = []
-        for k, (mean, count) in enumerate(zip(self.means_, counts, strict=True)):
-            if self.covariance_type in ("full", "tied"):
-                cov = self.covariances_[k] if self.covariance_type == "full" else self.covariances_
-                parts.append(rng.multivariate_normal(mean, cov, int(count)))
-            else:
-                scale = np.sqrt(self.covariances_[k])
-                parts.append(mean + rng.standard_normal(size=(int(count), d)) * scale)
-        y = np.repeat(np.arange(self.n_components), counts)
-        return np.vstack(parts), y
+        X = COVARIANCE[self.covariance_type].sample(rng, self.means_, self.covariances_, counts)
+        return X, np.repeat(np.arange(self.n_components), counts)
 
 
 def _predict_block(block, params, what, block_info=None):

@@ -10,7 +10,6 @@ from sklearn.datasets import load_digits
 from sklearn.mixture import GaussianMixture as SkGM
 
 from dgmm import GaussianMixture, _init
-from dgmm import _kernels as K
 from dgmm._passes import as_blocks
 from tests.helpers import COVARIANCE_TYPES, mixture_data
 
@@ -107,7 +106,7 @@ def test_kmeans_plusplus_spreads_seeds():
     rng = np.random.default_rng(0)
     centers_true = np.array([[0, 0], [100, 0], [0, 100], [100, 100]], dtype=float)
     X = np.repeat(centers_true, 50, axis=0) + rng.normal(size=(200, 2))
-    seeds = K.kmeans_plusplus(X, 4, np.random.default_rng(1))
+    seeds = _init.kmeans_plusplus(X, 4, np.random.default_rng(1))
     assert max_mean_error(seeds, centers_true) < 5
 
 
@@ -143,3 +142,16 @@ def test_random_from_data_picks_the_rows_sklearn_picks(data):
     ours = GaussianMixture(3, init_params="random_from_data", random_state=5, max_iter=0).fit(data)
     ref = SkGM(3, init_params="random_from_data", random_state=5, max_iter=0).fit(data)
     np.testing.assert_allclose(ours.means_, ref.means_)
+
+
+def test_hard_assignment_stats_is_a_lloyd_step():
+    rng = np.random.default_rng(6)
+    X = rng.normal(size=(300, 2))
+    centers = np.array([[-1.0, 0.0], [1.0, 0.0]])
+    st = _init.hard_assignment_stats(X, centers, "spherical")
+    labels = _init.nearest_center(X, centers)
+    np.testing.assert_array_equal(labels, (X[:, 0] > 0).astype(int))
+    new = _init.lloyd_update(st)
+    np.testing.assert_allclose(new, [X[labels == 0].mean(0), X[labels == 1].mean(0)])
+    inertia = sum(((X[labels == j] - centers[j]) ** 2).sum() for j in range(2))
+    np.testing.assert_allclose(st.qk.sum(), inertia)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from scipy.stats import multivariate_normal
+from sklearn.mixture import GaussianMixture as SkGM
 
-from dgmm import _kernels as K
+from dgmm import _kernels as kernels
+from dgmm._covariance import COVARIANCE, use_outer_features
 from tests.helpers import COVARIANCE_TYPES, dense_cov, random_params
 
 # Both full-covariance routes: outer-product features (many components) and
@@ -19,18 +23,18 @@ SHAPES = [(3, 4), (2, 17), (6, 5)]
 def test_log_gaussian_prob_matches_scipy(covariance_type, k, d):
     params, cov = random_params(covariance_type, k, d)
     X = np.random.default_rng(1).normal(scale=4.0, size=(300, d)) + 50.0
-    params = K.Params(covariance_type, params.weights, params.means + 50.0,
+    params = kernels.Params(covariance_type, params.weights, params.means + 50.0,
                       params.precisions_cholesky)
     dense = dense_cov(cov, covariance_type, k, d)
     expected = np.column_stack(
         [multivariate_normal(params.means[j], dense[j]).logpdf(X) for j in range(k)]
     )
-    np.testing.assert_allclose(K.log_gaussian_prob(X, params), expected, rtol=1e-10)
+    np.testing.assert_allclose(kernels.log_gaussian_prob(X, params), expected, rtol=1e-10)
 
 
 def test_outer_feature_route_switches():
-    assert K.use_outer_features(8, 16)
-    assert not K.use_outer_features(2, 16)
+    assert use_outer_features(8, 16)
+    assert not use_outer_features(2, 16)
 
 
 @pytest.mark.parametrize("k, d", SHAPES)
@@ -41,7 +45,7 @@ def test_stats_from_resp_match_definitions(covariance_type, k, d):
     R = rng.dirichlet(np.ones(k), size=500).T  # (k, n)
     shift = X[:k] + rng.normal(size=(k, d))
     center = X.mean(axis=0) + 1.0
-    st = K.stats_from_resp(X, R, shift, center, covariance_type)
+    st = kernels.stats_from_resp(X, R, shift, center, covariance_type)
     np.testing.assert_allclose(st.nk, R.sum(axis=1))
     for j in range(k):
         D = X - shift[j]
@@ -64,8 +68,8 @@ def test_m_step_matches_weighted_moments(covariance_type):
     rng = np.random.default_rng(3)
     X = rng.normal(size=(400, d)) * [1, 2, 3, 4] + 7.0
     R = rng.dirichlet(np.ones(k), size=400).T
-    st = K.stats_from_resp(X, R, rng.normal(size=(k, d)) + 7, X.mean(0), covariance_type)
-    weights, means, cov, empty = K.m_step(st, reg_covar=1e-3)
+    st = kernels.stats_from_resp(X, R, rng.normal(size=(k, d)) + 7, X.mean(0), covariance_type)
+    weights, means, cov, empty = kernels.m_step(st, reg_covar=1e-3)
     assert empty.size == 0
     nk = R.sum(axis=1)
     np.testing.assert_allclose(weights, nk / 400, rtol=1e-12)
@@ -84,9 +88,9 @@ def test_m_step_matches_weighted_moments(covariance_type):
 @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
 def test_precision_round_trips(covariance_type):
     params, cov = random_params(covariance_type, 3, 4)
-    prec = K.precisions_from_cholesky(params.precisions_cholesky, covariance_type)
-    back = K.covariances_from_cholesky(
-        K.precision_cholesky_from_precisions(prec, covariance_type), covariance_type
+    prec = kernels.precisions_from_cholesky(params.precisions_cholesky, covariance_type)
+    back = kernels.covariances_from_cholesky(
+        kernels.precision_cholesky_from_precisions(prec, covariance_type), covariance_type
     )
     np.testing.assert_allclose(back, cov, rtol=1e-10)
 
@@ -94,17 +98,17 @@ def test_precision_round_trips(covariance_type):
 def test_not_positive_definite_covariance_names_the_component():
     cov = np.stack([np.eye(2), -np.eye(2)])
     with pytest.raises(ValueError, match="component 1 has an ill-defined"):
-        K.precision_cholesky(cov, "full")
+        kernels.precision_cholesky(cov, "full")
 
 
 def test_estep_rows_sum_to_one_and_sub_blocks_add_up():
     params, _ = random_params("full", 4, 3)
-    X = np.random.default_rng(4).normal(scale=3, size=(K.SUB_ROWS * 2 + 17, 3))
-    whole = K.estep_stats(X, params)
-    proba = K.predict_block(X, params, "proba")
+    X = np.random.default_rng(4).normal(scale=3, size=(kernels.SUB_ROWS * 2 + 17, 3))
+    whole = kernels.estep_stats(X, params)
+    proba = kernels.predict_block(X, params, "proba")
     np.testing.assert_allclose(proba.sum(axis=1), 1.0)
     np.testing.assert_allclose(whole.nk, proba.sum(axis=0), rtol=1e-10)
-    np.testing.assert_allclose(whole.loglik, K.predict_block(X, params, "log_density").sum())
+    np.testing.assert_allclose(whole.loglik, kernels.predict_block(X, params, "log_density").sum())
     assert whole.n_rows == len(X)
 
 
@@ -112,8 +116,8 @@ def test_sample_weight_equals_repeated_rows():
     params, _ = random_params("diag", 3, 2)
     X = np.random.default_rng(5).normal(size=(50, 2))
     w = np.arange(50) % 3
-    weighted = K.estep_stats(X, params, sample_weight=w.astype(float))
-    repeated = K.estep_stats(np.repeat(X, w, axis=0), params)
+    weighted = kernels.estep_stats(X, params, sample_weight=w.astype(float))
+    repeated = kernels.estep_stats(np.repeat(X, w, axis=0), params)
     for field in ("nk", "sk", "qk"):
         np.testing.assert_allclose(getattr(weighted, field), getattr(repeated, field), rtol=1e-10)
     np.testing.assert_allclose(weighted.loglik, repeated.loglik, rtol=1e-12)
@@ -122,20 +126,62 @@ def test_sample_weight_equals_repeated_rows():
 def test_far_away_component_has_finite_responsibility():
     params, _ = random_params("spherical", 2, 2)
     X = np.array([[1e4, 1e4]])  # astronomically unlikely under both components
-    log_norm = K.predict_block(X, params, "log_density")
-    proba = K.predict_block(X, params, "proba")
+    log_norm = kernels.predict_block(X, params, "log_density")
+    proba = kernels.predict_block(X, params, "proba")
     assert np.isfinite(log_norm).all() and np.isfinite(proba).all()
     np.testing.assert_allclose(proba.sum(), 1.0)
 
 
-def test_hard_assignment_stats_is_a_lloyd_step():
-    rng = np.random.default_rng(6)
-    X = rng.normal(size=(300, 2))
-    centers = np.array([[-1.0, 0.0], [1.0, 0.0]])
-    st = K.hard_assignment_stats(X, centers, "spherical")
-    labels = K.nearest_center(X, centers)
-    np.testing.assert_array_equal(labels, (X[:, 0] > 0).astype(int))
-    new = K.lloyd_update(st)
-    np.testing.assert_allclose(new, [X[labels == 0].mean(0), X[labels == 1].mean(0)])
-    inertia = sum(((X[labels == j] - centers[j]) ** 2).sum() for j in range(2))
-    np.testing.assert_allclose(st.qk.sum(), inertia)
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_covariance_table_entry_is_complete_and_consistent(covariance_type):
+    k, d, reg = 3, 4, 1e-3
+    kind = COVARIANCE[covariance_type]
+    assert kind.name == covariance_type
+    assert set(kernels.COVARIANCE_TYPES) == set(COVARIANCE) == set(COVARIANCE_TYPES)
+    assert all(getattr(kind, f.name) is not None for f in dataclasses.fields(kind))
+    shape = kind.shape(k, d)
+    assert kernels.covariance_shape(covariance_type, k, d) == shape
+
+    params, cov = random_params(covariance_type, k, d)
+    U = params.precisions_cholesky
+    assert cov.shape == U.shape == kind.precisions(U).shape == shape
+    np.testing.assert_allclose(kind.covariances(U), cov, rtol=1e-10)
+    P = kind.precisions(U)  # another factor of the same precisions
+    np.testing.assert_allclose(kind.precisions(kind.precision_cholesky_from_precisions(P)), P,
+                               rtol=1e-10)
+    dense = kind.dense(cov, k, d)
+    np.testing.assert_array_equal(dense, dense_cov(cov, covariance_type, k, d))
+    np.testing.assert_allclose(
+        np.broadcast_to(kind.log_det(U, d), (k,)), -0.5 * np.linalg.slogdet(dense)[1], rtol=1e-10
+    )
+    sk_model = SkGM(k, covariance_type=covariance_type)
+    sk_model.means_ = params.means
+    assert kernels.n_parameters(k, d, covariance_type) == sk_model._n_parameters()
+
+    # Statistics from data and from parameters have the shapes the table gives.
+    rng = np.random.default_rng(7)
+    X = rng.normal(size=(200, d)) + 5.0
+    R = rng.dirichlet(np.ones(k), size=200).T
+    st = kernels.stats_from_resp(X, R, params.means, X.mean(axis=0), covariance_type)
+    assert st.qk.shape == shape
+    assert kernels.m_step(st, reg)[2].shape == shape
+    back = st.unpack(st.pack(), covariance_type, k, d)
+    np.testing.assert_array_equal(back.qk, st.qk)
+
+    # M-step(stats_from_params(p)) gives p back, also after re-shifting the statistics.
+    from_params = kernels.stats_from_params(params, cov, reg)
+    assert from_params.qk.shape == shape
+    moved = from_params.shifted(params.means + 1.0, from_params.center - 2.0)
+    for stats in (from_params, moved):
+        weights, means, covariances, empty = kernels.m_step(stats, reg)
+        assert empty.size == 0
+        np.testing.assert_allclose(weights, params.weights, rtol=1e-12)
+        np.testing.assert_allclose(means, params.means, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(covariances, cov, rtol=1e-10)
+
+    random_cov = kind.random(np.random.default_rng(8), k, d)
+    assert random_cov.shape == shape
+    np.linalg.cholesky(kind.dense(random_cov, k, d))  # positive definite
+    counts = np.array([2, 0, 5])
+    draws = kind.sample(np.random.default_rng(9), params.means, cov, counts)
+    assert draws.shape == (counts.sum(), d)

@@ -7,14 +7,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dgmm import _kernels as K
+from dgmm import _kernels as kernels
 from dgmm._stats import tree_sum
 from tests.helpers import COVARIANCE_TYPES
 
 
 def packet(X, R, shift, covariance_type, center=None):
     center = X.mean(axis=0) if center is None else center
-    return K.stats_from_resp(X, R, shift, center, covariance_type)
+    return kernels.stats_from_resp(X, R, shift, center, covariance_type)
 
 
 def assert_packets_equal(a, b, rtol=1e-9):
