@@ -341,3 +341,124 @@ def test_callback_and_verbose_report_every_iteration(data, capsys):
     np.testing.assert_allclose([s["change"] for s in seen[1:]], np.diff(gm.lower_bounds_))
     out = capsys.readouterr().out
     assert out.count("  iteration ") == 3 and "Initialisation 0" in out
+
+
+# One driver: every candidate of a selection is fitted exactly as a lone fit would be.
+
+
+def _select_and_fit(X, candidates, **params):
+    from dgmm import select_n_components
+
+    best, table = select_n_components(X, candidates, **params)
+    return best, table, {k: GaussianMixture(k, **params).fit(X) for k in candidates}
+
+
+def _assert_same_model(a, b):
+    for name in ("weights_", "means_", "covariances_", "precisions_cholesky_"):
+        np.testing.assert_allclose(getattr(a, name), getattr(b, name), rtol=1e-12, atol=0)
+    assert (a.n_iter_, a.converged_) == (b.n_iter_, b.converged_)
+    np.testing.assert_allclose(a.lower_bounds_, b.lower_bounds_, rtol=1e-12)
+
+
+@pytest.mark.parametrize("init_params", ["kmeans", "random_from_data"])
+def test_select_candidates_equal_lone_fits(init_params):
+    X, _, _ = mixture_data(n=3000, d=3, k=3, seed=2)
+    best, table, lone = _select_and_fit(X, [2, 3, 4], random_state=0, n_init=2,
+                                        init_params=init_params)
+    _assert_same_model(best, lone[best.n_components])
+    for row in table:
+        model = lone[row["n_components"]]
+        assert (row["n_iter"], row["converged"]) == (model.n_iter_, model.converged_)
+        np.testing.assert_allclose(row["score"], model.score(X), rtol=1e-10)
+
+
+def test_select_honours_algorithm():
+    X, _, _ = mixture_data(n=3000, d=3, k=3, seed=2)
+    Xd = da.from_array(X, chunks=250)
+    best, table, lone = _select_and_fit(Xd, [2, 3], algorithm="minibatch", batch_size=500,
+                                        max_iter=3, random_state=0)
+    model = lone[best.n_components]
+    _assert_same_model(best, model)
+    assert best.n_steps_ == model.n_steps_ > 0
+    np.testing.assert_array_equal(best.running_stats_, model.running_stats_)
+    batch = GaussianMixture(best.n_components, max_iter=3, random_state=0).fit(Xd)
+    assert not np.allclose(best.means_, batch.means_, rtol=1e-9)
+
+
+def test_select_honours_polish_iter():
+    X, _, _ = mixture_data(n=3000, d=3, k=3, seed=2)
+    params = dict(algorithm="minibatch", batch_size=500, max_iter=2, polish_iter=3, tol=0.0,
+                  random_state=0)
+    best, table, lone = _select_and_fit(X, [2, 3], **params)
+    assert [row["n_iter"] for row in table] == [5, 5]  # 2 epochs + 3 polish passes
+    _assert_same_model(best, lone[best.n_components])
+
+
+def test_select_honours_warm_start():
+    # New candidates have nothing to continue: warm_start starts them as a cold fit does.
+    X, _, _ = mixture_data(n=2000, d=3, k=3, seed=2)
+    best, _, lone = _select_and_fit(X, [2, 3], warm_start=True, random_state=0)
+    _assert_same_model(best, lone[best.n_components])
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_select_honours_cache(cache, capsys):
+    X, _, _ = mixture_data(n=2000, d=3, k=3, seed=2)
+    Xd = da.from_array(X, chunks=500)
+    best, _, lone = _select_and_fit(Xd, [3], cache=cache, verbose=1, random_state=0)
+    lines = [line for line in capsys.readouterr().out.splitlines() if "cache=" in line]
+    choice = "persisting it in memory" if cache else "streaming it from its source"
+    assert len(lines) == 2 and all(choice in line for line in lines)
+    _assert_same_model(best, lone[3])
+
+
+def test_select_honours_verbose(capsys):
+    import re
+
+    X, _, _ = mixture_data(n=2000, d=3, k=3, seed=2)
+    params = dict(verbose=2, verbose_interval=1, random_state=0, n_init=2, max_iter=5, tol=0)
+    from dgmm import select_n_components
+
+    select_n_components(X, [3], **params)
+    selected = capsys.readouterr().out
+    GaussianMixture(3, **params).fit(X)
+    fitted = capsys.readouterr().out
+    assert selected.count("  iteration ") == 5 and "Initialisation 1" in selected
+
+    def untimed(text):
+        return re.sub(r"\d+\.\d+s\b", "", text)
+
+    assert untimed(selected) == untimed(fitted)
+    select_n_components(X, [2, 3], **dict(params, verbose=1))
+    out = capsys.readouterr().out
+    assert "n_components=2: Initialisation 1" in out and "n_components=3: Initialisation 0" in out
+
+
+def test_select_checkpoint_resume_equals_uninterrupted(tmp_path):
+    from dgmm import select_n_components
+
+    X, _, _ = mixture_data(n=2000, d=3, k=3, seed=2)
+    params = dict(random_state=0, n_init=2, tol=0, max_iter=6, init_params="random")
+    _, full = select_n_components(X, [2, 3], **params)
+
+    def die_after_three(info):
+        if info["iteration"] == 3:
+            raise KeyboardInterrupt
+
+    ckpt = tmp_path / "ckpt"
+    with pytest.raises(KeyboardInterrupt):
+        select_n_components(X, [2, 3], checkpoint=ckpt, callback=die_after_three, **params)
+    seen = []
+    _, resumed = select_n_components(X, [2, 3], checkpoint=ckpt, resume=True,
+                                     callback=seen.append, **params)
+    assert seen[0]["iteration"] == 4
+    for a, b in zip(full, resumed, strict=True):
+        assert a["n_iter"] == b["n_iter"]
+        np.testing.assert_allclose(a["bic"], b["bic"], rtol=1e-12)
+
+
+def test_fit_ignores_labels_explicitly(data):
+    # y is accepted for scikit-learn pipelines and never used: the same model either way.
+    a = GaussianMixture(3, random_state=0).fit(data)
+    b = GaussianMixture(3, random_state=0).fit(data, np.arange(len(data)) % 3)
+    np.testing.assert_array_equal(a.means_, b.means_)
