@@ -22,13 +22,24 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 from scipy import linalg
 
-if TYPE_CHECKING:
-    from dgmm._stats import SuffStats
+
+class SuffStats(Protocol):
+    """The fields of a statistics packet that the table reads (:class:`dgmm._stats.SuffStats`).
+
+    Declared here so this bottom module imports nothing from dgmm.
+    """
+
+    shift: np.ndarray
+    center: np.ndarray
+    n: float
+    nk: np.ndarray
+    sk: np.ndarray
+    qk: np.ndarray
 
 # --------------------------------------------------------------------------
 # Local names of the numeric code below (and of :mod:`dgmm._kernels`):
