@@ -376,11 +376,22 @@ def test_bad_input_shapes_and_dtypes(X, match):
         ({"reg_covar": -1e-3}, "reg_covar must be a number >= 0"),
         ({"max_iter": -1}, "max_iter must be an integer >= 0"),
         ({"n_init": 0}, "n_init must be an integer >= 1"),
-        ({"means_init": np.zeros((2, 4))}, r"means_init must have shape \(3, 4\)"),
-        ({"weights_init": [0.5, 0.5]}, r"weights_init must have shape \(3,\)"),
-        ({"weights_init": [0.5, 0.5, 0.5]}, "weights_init must sum to 1"),
-        ({"precisions_init": -np.stack([np.eye(4)] * 3)}, "positive definite"),
-        ({"precisions_init": np.stack([np.eye(4)] * 2)}, "precisions_init must have shape"),
+        # each dgmm message goes on in scikit-learn's words, which its tests look for
+        ({"means_init": np.zeros((2, 4))}, r"means_init must have shape \(3, 4\): The "
+         r"parameter 'means' should have the shape of \(3, 4\), but got \(2, 4\)"),
+        ({"weights_init": [0.5, 0.5]}, r"weights_init must have shape \(3,\): The "
+         r"parameter 'weights' should have the shape of \(3,\), but got \(2,\)"),
+        ({"weights_init": [0.5, 0.5, 0.5]}, r"weights_init must sum to 1: The parameter "
+         r"'weights' should be normalized, but got sum\(weights\) = 1.50000"),
+        ({"weights_init": [1.5, -0.25, -0.25]}, r"weights_init must lie in \[0, 1\]: The "
+         r"parameter 'weights' should be in the range \[0, 1\], but got min value -0.25000, "
+         r"max value 1.50000"),
+        ({"precisions_init": -np.stack([np.eye(4)] * 3)},
+         "positive definite .*'full precision' should be symmetric, positive-definite"),
+        ({"precisions_init": np.stack([np.eye(4)] * 2)}, "precisions_init must have shape .*"
+         "The parameter 'full precision' should have the shape of"),
+        ({"covariance_type": "spherical", "precisions_init": -np.ones(3)},
+         "precisions_init must be positive.*'spherical precision' should be positive"),
     ],
 )
 def test_bad_parameters(data, params, match):
