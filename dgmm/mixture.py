@@ -136,6 +136,14 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         state of a stream: an estimator with the same constructor parameters
         and these attributes restored continues :meth:`partial_fit` exactly.
 
+    Notes
+    -----
+    As in scikit-learn, the fitted arrays (``weights_``, ``means_``,
+    ``covariances_``, ``precisions_``, ``precisions_cholesky_``) are float32
+    for float32 data and float64 otherwise. Statistics are accumulated in
+    float64 either way, and continuations (``warm_start``,
+    :meth:`partial_fit`) start from the fitted arrays.
+
     Examples
     --------
     >>> import numpy as np
@@ -261,8 +269,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         if n_features != self.n_features_in_:
             raise ValueError(
                 f"X has {n_features} features, but {type(self).__name__} is expecting "
-                f"{self.n_features_in_} features as input (it was fitted with "
-                f"{self.n_features_in_})"
+                f"{self.n_features_in_} features as input (the number it was fitted with)"
             )
 
     # ------------------------------------------------------------------
@@ -684,10 +691,11 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             raise ValueError(f"Invalid value for 'n_samples': {n_samples!r}; sampling needs "
                              "an integer >= 1")
         rng = check_random_state(self.random_state)
-        # float64 draws whatever the attributes' dtype, as scikit-learn; float32
-        # weights need not sum to 1 closely enough for multinomial.
+        # float64 draws whatever the attributes' dtype, as scikit-learn
         weights = np.asarray(self.weights_, dtype=np.float64)
-        counts = rng.multinomial(n_samples, weights / weights.sum())
+        if self.weights_.dtype != np.float64:  # rounded weights may sum to more than 1
+            weights = weights / weights.sum()
+        counts = rng.multinomial(n_samples, weights)
         means = np.asarray(self.means_, dtype=np.float64)
         covariances = np.asarray(self.covariances_, dtype=np.float64)
         d = self.n_features_in_
