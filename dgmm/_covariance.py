@@ -128,10 +128,12 @@ class CentredBlock:
 
 
 def _ill_defined_error(where: str) -> ValueError:
+    # The first two sentences are scikit-learn's, which its tests look for.
     return ValueError(
-        f"Fitting the mixture model failed because {where} has an ill-defined "
-        "empirical covariance (not positive definite). Decrease n_components, "
-        "increase reg_covar, or scale the input data."
+        "Fitting the mixture model failed because some components have ill-defined "
+        "empirical covariance (for instance caused by singleton or collapsed samples). "
+        "Try to decrease the number of components, increase reg_covar, or scale the "
+        f"input data. Here {where} has an ill-defined covariance (not positive definite)."
     )
 
 

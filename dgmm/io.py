@@ -20,6 +20,7 @@ import dask
 import dask.array as da
 import numpy as np
 import zarr
+from scipy import sparse
 from sklearn.utils.validation import check_is_fitted
 
 from dgmm import _kernels as kernels
@@ -65,10 +66,51 @@ def open_array(path: str | os.PathLike, array: str | None = None) -> zarr.Array:
 
 
 def _check_dtype(dtype: np.dtype, where: str) -> None:
+    # "Complex data not supported" is scikit-learn's wording, which its checks look for.
+    if dtype.kind == "c":
+        raise ValueError(f"Complex data not supported: {where} has dtype {dtype}")
     if dtype.kind not in "biuf":
         raise ValueError(
             f"{where} must hold numeric data (float32/float64 or integers); got dtype {dtype}"
         )
+
+
+def _refuse_sparse(X, where: str) -> None:
+    """Refuse sparse input (a SciPy sparse array, or a dask array of them) before any work.
+
+    The message is scikit-learn's (``TypeError``, naming ``.toarray()``), which
+    its estimator checks look for.
+    """
+    if sparse.issparse(X) or (isinstance(X, da.Array) and sparse.issparse(X._meta)):
+        raise TypeError(
+            f"Sparse data was passed for {where}, but dense data is required. "
+            "Use '.toarray()' to convert to a dense numpy array (or "
+            "'.map_blocks(lambda b: b.toarray())' for a dask array)."
+        )
+
+
+def _with_known_chunks(X: da.Array) -> da.Array:
+    """``X`` with its chunk sizes computed if any is unknown (NaN).
+
+    A boolean-mask selection such as ``X[~da.isnan(X).any(axis=1)]`` does not
+    know how many rows each block keeps. Finding out evaluates every block
+    once (reading the data and applying the mask) with the active scheduler.
+    The user's array is left as it is: the sizes go onto a new array object
+    with the same graph.
+    """
+    if not any(np.isnan(c) for chunks in X.chunks for c in chunks):
+        return X
+    return X.copy().compute_chunk_sizes()
+
+
+def _without_empty_blocks(X: da.Array) -> da.Array:
+    """``X`` without its row blocks of 0 rows (a mask can empty a block), if it has rows.
+
+    Selecting the other blocks only renames them in the graph: nothing is
+    copied or computed, and every pass sees blocks with rows.
+    """
+    keep = [i for i, rows in enumerate(X.chunks[0]) if rows]
+    return X if len(keep) in (0, X.numblocks[0]) else X.blocks[keep]
 
 
 def read_chunk_rows(array_chunks: tuple[int, ...], shape: tuple[int, ...], itemsize: int) -> int:
@@ -90,10 +132,27 @@ def as_dask_array(X, *, where: str = "X") -> tuple[da.Array, bool]:
     """Any supported input as a 2-D dask array chunked along rows only.
 
     Zarr input (an array or a path to one) is read in row blocks of
-    :func:`read_chunk_rows`; a dask array keeps its row chunks. Returns the
-    array and whether the input was lazy (dask, Zarr or a path), so outputs
-    can follow the input's kind.
+    :func:`read_chunk_rows`; a dask array keeps its row chunks. Other input
+    goes through :func:`numpy.asarray`; an object array is converted to
+    float64 (as scikit-learn does). Sparse and complex input is refused.
+
+    A dask array with unknown chunk sizes (from a boolean mask, e.g.
+    ``X[~da.isnan(X).any(axis=1)]``) has them computed here, which costs one
+    pass over its blocks (see :func:`_with_known_chunks`); the input array
+    itself is not modified. Call ``X.compute_chunk_sizes()`` once yourself
+    to avoid that pass on every call. Row blocks left with 0 rows are
+    dropped (see :func:`_without_empty_blocks`).
+
+    Returns
+    -------
+    X : dask.array.Array
+        Of shape (n_samples, n_features): known chunk sizes, no empty row
+        block (unless it has no rows at all), one column chunk.
+    lazy : bool
+        Whether the input was lazy (dask, Zarr or a path), so outputs can
+        follow the input's kind.
     """
+    _refuse_sparse(X, where)
     if isinstance(X, (str, os.PathLike)):
         where = str(X)
         X = open_array(X)
@@ -105,9 +164,13 @@ def as_dask_array(X, *, where: str = "X") -> tuple[da.Array, bool]:
         X = da.from_zarr(X, chunks=(rows, X.shape[1]))
         lazy = True
     elif isinstance(X, da.Array):
+        X = _with_known_chunks(X.astype(np.float64) if X.dtype == object else X)
+        X = _without_empty_blocks(X)
         lazy = True
     else:
         X = np.asarray(X)
+        if X.dtype == object:  # e.g. a mixed-type DataFrame's values; raises if not numeric
+            X = X.astype(np.float64)
         lazy = False
         _check_dtype(X.dtype, where)
         _check_ndim(X.ndim, X.shape, where)
@@ -120,16 +183,31 @@ def as_dask_array(X, *, where: str = "X") -> tuple[da.Array, bool]:
     return X, lazy
 
 
+def result_dtype(dtype) -> np.dtype:
+    """Float dtype of what a model returns for data of ``dtype``.
+
+    float32 data give float32 fitted attributes and per-row outputs; any other
+    dtype (float64, integers, bool) gives float64, as in scikit-learn. The
+    arithmetic is float64 throughout either way.
+    """
+    return np.dtype(np.float32) if np.dtype(dtype) == np.float32 else np.dtype(np.float64)
+
+
 def _check_ndim(ndim: int, shape: tuple, where: str) -> None:
+    # The phrases "Expected 2D array", "Reshape your data" and "0 sample(s)" /
+    # "0 feature(s) (shape=...) while a minimum of 1 is required" are
+    # scikit-learn's, which its estimator checks look for.
     if ndim != 2:
         raise ValueError(
-            f"{where} must be 2-D (n_samples, n_features); got {ndim}-D shape {shape}. "
-            "Reshape 1-D data with X.reshape(-1, 1)."
+            f"{where} must be 2-D (n_samples, n_features): expected 2D array, got "
+            f"{ndim}D array instead (shape {shape}). Reshape your data with "
+            "X.reshape(-1, 1) if it has a single feature or X.reshape(1, -1) if it "
+            "is a single sample."
         )
-    if shape[0] == 0:
-        raise ValueError(f"{where} has 0 rows; at least one sample is required")
-    if shape[1] == 0:
-        raise ValueError(f"{where} has 0 features; at least one column is required")
+    for axis, noun, what in ((0, "rows", "sample(s)"), (1, "features", "feature(s)")):
+        if shape[axis] == 0:
+            raise ValueError(f"{where} has 0 {noun}: found 0 {what} (shape={tuple(shape)}) "
+                             "while a minimum of 1 is required.")
 
 
 # --------------------------------------------------------------------------

@@ -144,6 +144,14 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         state of a stream: an estimator with the same constructor parameters
         and these attributes restored continues :meth:`partial_fit` exactly.
 
+    Notes
+    -----
+    As in scikit-learn, the fitted arrays (``weights_``, ``means_``,
+    ``covariances_``, ``precisions_``, ``precisions_cholesky_``) are float32
+    for float32 data and float64 otherwise. Statistics are accumulated in
+    float64 either way, and continuations (``warm_start``,
+    :meth:`partial_fit`) start from the fitted arrays.
+
     Examples
     --------
     >>> import numpy as np
@@ -235,27 +243,39 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                 f"init_params must be one of {list(_init.INIT_METHODS)}; got {self.init_params!r}"
             )
         k, d = self.n_components, n_features
+        # Messages say what is wrong with dgmm's parameter, then repeat it in
+        # scikit-learn's words ("The parameter 'weights' should ..."), which its
+        # tests look for.
         if self.weights_init is not None:
-            w = _check_shape("weights_init", self.weights_init, (k,))
+            w = _check_shape("weights_init", self.weights_init, (k,), "weights")
             if np.any(w < 0) or np.any(w > 1):
                 raise ValueError(
-                    f"weights_init must lie in [0, 1]; got min {w.min()}, max {w.max()}"
+                    "weights_init must lie in [0, 1]: The parameter 'weights' should be in the "
+                    f"range [0, 1], but got min value {w.min():.5f}, max value {w.max():.5f}"
                 )
             if not np.isclose(w.sum(), 1.0, rtol=0, atol=1e-6):
-                raise ValueError(f"weights_init must sum to 1; got sum {w.sum():.6f}")
+                raise ValueError("weights_init must sum to 1: The parameter 'weights' should be "
+                                 f"normalized, but got sum(weights) = {w.sum():.5f}")
         if self.means_init is not None:
-            _check_shape("means_init", self.means_init, (k, d))
+            _check_shape("means_init", self.means_init, (k, d), "means")
         if self.precisions_init is not None:
-            shape = K.covariance_shape(self.covariance_type, k, d)
-            p = _check_shape("precisions_init", self.precisions_init, shape)
-            K.precision_cholesky_from_precisions(p, self.covariance_type)
+            cov_type = self.covariance_type
+            shape = K.covariance_shape(cov_type, k, d)
+            p = _check_shape("precisions_init", self.precisions_init, shape,
+                             f"{cov_type} precision")
+            try:
+                K.precision_cholesky_from_precisions(p, cov_type)
+            except ValueError as exc:
+                need = ("positive" if cov_type in ("diag", "spherical")
+                        else "symmetric, positive-definite")
+                raise ValueError(f"{exc} ('{cov_type} precision' should be {need})") from None
 
     def _check_fitted_features(self, n_features: int) -> None:
         check_is_fitted(self, "means_")
         if n_features != self.n_features_in_:
             raise ValueError(
-                f"X has {n_features} features, but this GaussianMixture was fitted "
-                f"with {self.n_features_in_} features"
+                f"X has {n_features} features, but {type(self).__name__} is expecting "
+                f"{self.n_features_in_} features as input (the number it was fitted with)"
             )
 
     # ------------------------------------------------------------------
@@ -309,16 +329,16 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             start=start, stream=stream, checkpoint=checkpoint, resume=resume,
             callback=callback, log=self._log,
         )
-        self._set_fitted(fitted, n_features=d)
+        self._set_fitted(fitted, n_features=d, dtype=Xd.dtype)
         self._warn_not_converged(stacklevel=2)
         return self
 
     def _initial_params(self) -> _em.InitialParams:
         return _em.InitialParams(self.weights_init, self.means_init, self.precisions_init)
 
-    def _set_fitted(self, fitted: _em.Fitted, n_features: int) -> None:
+    def _set_fitted(self, fitted: _em.Fitted, n_features: int, dtype=np.float64) -> None:
         """Adopt a driver's result: the best run, and the stream after minibatch EM."""
-        self._set_run(fitted.best, n_features)
+        self._set_run(fitted.best, n_features, dtype)
         if fitted.state is None:  # a batch fit starts any later stream afresh
             for name in ONLINE_ATTRIBUTES:
                 self.__dict__.pop(name, None)
@@ -328,9 +348,9 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     def _warn_not_converged(self, stacklevel: int) -> None:
         if not self.converged_ and self.max_iter > 0:
             warnings.warn(
-                f"The best initialisation did not converge in {self.n_iter_} iterations. "
-                "Try different init parameters, increase max_iter or tol, or check for "
-                "degenerate data.",
+                f"Best performing initialization did not converge (after {self.n_iter_} "
+                "iterations). Try different init parameters, or increase max_iter, tol, or "
+                "check for degenerate data.",
                 ConvergenceWarning,
                 stacklevel=stacklevel + 1,
             )
@@ -388,7 +408,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                 decay=self.learning_decay, offset=self.learning_offset,
             )
         # Only now, with every check passed, does the model change.
-        self._set_params(state.params, state.covariances, n_features=d)
+        self._set_params(state.params, state.covariances, n_features=d, dtype=Xd.dtype)
         self._set_online_state(state)
         return self
 
@@ -467,22 +487,32 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         """
         return self.fit(X).predict(X)
 
-    def _set_run(self, run: _em.Run, n_features: int) -> None:
-        self._set_params(run.params, run.covariances, n_features)
+    def _set_run(self, run: _em.Run, n_features: int, dtype=np.float64) -> None:
+        self._set_params(run.params, run.covariances, n_features, dtype)
         self.converged_ = bool(run.converged)
         self.n_iter_ = int(run.n_iter)
         self.lower_bound_ = float(run.lower_bound)
         self.lower_bounds_ = list(run.lower_bounds)
 
-    def _set_params(self, p: K.Params, covariances: np.ndarray, n_features: int) -> None:
-        self.weights_ = p.weights
-        self.means_ = p.means
-        self.precisions_cholesky_ = p.precisions_cholesky
-        self.covariances_ = covariances
-        self.precisions_ = K.precisions_from_cholesky(p.precisions_cholesky, p.covariance_type)
+    def _set_params(
+        self, p: K.Params, covariances: np.ndarray, n_features: int, dtype=np.float64
+    ) -> None:
+        """Set the fitted attributes from float64 parameters, in the result dtype of ``dtype``.
+
+        ``dtype`` is the data's: float32 data give float32 attributes (as in
+        scikit-learn), anything else float64, which are then ``p``'s own arrays.
+        """
+        out = io.result_dtype(dtype)
+        prec = K.precisions_from_cholesky(p.precisions_cholesky, p.covariance_type)
+        self.weights_ = p.weights.astype(out, copy=False)
+        self.means_ = p.means.astype(out, copy=False)
+        self.precisions_cholesky_ = p.precisions_cholesky.astype(out, copy=False)
+        self.covariances_ = np.asarray(covariances).astype(out, copy=False)
+        self.precisions_ = prec.astype(out, copy=False)
         self.n_features_in_ = int(n_features)
 
     def _params(self) -> K.Params:
+        """The fitted parameters in float64 (what every computation uses)."""
         return K.Params(self.covariance_type, self.weights_, self.means_, self.precisions_cholesky_)
 
     def _covariances64(self) -> np.ndarray:
@@ -495,18 +525,22 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     # Per-row outputs: lazy for lazy input, NumPy otherwise
     # ------------------------------------------------------------------
 
-    def _per_row(self, X, what: str):
+    def _per_row(self, X, what: str, float_dtype=None):
+        """One per-row output of X; float outputs in ``float_dtype`` (default: X's result dtype)."""
         Xd, lazy = as_dask_array(X)
         self._check_fitted_features(Xd.shape[1])
         params = dask.delayed(self._params(), pure=True, traverse=False)
+        if what == "labels":
+            dtype = np.dtype(np.int64)
+        else:
+            dtype = np.dtype(float_dtype or io.result_dtype(Xd.dtype))
         if what == "proba":
             out = Xd.map_blocks(
-                _predict_block, params, what, dtype=np.float64,
+                _predict_block, params, what, dtype, dtype=dtype,
                 chunks=(Xd.chunks[0], (self.n_components,)),
             )
         else:
-            dtype = np.int64 if what == "labels" else np.float64
-            out = Xd.map_blocks(_predict_block, params, what, drop_axis=1, dtype=dtype)
+            out = Xd.map_blocks(_predict_block, params, what, dtype, drop_axis=1, dtype=dtype)
         if lazy:
             return out
         with blas_guard("threads"):
@@ -517,17 +551,28 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         return self._per_row(X, "labels")
 
     def predict_proba(self, X):
-        """Responsibilities of every component for every row, shape (n_samples, n_components)."""
+        """Responsibilities of every component for every row, shape (n_samples, n_components).
+
+        float32 for float32 input, float64 otherwise.
+        """
         return self._per_row(X, "proba")
 
     def score_samples(self, X):
-        """Log-likelihood ``log p(x)`` of every row, shape (n_samples,)."""
+        """Log-likelihood ``log p(x)`` of every row, shape (n_samples,).
+
+        float32 for float32 input, float64 otherwise.
+        """
         return self._per_row(X, "log_density")
 
     def score(self, X, y=None) -> float:
         """Mean log-likelihood per row (a float, computed even for lazy input)."""
-        scores = self.score_samples(X)
-        return float(scores.mean().compute() if hasattr(scores, "compute") else scores.mean())
+        return self._mean_log_likelihood(X)[0]
+
+    def _mean_log_likelihood(self, X) -> tuple[float, int]:
+        """Mean log-likelihood per row, summed in float64 whatever X's dtype, and the row count."""
+        scores = self._per_row(X, "log_density", float_dtype=np.float64)
+        mean = scores.mean()
+        return float(mean.compute() if hasattr(mean, "compute") else mean), int(scores.shape[0])
 
     def _n_parameters(self) -> int:
         return K.n_parameters(self.n_components, self.n_features_in_, self.covariance_type)
@@ -544,11 +589,11 @@ class GaussianMixture(DensityMixin, BaseEstimator):
 
     def bic(self, X) -> float:
         """Bayesian information criterion on X (lower is better)."""
-        return self.criteria(self.score(X), as_dask_array(X)[0].shape[0])["bic"]
+        return self.criteria(*self._mean_log_likelihood(X))["bic"]
 
     def aic(self, X) -> float:
         """Akaike information criterion on X (lower is better)."""
-        return self.criteria(self.score(X), as_dask_array(X)[0].shape[0])["aic"]
+        return self.criteria(*self._mean_log_likelihood(X))["aic"]
 
     def sample(self, n_samples: int = 1):
         """Draw samples from the fitted mixture.
@@ -560,22 +605,33 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             The component each sample came from.
         """
         check_is_fitted(self, "means_")
-        _check_int("n_samples", n_samples, 1)
+        # "Invalid value for 'n_samples'" is scikit-learn's wording.
+        if not isinstance(n_samples, numbers.Integral) or isinstance(n_samples, bool) or (
+            n_samples < 1
+        ):
+            raise ValueError(f"Invalid value for 'n_samples': {n_samples!r}; sampling needs "
+                             "an integer >= 1")
         rng = check_random_state(self.random_state)
-        counts = rng.multinomial(n_samples, self.weights_)
-        X = COVARIANCE[self.covariance_type].sample(rng, self.means_, self.covariances_, counts)
+        # float64 draws whatever the attributes' dtype, as scikit-learn
+        weights = np.asarray(self.weights_, dtype=np.float64)
+        if self.weights_.dtype != np.float64:  # rounded weights may sum to more than 1
+            weights = weights / weights.sum()
+        counts = rng.multinomial(n_samples, weights)
+        means = np.asarray(self.means_, dtype=np.float64)
+        X = COVARIANCE[self.covariance_type].sample(rng, means, self._covariances64(), counts)
         return X, np.repeat(np.arange(self.n_components), counts)
 
 
-def _predict_block(block, params, what, block_info=None):
+def _predict_block(block, params, what, dtype, block_info=None):
     offset = block_info[0]["array-location"][0][0] if block_info else 0
-    return K.predict_block(block, params, what, row_offset=offset)
+    return K.predict_block(block, params, what, row_offset=offset).astype(dtype, copy=False)
 
 
-# Fitted attributes every GaussianMixture model file must hold.
+# Fitted attributes every GaussianMixture model file must hold (a model built by
+# partial_fit alone has no n_iter_, converged_ or lower bounds).
 _REQUIRED_FITTED = (
     "weights_", "means_", "covariances_", "precisions_", "precisions_cholesky_",
-    "converged_", "n_iter_", "lower_bound_", "lower_bounds_", "n_features_in_",
+    "n_features_in_",
 )
 # Estimators that model files can name, by class name.
 ESTIMATORS = {"GaussianMixture": GaussianMixture}
@@ -683,10 +739,11 @@ def _check_number(name: str, value, minimum: float) -> None:
         raise ValueError(f"{name} must be a number >= {minimum}; got {value!r}")
 
 
-def _check_shape(name: str, value, shape: tuple) -> np.ndarray:
+def _check_shape(name: str, value, shape: tuple, sklearn_name: str) -> np.ndarray:
     arr = np.asarray(value, dtype=np.float64)
     if arr.shape != shape:
-        raise ValueError(f"{name} must have shape {shape}; got {arr.shape}")
+        raise ValueError(f"{name} must have shape {shape}: The parameter '{sklearn_name}' "
+                         f"should have the shape of {shape}, but got {arr.shape}")
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"{name} contains NaN or infinity")
     return arr
@@ -760,7 +817,7 @@ def select_n_components(
     )
     table = []
     for model, f in zip(models, fitted, strict=True):
-        model._set_fitted(f, n_features=d)
+        model._set_fitted(f, n_features=d, dtype=Xd.dtype)
         table.append({
             "n_components": model.n_components,
             **model.criteria(f.score, n),

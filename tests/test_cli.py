@@ -56,8 +56,10 @@ def test_generate_fit_predict_score_info(store, tmp_path):
     run("predict", model_path, store, "--array", "X", "--out", out, "--proba", "--log-density")
     written = zarr.open_group(str(out), mode="r")
     np.testing.assert_array_equal(written["labels"][:], model.predict(X))
-    np.testing.assert_allclose(written["proba"][:], model.predict_proba(X), rtol=1e-12)
-    np.testing.assert_allclose(written["log_density"][:], model.score_samples(X), rtol=1e-12)
+    # The store is float32; the CLI writes float64 outputs, as the model gives for float64 rows.
+    X64 = X.astype(np.float64)
+    np.testing.assert_allclose(written["proba"][:], model.predict_proba(X64), rtol=1e-12)
+    np.testing.assert_allclose(written["log_density"][:], model.score_samples(X64), rtol=1e-12)
 
     scores = json.loads(run("score", model_path, store, "--array", "X", "--json").stdout)
     np.testing.assert_allclose(scores["mean_log_likelihood"], model.score(X), rtol=1e-12)

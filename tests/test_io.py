@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import zarr
 from numpy.testing import assert_allclose, assert_array_equal
+from scipy import sparse
 from sklearn.mixture import GaussianMixture as SkGaussianMixture
 
 import dgmm
@@ -145,6 +146,58 @@ def test_group_without_the_named_array(store):
         open_array(path / "X", array="X")
 
 
+def _nan_rows_removed(X):
+    """X's rows without NaN, as a dask mask selection (unknown chunk sizes, one block
+    emptied) and in memory."""
+    X = X.copy()
+    X[::5, 0] = np.nan
+    X[CHUNK : 2 * CHUNK, 1] = np.nan
+    Xd = da.from_array(X, chunks=(CHUNK, D))
+    return Xd[~da.isnan(Xd).any(axis=1)], X[~np.isnan(X).any(axis=1)]
+
+
+def test_unknown_chunk_sizes_are_computed_and_empty_blocks_dropped(store):
+    lazy, eager = _nan_rows_removed(store[1])
+    Xd, is_lazy = as_dask_array(lazy)
+    assert is_lazy and np.isnan(lazy.shape[0])  # the caller's array is left as it was
+    assert Xd.shape == eager.shape
+    assert len(Xd.chunks[0]) == N // CHUNK - 1 and 0 not in Xd.chunks[0]
+    assert_array_equal(Xd.compute(), eager)
+
+
+def test_object_input_is_converted_to_float64(store):
+    X = store[1]
+    for source in (X.astype(object), da.from_array(X.astype(object), chunks=(CHUNK, D))):
+        Xd, _ = as_dask_array(source)
+        assert Xd.dtype == np.float64
+        assert_array_equal(Xd.compute(), X)
+
+
+def _sparse_blocks(X, calls):
+    def to_sparse(block):
+        calls.append(len(block))
+        return sparse.csr_matrix(block)
+
+    return da.from_array(X, chunks=(CHUNK, D)).map_blocks(to_sparse, dtype=X.dtype)
+
+
+@pytest.mark.parametrize("kind", ["csr_matrix", "csr_array", "dask"])
+def test_sparse_input_is_refused_before_any_work(store, kind):
+    X = store[1]
+    calls = []
+    source = {"csr_matrix": sparse.csr_matrix, "csr_array": sparse.csr_array,
+              "dask": lambda X: _sparse_blocks(X, calls)}[kind](X)
+    calls.clear()  # dask computed its meta from an empty block
+    message = "Sparse data was passed for X, but dense data is required"
+    with pytest.raises(TypeError, match=message):
+        GaussianMixture(2).fit(source)
+    fitted = _model("diag").fit(X)
+    for method in ("predict", "predict_proba", "score_samples", "score"):
+        with pytest.raises(TypeError, match=message):
+            getattr(fitted, method)(source)
+    assert calls == []
+
+
 # --------------------------------------------------------------------------
 # Cache policy
 # --------------------------------------------------------------------------
@@ -222,6 +275,14 @@ def test_write_predictions_irregular_dask_chunks(store, tmp_path):
                               dtype="float32")
     assert group["log_density"].dtype == np.float32
     assert_allclose(group["log_density"][:], gm.score_samples(X), rtol=1e-6)
+
+
+def test_write_predictions_unknown_chunk_sizes(store, tmp_path):
+    lazy, eager = _nan_rows_removed(store[1])
+    gm = _model("full").fit(eager)
+    group = write_predictions(gm, lazy, tmp_path / "p.zarr", proba=True)
+    assert_array_equal(group["labels"][:], gm.predict(eager))
+    assert_allclose(group["proba"][:], gm.predict_proba(eager), rtol=1e-12, atol=1e-300)
 
 
 def _fail_on_third_block(monkeypatch):

@@ -19,6 +19,8 @@ from tests.helpers import COVARIANCE_TYPES, mixture_data, reference_init
 
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 
+FITTED_ARRAYS = ("weights_", "means_", "covariances_", "precisions_", "precisions_cholesky_")
+
 
 def as_kind(X, kind):
     if kind == "numpy":
@@ -130,12 +132,15 @@ def test_log_likelihood_never_decreases(covariance_type):
 
 
 def test_float32_accumulates_in_float64(data):
+    """float32 data are fitted in float64 arithmetic; only the attributes are rounded."""
     X32 = data.astype(np.float32)
     init = reference_init(data, 3, "full")
     a = GaussianMixture(3, tol=0, max_iter=5, **init).fit(X32)
     b = GaussianMixture(3, tol=0, max_iter=5, **init).fit(X32.astype(np.float64))
-    assert a.means_.dtype == np.float64
-    assert_same_fit(a, b, rtol=1e-12)
+    for name in FITTED_ARRAYS:
+        assert getattr(a, name).dtype == np.float32
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name).astype(np.float32))
+    assert a.lower_bound_ == b.lower_bound_
 
 
 def test_integer_input_is_accepted(data):
@@ -144,6 +149,107 @@ def test_integer_input_is_accepted(data):
     a = GaussianMixture(3, covariance_type="diag", tol=0, max_iter=3, **init).fit(Xi)
     b = GaussianMixture(3, covariance_type="diag", tol=0, max_iter=3, **init).fit(Xi.astype(float))
     assert_same_fit(a, b, rtol=1e-12)
+    assert all(getattr(a, name).dtype == np.float64 for name in FITTED_ARRAYS)
+    assert a.score_samples(Xi).dtype == np.float64
+
+
+def computed(out):
+    return out.compute() if isinstance(out, da.Array) else out
+
+
+@pytest.mark.parametrize("kind", ["numpy", "dask-uneven", "zarr"])
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_float32_in_float32_out(data, covariance_type, kind):
+    """float32 data: float32 attributes and float outputs, the float64 fit rounded."""
+    X32 = data.astype(np.float32)
+    params = dict(n_components=3, covariance_type=covariance_type, tol=0, max_iter=4,
+                  init_params="random_from_data", random_state=0)
+    a = GaussianMixture(**params).fit(as_kind(X32, kind))
+    b = GaussianMixture(**params).fit(as_kind(X32.astype(np.float64), kind))
+    for name in FITTED_ARRAYS:
+        assert getattr(b, name).dtype == np.float64
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name).astype(np.float32))
+    assert a.lower_bound_ == b.lower_bound_
+    for method in ("predict_proba", "score_samples"):
+        out32 = getattr(a, method)(as_kind(X32, kind))
+        out64 = getattr(b, method)(as_kind(X32.astype(np.float64), kind))
+        assert out32.dtype == np.float32 and out64.dtype == np.float64
+        got = computed(out32)
+        assert got.dtype == np.float32
+        np.testing.assert_allclose(got, computed(out64), rtol=1e-6, atol=1e-6)
+    labels = computed(a.predict(as_kind(X32, kind)))
+    assert labels.dtype == np.int64
+    np.testing.assert_array_equal(labels, computed(b.predict(as_kind(X32, kind))))
+    # score is a float64 mean whatever the input dtype
+    np.testing.assert_allclose(a.score(as_kind(X32, kind)), b.score(X32.astype(np.float64)),
+                               rtol=1e-6)
+    assert a.sample(10)[0].dtype == np.float64  # as scikit-learn
+
+
+def test_float32_warm_start_and_stream_continue_from_the_attributes(data):
+    """Continuations of a float32 fit start from its float32 attributes (so restored
+    attributes resume exactly), compute in float64 and stay float32."""
+    X32 = data.astype(np.float32)
+    gm = GaussianMixture(3, max_iter=2, warm_start=True, init_params="random_from_data",
+                         random_state=0).fit(X32)
+    gm.fit(X32)
+    assert gm.means_.dtype == np.float32 and np.isfinite(gm.lower_bound_)
+    stream = GaussianMixture(3, init_params="random_from_data", random_state=0)
+    for batch in np.array_split(X32, 6)[:3]:
+        stream.partial_fit(batch)
+    assert stream.running_stats_.dtype == np.float64
+    restored = clone(stream)
+    for name, value in vars(stream).items():
+        if name.endswith("_"):
+            setattr(restored, name, value.copy() if isinstance(value, np.ndarray) else value)
+    for batch in np.array_split(X32, 6)[3:]:
+        stream.partial_fit(batch)
+        restored.partial_fit(batch)
+    for name in (*FITTED_ARRAYS, "running_stats_"):
+        np.testing.assert_array_equal(getattr(restored, name), getattr(stream, name))
+    assert stream.means_.dtype == np.float32
+    float64 = GaussianMixture(3, init_params="random_from_data", random_state=0)
+    for batch in np.array_split(data, 6):
+        float64.partial_fit(batch)
+    assert float64.means_.dtype == np.float64
+    np.testing.assert_allclose(stream.means_, float64.means_, rtol=1e-4, atol=1e-4)
+
+
+# ---------------------------------------------------------------- unknown chunk sizes
+
+
+def nan_filtered(data):
+    """Rows with NaN (including all rows of one 500-row block) and both filtered copies."""
+    X = data.copy()
+    X[::7, 1] = np.nan
+    X[1000:1500, 0] = np.nan
+    Xd = da.from_array(X, chunks=500)
+    return Xd[~da.isnan(Xd).any(axis=1)], X[~np.isnan(X).any(axis=1)]
+
+
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_unknown_chunk_sizes_fit_like_numpy(data, covariance_type):
+    lazy, eager = nan_filtered(data)
+    assert np.isnan(lazy.shape[0])
+    params = dict(n_components=3, covariance_type=covariance_type, tol=0, max_iter=5,
+                  init_params="random_from_data", random_state=0)
+    a = GaussianMixture(**params).fit(lazy)
+    b = GaussianMixture(**params).fit(eager)
+    assert_same_fit(a, b, rtol=1e-9)
+    assert np.isnan(lazy.shape[0])  # the caller's array is left as it was
+
+
+def test_unknown_chunk_sizes_predict_and_score(data):
+    lazy, eager = nan_filtered(data)
+    gm = GaussianMixture(3, init_params="random_from_data", random_state=0).fit(eager)
+    for method in ("predict", "predict_proba", "score_samples"):
+        out = getattr(gm, method)(lazy)
+        assert isinstance(out, da.Array), method
+        assert not np.isnan(out.shape[0]) and sum(out.chunks[0]) == len(eager)
+        np.testing.assert_allclose(out.compute(), getattr(gm, method)(eager), rtol=1e-12)
+    for method in ("score", "bic", "aic"):
+        np.testing.assert_allclose(getattr(gm, method)(lazy), getattr(gm, method)(eager),
+                                   rtol=1e-12)
 
 
 def test_empty_component_warns_and_stays_finite():
@@ -248,9 +354,10 @@ def test_non_finite_input_names_the_row(data, kind, bad):
         (np.zeros(10), "must be 2-D"),
         (np.zeros((4, 3, 2)), "must be 2-D"),
         (np.zeros((0, 3)), "0 rows"),
+        (np.zeros((5, 0)), "0 features"),
         (np.array([["a", "b"], ["c", "d"]]), "numeric"),
-        (np.ones((5, 2), dtype=complex), "numeric"),
-        (np.ones((5, 2), dtype=object), "numeric"),
+        (np.ones((5, 2), dtype=complex), "Complex data not supported"),
+        (np.array([["a", 1.0]] * 5, dtype=object), "could not convert string to float"),
         (np.ones((2, 2)), "n_samples >= n_components"),
     ],
 )
@@ -269,11 +376,22 @@ def test_bad_input_shapes_and_dtypes(X, match):
         ({"reg_covar": -1e-3}, "reg_covar must be a number >= 0"),
         ({"max_iter": -1}, "max_iter must be an integer >= 0"),
         ({"n_init": 0}, "n_init must be an integer >= 1"),
-        ({"means_init": np.zeros((2, 4))}, r"means_init must have shape \(3, 4\)"),
-        ({"weights_init": [0.5, 0.5]}, r"weights_init must have shape \(3,\)"),
-        ({"weights_init": [0.5, 0.5, 0.5]}, "weights_init must sum to 1"),
-        ({"precisions_init": -np.stack([np.eye(4)] * 3)}, "positive definite"),
-        ({"precisions_init": np.stack([np.eye(4)] * 2)}, "precisions_init must have shape"),
+        # each dgmm message goes on in scikit-learn's words, which its tests look for
+        ({"means_init": np.zeros((2, 4))}, r"means_init must have shape \(3, 4\): The "
+         r"parameter 'means' should have the shape of \(3, 4\), but got \(2, 4\)"),
+        ({"weights_init": [0.5, 0.5]}, r"weights_init must have shape \(3,\): The "
+         r"parameter 'weights' should have the shape of \(3,\), but got \(2,\)"),
+        ({"weights_init": [0.5, 0.5, 0.5]}, r"weights_init must sum to 1: The parameter "
+         r"'weights' should be normalized, but got sum\(weights\) = 1.50000"),
+        ({"weights_init": [1.5, -0.25, -0.25]}, r"weights_init must lie in \[0, 1\]: The "
+         r"parameter 'weights' should be in the range \[0, 1\], but got min value -0.25000, "
+         r"max value 1.50000"),
+        ({"precisions_init": -np.stack([np.eye(4)] * 3)},
+         "positive definite .*'full precision' should be symmetric, positive-definite"),
+        ({"precisions_init": np.stack([np.eye(4)] * 2)}, "precisions_init must have shape .*"
+         "The parameter 'full precision' should have the shape of"),
+        ({"covariance_type": "spherical", "precisions_init": -np.ones(3)},
+         "precisions_init must be positive.*'spherical precision' should be positive"),
     ],
 )
 def test_bad_parameters(data, params, match):
@@ -291,7 +409,7 @@ def test_predict_checks(data):
     with pytest.raises(NotFittedError):
         gm.predict(data)
     gm.fit(data)
-    with pytest.raises(ValueError, match="X has 3 features, but .* fitted with 4"):
+    with pytest.raises(ValueError, match="X has 3 features, but .* expecting 4 features"):
         gm.predict(data[:, :3])
     X = data.copy()
     X[17, 0] = np.nan

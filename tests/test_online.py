@@ -377,3 +377,18 @@ def test_minibatch_on_a_distributed_client_matches_threads():
             remote = GaussianMixture(3, **kw).fit(Xd)
     assert remote.n_steps_ == 8  # two blocks per step, computed in parallel
     np.testing.assert_allclose(remote.means_, local.means_, rtol=1e-10)
+
+
+def test_a_stream_built_by_partial_fit_alone_saves_and_continues(tmp_path):
+    import dgmm
+
+    X, _, _ = mixture_data(n=2000, d=3, k=2)
+    gm = GaussianMixture(2, random_state=0)
+    for batch in np.array_split(X[:1000], 4):
+        gm.partial_fit(batch)
+    gm.save(tmp_path / "stream.npz")
+    back = dgmm.load(tmp_path / "stream.npz")
+    gm.partial_fit(X[1000:1500])
+    back.partial_fit(X[1000:1500])
+    np.testing.assert_array_equal(back.means_, gm.means_)
+    assert back.n_steps_ == gm.n_steps_ == 5
