@@ -348,9 +348,10 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     def _warn_not_converged(self, stacklevel: int) -> None:
         if not self.converged_ and self.max_iter > 0:
             warnings.warn(
-                f"Best performing initialization did not converge (after {self.n_iter_} "
-                "iterations). Try different init parameters, or increase max_iter, tol, or "
-                "check for degenerate data.",
+                # scikit-learn's sentence first: its tests look for it.
+                "Best performing initialization did not converge. Try different init "
+                "parameters, or increase max_iter, tol, or check for degenerate data. "
+                f"(It stopped after {self.n_iter_} iterations.)",
                 ConvergenceWarning,
                 stacklevel=stacklevel + 1,
             )
