@@ -25,6 +25,7 @@ from dgmm._stats import SuffStats
 from dgmm.io import as_dask_array, save_model
 
 ALGORITHMS = ("batch", "minibatch")
+CRITERIA = ("bic", "aic")
 ONLINE_ATTRIBUTES = ("n_steps_", "n_samples_seen_", "step_size_", "running_stats_")
 
 
@@ -287,6 +288,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         if checkpoint is not None:
             if self.algorithm != "batch":
                 raise ValueError("checkpoint is supported with algorithm='batch' only")
+            io.check_output_path(checkpoint, [X], overwrite=True, kind="directory")
             if not resume and io.has_checkpoint(checkpoint):
                 raise ValueError(f"{checkpoint} already holds a checkpoint; pass resume=True "
                                  "to continue it, or remove it")
@@ -746,7 +748,7 @@ def select_n_components(
         Per candidate: ``n_components``, ``bic``, ``aic``, ``score`` (mean
         log-likelihood), ``n_iter``, ``converged``.
     """
-    if criterion not in ("bic", "aic"):
+    if criterion not in CRITERIA:
         raise ValueError(f"criterion must be 'bic' or 'aic'; got {criterion!r}")
     for name in ("weights_init", "means_init", "precisions_init"):
         if params.get(name) is not None:
