@@ -424,7 +424,7 @@ def test_object_array_is_never_unpickled(tmp_path):
     path = tmp_path / "evil.npz"
     with open(path, "wb") as f:
         np.savez(f, **{"metadata.json": np.array([{"a": 1}], dtype=object)})
-    with pytest.raises(ValueError, match="'metadata.json' is corrupt or holds Python objects") as info:
+    with pytest.raises(ValueError, match="'metadata.json' is corrupt or holds Python") as info:
         dgmm.load(path)
     assert "pickle" not in str(info.value)
 
