@@ -674,7 +674,7 @@ def test_unwritable_directory_is_found_by_a_probe(store, tmp_path, monkeypatch):
 
     monkeypatch.setattr(dgmm.io.tempfile, "mkstemp", refuse)
     calls = _fail_on_third_block(monkeypatch)
-    with pytest.raises(PermissionError, match=rf"not writable \(Permission denied\)"):
+    with pytest.raises(PermissionError, match=r"not writable \(Permission denied\)"):
         write_predictions(gm, X, tmp_path / "pred.zarr")
     assert calls[0] == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data.zarr"]
