@@ -203,8 +203,8 @@ _batch_size = click.option("--batch-size", type=click.IntRange(min=1), default=1
                            show_default=True, help="Rows per minibatch (--algorithm minibatch).")
 
 
-def _overwrite(help: str):
-    return click.option("--overwrite", is_flag=True, help=help)
+def _overwrite(text: str):
+    return click.option("--overwrite", is_flag=True, help=text)
 
 
 _cluster_opt = click.option("--cluster", "cluster_spec", default=None, metavar="CONFIG_OR_ADDRESS",
