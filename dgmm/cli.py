@@ -1,9 +1,11 @@
 """The ``dgmm`` command line, for interactive use and scheduled batch jobs.
 
-Exit codes: 0 success; 2 usage errors (bad flags, a missing store, an
-unwritable output) with a one-line message; 1 any other failure, with a
-one-line cause (the traceback too with ``--verbose``). Progress goes to
-stderr as plain lines, one per EM iteration, so logs stay readable.
+Exit codes: 0 success; 2 usage errors (bad flags, a missing or unusable store,
+an output that exists, overlaps an input or cannot be written) with a one-line
+message, found before any work; 1 any other failure, with a one-line cause (the
+traceback too with ``--verbose``). Progress and warnings go to stderr as plain
+lines (one per EM iteration), so logs stay readable; ``--quiet`` leaves errors
+only. Messages are for people: no Python class names, no Python advice.
 """
 
 from __future__ import annotations
@@ -15,12 +17,16 @@ import sys
 import tempfile
 import time
 import traceback
+import warnings
 from pathlib import Path
 
 import click
 import numpy as np
+from sklearn.exceptions import ConvergenceWarning
 
+from dgmm import _init, io
 from dgmm import _kernels as K
+from dgmm.mixture import ALGORITHMS, CRITERIA, load
 
 
 class CommandError(click.UsageError):
@@ -33,9 +39,13 @@ class _Cli(click.Group):
     def main(self, args=None, prog_name=None, **extra):
         args = list(sys.argv[1:] if args is None else args)
         verbose = "--verbose" in args or "-v" in args
+        quiet = "--quiet" in args or "-q" in args
+        where = f"dgmm {args[0]}" if args and args[0] in self.commands else "dgmm"
         try:
-            super().main(args=args, prog_name=prog_name or "dgmm", standalone_mode=False,
-                         **extra)
+            with warnings.catch_warnings():
+                warnings.showwarning = _plain_warnings(quiet)
+                super().main(args=args, prog_name=prog_name or "dgmm", standalone_mode=False,
+                             **extra)
         except click.exceptions.Exit as exc:
             sys.exit(exc.exit_code)
         except click.UsageError as exc:
@@ -47,13 +57,43 @@ class _Cli(click.Group):
         except Exception as exc:  # the last line of defence: one line, exit 1
             if verbose:
                 traceback.print_exc()
-            _error(f"{type(exc).__name__}: {exc}")
+            _error(_describe(exc), where)
             sys.exit(1)
         sys.exit(0)
 
 
+def _describe(exc: Exception) -> str:
+    """An exception as a sentence for people, without Python's class names."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
+    if isinstance(exc, (ValueError, OSError)):
+        return str(exc)
+    return f"unexpected internal error ({type(exc).__name__}: {exc}); --verbose shows where"
+
+
 def _error(message: str, where: str = "dgmm") -> None:
     click.echo(f"{where}: error: {' '.join(str(message).split())}", err=True)
+
+
+def _warning(message: str) -> None:
+    ctx = click.get_current_context(silent=True)  # None in Dask's worker threads
+    where = ctx.command_path if ctx else "dgmm"
+    click.echo(f"{where}: warning: {' '.join(str(message).split())}", err=True)
+
+
+def _plain_warnings(quiet: bool):
+    """A ``warnings.showwarning`` that prints one plain line (no file:line)."""
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        if quiet:
+            return
+        ctx = click.get_current_context(silent=True)
+        if issubclass(category, ConvergenceWarning) and ctx and "max_iter" in ctx.params:
+            message = (f"the fit did not converge in {ctx.params['max_iter']} iterations; "
+                       "raise --max-iter or --tol")
+        _warning(message)
+
+    return show
 
 
 def _progress(quiet: bool):
@@ -78,31 +118,43 @@ def _say(quiet: bool, message: str) -> None:
 
 
 def _open_store(store: str, array: str | None):
-    from dgmm import io
-
+    """The Zarr array to read, checked for what dgmm needs, in words for people."""
     try:
-        return io.open_array(store, array)
+        X = io.open_array(store, array)
     except ValueError as exc:
         raise CommandError(str(exc)) from None
+    where = f"the Zarr array at {store}" + (f"/{array}" if array else "")
+    shape = " x ".join(map(str, X.shape))
+    if X.ndim != 2:
+        raise CommandError(f"{where} has {X.ndim} dimensions (shape {shape}); dgmm needs a "
+                           "2-D array (rows, features)")
+    if X.dtype.kind not in "biuf":
+        raise CommandError(f"{where} holds {X.dtype} values; dgmm needs numbers (floats or "
+                           "integers)")
+    if 0 in X.shape:
+        raise CommandError(f"{where} is empty (shape {shape}); dgmm needs at least one row "
+                           "and one feature")
+    return X
 
 
-def _check_writable(path: str, overwrite: bool = True) -> None:
-    target = Path(path)
-    parent = target.parent if str(target.parent) else Path(".")
-    if not parent.is_dir():
-        raise CommandError(f"cannot write {path}: directory {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise CommandError(f"cannot write {path}: directory {parent} is not writable")
-    if not overwrite and target.exists():
-        raise CommandError(f"{path} exists; pass --overwrite to replace it")
+def _check_output(path: str, inputs, *, overwrite: bool, kind: str) -> None:
+    """Refuse, before any work, an output that could destroy data or fail late."""
+    try:
+        io.check_output_path(path, [i for i in inputs if i is not None], overwrite=overwrite,
+                             kind=kind)
+    except FileExistsError:
+        raise CommandError(f"{path} exists; pass --overwrite to replace it") from None
+    except (ValueError, OSError) as exc:
+        raise CommandError(_describe(exc)) from None
 
 
 def _load(model_path: str):
-    import dgmm
-
     if not Path(model_path).exists():
         raise CommandError(f"model file not found: {model_path}")
-    return dgmm.load(model_path)
+    try:
+        return load(model_path)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
 
 
 def _parse_components(text: str) -> list[int]:
@@ -137,6 +189,23 @@ _quiet = click.option("-q", "--quiet", is_flag=True, help="Only errors on stderr
 _verbose = click.option("-v", "--verbose", is_flag=True,
                         help="More detail, and a traceback on failure.")
 _array = click.option("--array", default=None, help="Array name inside a Zarr group.")
+_covariance_type = click.option("--covariance-type", type=click.Choice(K.COVARIANCE_TYPES),
+                                default="full", show_default=True)
+_reg_covar = click.option("--reg-covar", type=click.FloatRange(min=0), default=1e-6,
+                          show_default=True)
+_init_opt = click.option("--init", "init_params", type=click.Choice(_init.INIT_METHODS),
+                         default="kmeans", show_default=True)
+_n_init = click.option("--n-init", type=click.IntRange(min=1), default=1, show_default=True)
+_algorithm = click.option("--algorithm", type=click.Choice(ALGORITHMS), default="batch",
+                          show_default=True)
+_batch_size = click.option("--batch-size", type=click.IntRange(min=1), default=10_000,
+                           show_default=True, help="Rows per minibatch (--algorithm minibatch).")
+
+
+def _overwrite(text: str):
+    return click.option("--overwrite", is_flag=True, help=text)
+
+
 _cluster_opt = click.option("--cluster", "cluster_spec", default=None, metavar="CONFIG_OR_ADDRESS",
                             help="Cluster YAML config or scheduler address (default: local "
                                  "threads).")
@@ -157,7 +226,7 @@ def main() -> None:
 @click.option("--chunk-rows", type=click.IntRange(min=1), default=None)
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32",
               show_default=True)
-@click.option("--overwrite", is_flag=True, help="Replace an existing store.")
+@_overwrite("Replace an existing store that dgmm wrote.")
 @_quiet
 @_verbose
 def generate(out, n_samples, n_features, n_components, seed, chunk_rows, dtype, overwrite,
@@ -165,7 +234,7 @@ def generate(out, n_samples, n_features, n_components, seed, chunk_rows, dtype, 
     """Write a synthetic Gaussian mixture to the Zarr group OUT, chunk by chunk."""
     from dgmm.datasets import make_mixture_zarr
 
-    _check_writable(out, overwrite)
+    _check_output(out, (), overwrite=overwrite, kind="store")
     start = time.perf_counter()
     make_mixture_zarr(out, n_samples, n_features, n_components, seed=seed,
                       chunk_rows=chunk_rows, dtype=dtype, overwrite=overwrite)
@@ -177,39 +246,42 @@ def generate(out, n_samples, n_features, n_components, seed, chunk_rows, dtype, 
 @click.argument("store")
 @_array
 @click.option("--n-components", "n_components", required=True, type=click.IntRange(min=1))
-@click.option("--covariance-type", type=click.Choice(K.COVARIANCE_TYPES), default="full",
-              show_default=True)
+@_covariance_type
 @click.option("--max-iter", type=click.IntRange(min=0), default=100, show_default=True)
 @click.option("--tol", type=click.FloatRange(min=0), default=1e-3, show_default=True)
-@click.option("--reg-covar", type=click.FloatRange(min=0), default=1e-6, show_default=True)
-@click.option("--init", "init_params",
-              type=click.Choice(["kmeans", "k-means++", "random", "random_from_data"]),
-              default="kmeans", show_default=True)
-@click.option("--n-init", type=click.IntRange(min=1), default=1, show_default=True)
+@_reg_covar
+@_init_opt
+@_n_init
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--algorithm", type=click.Choice(["batch", "minibatch"]), default="batch",
-              show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=10_000, show_default=True,
-              help="Rows per minibatch (--algorithm minibatch).")
+@_algorithm
+@_batch_size
 @click.option("--out", required=True, help="Model file to write (atomically).")
+@_overwrite("Replace an existing model file (never a directory).")
 @_cluster_opt
 @click.option("--checkpoint", type=click.Path(file_okay=False), default=None,
               help="Directory for a checkpoint written after every iteration.")
-@click.option("--resume", is_flag=True, help="Continue from the checkpoint in --checkpoint.")
+@click.option("--resume", is_flag=True,
+              help="Continue from the checkpoint in --checkpoint; a finished one is saved "
+                   "again without any pass over the data.")
 @_quiet
 @_verbose
 def fit(store, array, n_components, covariance_type, max_iter, tol, reg_covar, init_params,
-        n_init, seed, algorithm, batch_size, out, cluster_spec, checkpoint, resume, quiet,
-        verbose):
+        n_init, seed, algorithm, batch_size, out, overwrite, cluster_spec, checkpoint, resume,
+        quiet, verbose):
     """Fit a mixture to the Zarr array STORE and save it to --out."""
     from dgmm import GaussianMixture
 
     X = _open_store(store, array)
-    _check_writable(out)
     if resume and checkpoint is None:
         raise CommandError("--resume needs --checkpoint DIR")
-    if checkpoint is not None and algorithm != "batch":
-        raise CommandError("--checkpoint is supported with --algorithm batch only")
+    _check_output(out, [store, checkpoint], overwrite=overwrite, kind="file")
+    if checkpoint is not None:
+        if algorithm != "batch":
+            raise CommandError("--checkpoint is supported with --algorithm batch only")
+        _check_output(checkpoint, [store], overwrite=True, kind="directory")
+        if not resume and io.has_checkpoint(checkpoint):
+            raise CommandError(f"{checkpoint} already holds a checkpoint; pass --resume to "
+                               "continue it, or choose another --checkpoint directory")
     model = GaussianMixture(
         n_components, covariance_type=covariance_type, max_iter=max_iter, tol=tol,
         reg_covar=reg_covar, init_params=init_params, n_init=n_init, random_state=seed,
@@ -218,7 +290,7 @@ def fit(store, array, n_components, covariance_type, max_iter, tol, reg_covar, i
     start = time.perf_counter()
     with _cluster(cluster_spec, quiet):
         model.fit(X, checkpoint=checkpoint, resume=resume, callback=_progress(quiet))
-    model.save(out)
+    model.save(out, overwrite=overwrite)
     _say(quiet, f"fitted {n_components} {covariance_type} components to {X.shape[0]} x "
                 f"{X.shape[1]} rows in {time.perf_counter() - start:.1f}s: "
                 f"{model.n_iter_} iterations, converged={model.converged_}, "
@@ -233,23 +305,21 @@ def fit(store, array, n_components, covariance_type, max_iter, tol, reg_covar, i
 @click.option("--labels/--no-labels", default=True, show_default=True)
 @click.option("--proba", is_flag=True, help="Also write responsibilities.")
 @click.option("--log-density", is_flag=True, help="Also write per-row log-density.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing output store.")
+@_overwrite("Replace an existing output store that dgmm wrote.")
 @_cluster_opt
 @_quiet
 @_verbose
 def predict(model_path, store, array, out, labels, proba, log_density, overwrite, cluster_spec,
             quiet, verbose):
     """Stream predictions of MODEL for STORE into the Zarr group --out."""
-    from dgmm.io import write_predictions
-
     model = _load(model_path)
     X = _open_store(store, array)
-    _check_writable(out, overwrite)
     if not (labels or proba or log_density):
         raise CommandError("nothing to write: pass --labels, --proba or --log-density")
+    _check_output(out, [store, model_path], overwrite=overwrite, kind="store")
     start = time.perf_counter()
     with _cluster(cluster_spec, quiet):
-        write_predictions(model, X, out, labels=labels, proba=proba, log_density=log_density,
+        io.write_predictions(model, X, out, labels=labels, proba=proba, log_density=log_density,
                           overwrite=overwrite)
     _say(quiet, f"wrote predictions for {X.shape[0]} rows to {out} "
                 f"in {time.perf_counter() - start:.1f}s")
@@ -283,39 +353,54 @@ def score(model_path, store, array, as_json, cluster_spec, quiet, verbose):
 @_array
 @click.option("--n-components", "n_components", required=True, metavar="LO:HI|LIST",
               help="Candidates, e.g. 1:12 (inclusive) or 2,4,8.")
-@click.option("--covariance-type", type=click.Choice(K.COVARIANCE_TYPES), default="full",
-              show_default=True)
-@click.option("--criterion", type=click.Choice(["bic", "aic"]), default="bic",
-              show_default=True)
+@_covariance_type
+@click.option("--criterion", type=click.Choice(CRITERIA), default="bic", show_default=True)
 @click.option("--max-iter", type=click.IntRange(min=1), default=100, show_default=True)
 @click.option("--tol", type=click.FloatRange(min=0), default=1e-3, show_default=True)
-@click.option("--n-init", type=click.IntRange(min=1), default=1, show_default=True)
+@_reg_covar
+@_init_opt
+@_n_init
 @click.option("--seed", type=int, default=0, show_default=True)
+@_algorithm
+@_batch_size
 @click.option("--out", required=True, help="Model file for the best candidate.")
+@_overwrite("Replace an existing model file (never a directory).")
 @_cluster_opt
 @_quiet
 @_verbose
-def select(store, array, n_components, covariance_type, criterion, max_iter, tol, n_init, seed,
-           out, cluster_spec, quiet, verbose):
+def select(store, array, n_components, covariance_type, criterion, max_iter, tol, reg_covar,
+           init_params, n_init, seed, algorithm, batch_size, out, overwrite, cluster_spec, quiet,
+           verbose):
     """Fit every candidate number of components (sharing data passes); save the best."""
     from dgmm import select_n_components
 
     candidates = _parse_components(n_components)
     X = _open_store(store, array)
-    _check_writable(out)
-    with _cluster(cluster_spec, quiet):
+    _check_output(out, [store], overwrite=overwrite, kind="file")
+    # The table below says which candidates did not converge, after the table.
+    with _cluster(cluster_spec, quiet), warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
         best, table = select_n_components(
             X, candidates, criterion=criterion, covariance_type=covariance_type,
-            max_iter=max_iter, tol=tol, n_init=n_init, random_state=seed,
+            max_iter=max_iter, tol=tol, reg_covar=reg_covar, init_params=init_params,
+            n_init=n_init, random_state=seed, algorithm=algorithm, batch_size=batch_size,
+            callback=_progress(quiet),
         )
-    best.save(out)
-    if not quiet:
-        click.echo(f"{'K':>4} {'bic':>16} {'aic':>16} {'mean loglik':>12} {'iters':>6}", err=True)
-        for row in table:
-            mark = " *" if row["n_components"] == best.n_components else ""
-            click.echo(f"{row['n_components']:>4} {row['bic']:>16.2f} {row['aic']:>16.2f} "
-                       f"{row['score']:>12.5f} {row['n_iter']:>6}{mark}", err=True)
-        click.echo(f"best by {criterion}: {best.n_components} components; saved {out}", err=True)
+    best.save(out, overwrite=overwrite)
+    if quiet:
+        return
+    click.echo(f"{'K':>4} {'bic':>16} {'aic':>16} {'mean loglik':>12} {'iters':>6} "
+               f"{'converged':>9}", err=True)
+    for row in table:
+        mark = " *" if row["n_components"] == best.n_components else ""
+        click.echo(f"{row['n_components']:>4} {row['bic']:>16.2f} {row['aic']:>16.2f} "
+                   f"{row['score']:>12.5f} {row['n_iter']:>6} "
+                   f"{'yes' if row['converged'] else 'no':>9}{mark}", err=True)
+    stuck = [str(row["n_components"]) for row in table if not row["converged"]]
+    if stuck:
+        _warning(f"{len(stuck)} of {len(table)} candidates (K = {', '.join(stuck)}) did not "
+                 f"converge in {max_iter} iterations; raise --max-iter or --tol")
+    click.echo(f"best by {criterion}: {best.n_components} components; saved {out}", err=True)
 
 
 @main.command()
@@ -357,6 +442,8 @@ def demo(n_samples, n_features, n_components, seed, workers, plot_path, quiet, v
     from dgmm import GaussianMixture
     from dgmm.datasets import make_mixture_zarr
 
+    if plot_path:
+        _check_output(plot_path, (), overwrite=True, kind="file")
     with tempfile.TemporaryDirectory(prefix="dgmm-demo-") as tmp:
         store = os.path.join(tmp, "demo.zarr")
         truth = make_mixture_zarr(store, n_samples, n_features, n_components, seed=seed)

@@ -18,7 +18,7 @@ import zarr
 
 from dgmm import _kernels as kernels
 from dgmm._covariance import COVARIANCE, COVARIANCE_TYPES
-from dgmm.io import Writers, _atomic_path, _local_target
+from dgmm.io import Writers, _atomic_path, _version, check_output_path
 
 # Rows per generated chunk when none is given: about this many bytes each.
 DEFAULT_CHUNK_BYTES = 16 * 2**20
@@ -190,7 +190,7 @@ def make_mixture_zarr(
       fit it with ``GaussianMixture().fit(f"{path}/X")``;
     * ``y`` (n_samples,), the true component of each row (smallest unsigned dtype);
     * ``weights``, ``means``, ``covariances``: the true parameters (float64);
-    * attributes ``covariance_type``, ``seed``, ``separation``.
+    * attributes ``covariance_type``, ``seed``, ``separation``, ``dgmm_version``.
 
     Parameters
     ----------
@@ -208,7 +208,8 @@ def make_mixture_zarr(
     compressors : default='auto'
         Passed to :func:`zarr.create_array` for ``X`` (``None``: uncompressed).
     overwrite : bool, default=False
-        Replace an existing store at ``path`` (once the new one is complete).
+        Replace an existing store at ``path`` that dgmm wrote (once the new one
+        is complete); see :func:`dgmm.io.check_output_path`.
 
     Returns
     -------
@@ -216,19 +217,16 @@ def make_mixture_zarr(
         The true parameters.
     """
     chunk_rows, dtype = _check_sizes(n_samples, n_features, n_components, chunk_rows, dtype)
-    target = _local_target(path, "path")
-    if target.exists() and not overwrite:
-        raise FileExistsError(f"{target} already exists; pass overwrite=True to replace it")
+    target = check_output_path(path, overwrite=overwrite, kind="store")
     params = make_mixture_params(
         n_components, n_features, covariance_type=covariance_type,
         separation=separation, seed=seed,
     )
     chol = params._full_cholesky()
-    with _atomic_path(target, overwrite) as tmp, Writers() as writers:
+    with _atomic_path(target, overwrite, "store") as tmp, Writers() as writers:
         group = zarr.open_group(str(tmp), mode="w-")
-        group.attrs.update(
-            {"covariance_type": covariance_type, "seed": int(seed), "separation": separation}
-        )
+        group.attrs.update({"covariance_type": covariance_type, "seed": int(seed),
+                            "separation": separation, "dgmm_version": _version()})
         for name in ("weights", "means", "covariances"):
             group.create_array(name, data=getattr(params, name))
         X = group.create_array(

@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import shutil
+import tempfile
 import threading
 import uuid
 import warnings
@@ -198,11 +199,10 @@ def _check_ndim(ndim: int, shape: tuple, where: str) -> None:
     # "0 feature(s) (shape=...) while a minimum of 1 is required" are
     # scikit-learn's, which its estimator checks look for.
     if ndim != 2:
+        advice = " Reshape 1-D data with X.reshape(-1, 1)." if ndim == 1 else ""
         raise ValueError(
             f"{where} must be 2-D (n_samples, n_features): expected 2D array, got "
-            f"{ndim}D array instead (shape {shape}). Reshape your data with "
-            "X.reshape(-1, 1) if it has a single feature or X.reshape(1, -1) if it "
-            "is a single sample."
+            f"{ndim}D array instead (shape {shape}).{advice}"
         )
     for axis, noun, what in ((0, "rows", "sample(s)"), (1, "features", "feature(s)")):
         if shape[axis] == 0:
@@ -211,8 +211,15 @@ def _check_ndim(ndim: int, shape: tuple, where: str) -> None:
 
 
 # --------------------------------------------------------------------------
-# Atomic writes: build next to the target, then rename into place
+# Output paths: never into an input, never over what dgmm did not write
 # --------------------------------------------------------------------------
+
+OUTPUT_KINDS = ("file", "store", "directory")
+_ZARR_MARKERS = ("zarr.json", ".zgroup", ".zarray")
+_WRITTEN_BY_DGMM = {
+    "store": "a Zarr store written by dgmm",
+    "directory": "a dgmm checkpoint directory",
+}
 
 
 def _local_target(path: str | os.PathLike, what: str) -> Path:
@@ -227,37 +234,177 @@ def _local_target(path: str | os.PathLike, what: str) -> Path:
     return target
 
 
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
+def _input_root(source) -> Path | None:
+    """The real path of the local store (or file) an input is read from, if any.
+
+    A path inside a Zarr hierarchy (``data.zarr/X``) stands for its whole
+    store: the outermost enclosing Zarr node.
+    """
+    if isinstance(source, zarr.Array):
+        root = getattr(source.store, "root", None)  # only a LocalStore has one
+        if root is None:
+            return None
+        path = Path(root)
+    elif isinstance(source, (str, os.PathLike)) and "://" not in str(source):
+        path = Path(source)
+    else:
+        return None
+    path = Path(os.path.realpath(path))
+    while path.parent != path and any((path.parent / m).exists() for m in _ZARR_MARKERS):
+        path = path.parent
+    return path
+
+
+def _written_by_dgmm(path: Path, kind: str) -> bool:
+    """Whether the existing ``path`` is an output dgmm wrote, and so may replace."""
+    if not path.is_dir() or path.is_symlink():
+        return False
+    if kind == "directory":
+        if not any(path.iterdir()):
+            return True  # an empty directory holds nothing to lose
+        try:
+            return json.loads((path / _MANIFEST).read_text()).get("format") == CHECKPOINT_FORMAT
+        except (OSError, ValueError, AttributeError):
+            return False
+    try:
+        return "dgmm_version" in zarr.open_group(str(path), mode="r").attrs
+    except Exception:  # not a Zarr group at all: zarr raises several types
+        return False
+
+
+def _check_replaceable(target: Path, overwrite: bool, kind: str) -> None:
+    if not (target.exists() or target.is_symlink()):
+        return
+    if kind == "file" and target.is_dir():
+        raise IsADirectoryError(
+            f"{target} is a directory; a model file is never written over a directory"
+        )
+    if not overwrite:
+        raise FileExistsError(f"{target} already exists; pass overwrite=True to replace it")
+    if kind != "file" and not _written_by_dgmm(target, kind):
+        raise ValueError(
+            f"{target} exists and is not {_WRITTEN_BY_DGMM[kind]}; dgmm replaces only "
+            "outputs it wrote itself, so remove it yourself or choose another path"
+        )
+
+
+def check_output_path(
+    out: str | os.PathLike,
+    inputs=(),
+    *,
+    overwrite: bool,
+    kind: str = "file",
+) -> Path:
+    """Check that writing ``out`` can neither destroy data nor fail late.
+
+    Call it before any expensive work. The rules, in order:
+
+    1. ``out`` is a local path whose directory exists.
+    2. ``out`` is not, does not contain, and does not lie inside any local
+       input (real paths are compared: symlinks and ``..`` are resolved; a
+       path inside a Zarr hierarchy stands for its whole store), whatever
+       ``overwrite`` says.
+    3. An existing ``out`` is replaced only with ``overwrite``, and only if it
+       is of the kind being written: a model file never replaces a directory;
+       a store or a checkpoint directory replaces only a Zarr store dgmm
+       wrote (its attributes carry ``dgmm_version``) or a dgmm checkpoint
+       (or an empty directory).
+    4. The directory of ``out`` is writable: a temporary file is created in
+       it and removed again.
+
+    Parameters
+    ----------
+    out : str or PathLike
+        The path to be written.
+    inputs : iterable
+        What the job reads: paths, ``zarr.Array`` objects (their store root
+        counts) or anything else (in-memory data, remote URLs: ignored).
+    overwrite : bool
+        Whether an existing output of the same kind may be replaced.
+    kind : {'file', 'store', 'directory'}, default='file'
+        A model file, a Zarr store, or a checkpoint directory.
+
+    Returns
+    -------
+    Path
+        ``out`` as a path.
+
+    Raises
+    ------
+    ValueError
+        Rules 1 to 3 (a remote or overlapping path, or an existing output
+        dgmm did not write).
+    FileExistsError
+        ``out`` exists and ``overwrite`` is false.
+    IsADirectoryError
+        A model file would replace a directory.
+    PermissionError
+        The directory of ``out`` is not writable.
+    """
+    if kind not in OUTPUT_KINDS:
+        raise ValueError(f"kind must be one of {list(OUTPUT_KINDS)}; got {kind!r}")
+    target = _local_target(out, "out")
+    real = Path(os.path.realpath(target))
+    for source in inputs:
+        root = _input_root(source)
+        if root is None:
+            continue
+        if real == root:
+            relation = "is"
+        elif root in real.parents:
+            relation = "lies inside"
+        elif real in root.parents:
+            relation = "contains"
+        else:
+            continue
+        raise ValueError(f"{out} {relation} the input {source}; an output is never written "
+                         "over or into what a job reads")
+    _check_replaceable(target, overwrite, kind)
+    try:  # a probe we create and remove ourselves, so a full job cannot fail at the end
+        fd, probe = tempfile.mkstemp(prefix=f".{target.name}.probe-", dir=target.parent)
+    except OSError as exc:
+        raise PermissionError(f"Cannot write {out}: directory {target.parent} is not "
+                              f"writable ({exc.strerror})") from exc
+    os.close(fd)
+    os.unlink(probe)
+    return target
 
 
 @contextlib.contextmanager
-def _atomic_path(target: Path, overwrite: bool):
+def _atomic_path(target: Path, overwrite: bool, kind: str):
     """Yield a temporary sibling path; on success move it to ``target``.
 
     On any exception the temporary is removed and ``target`` is untouched. An
-    existing ``target`` is replaced only when ``overwrite`` is true, and only
-    after the new content is complete: it is first renamed aside, so a crash
-    between the two renames leaves both copies on disk, never neither.
+    existing ``target`` is replaced only under the rules of
+    :func:`check_output_path` (checked again here: the job may have run for
+    hours since), and only after the new content is complete. A file is
+    replaced by one atomic rename; a directory is first renamed aside, so a
+    crash between the two renames leaves both copies on disk, never neither.
     """
     tag = uuid.uuid4().hex[:12]
     tmp = target.with_name(f".{target.name}.tmp-{tag}")
     try:
         yield tmp
-        if target.exists() or target.is_symlink():
-            if not overwrite:
-                raise FileExistsError(f"{target} already exists; pass overwrite=True to replace it")
+        _check_replaceable(target, overwrite, kind)
+        if target.is_dir() and not target.is_symlink():
             old = target.with_name(f".{target.name}.old-{tag}")
             os.replace(target, old)
             os.replace(tmp, target)
-            _remove(old)
+            # Removing the old tree is safe: _check_replaceable just found it to be a
+            # store or checkpoint dgmm wrote (or an empty directory).
+            shutil.rmtree(old)
         else:
-            os.replace(tmp, target)
+            os.replace(tmp, target)  # a file or a symlink itself, never what a link points to
     finally:
-        _remove(tmp)
+        _remove_own(tmp)
+
+
+def _remove_own(path: Path) -> None:
+    """Remove a temporary that this process created (a file or a directory tree)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
 
 
 class Writers:
@@ -368,7 +515,8 @@ def write_predictions(
     log_density : bool, default=False
         Write ``log_density`` (n_samples,), as ``score_samples``.
     overwrite : bool, default=False
-        Replace an existing store at ``out``.
+        Replace an existing store at ``out`` that dgmm wrote (its attributes
+        carry ``dgmm_version``); anything else there is never replaced.
     dtype : str or dtype, default='float64'
         Floating dtype of ``proba`` and ``log_density``.
 
@@ -380,9 +528,13 @@ def write_predictions(
     Raises
     ------
     ValueError
-        Invalid input or nothing requested, before anything is written.
+        Invalid input or nothing requested; ``out`` is, contains or lies
+        inside the store ``source`` is read from; ``out`` exists and is not a
+        store dgmm wrote. All before anything is read or written.
     FileExistsError
         ``out`` exists and ``overwrite`` is false, before anything is written.
+    PermissionError
+        The directory of ``out`` is not writable, before anything is read.
     """
     wanted = (labels, proba, log_density)
     whats = tuple(name for name, w in zip(kernels.PER_ROW_OUTPUTS, wanted, strict=True) if w)
@@ -391,9 +543,7 @@ def write_predictions(
     float_dtype = np.dtype(dtype)
     if float_dtype.kind != "f":
         raise ValueError(f"dtype must be a floating dtype; got {float_dtype}")
-    target = _local_target(out, "out")
-    if (target.exists() or target.is_symlink()) and not overwrite:
-        raise FileExistsError(f"{target} already exists; pass overwrite=True to replace it")
+    target = check_output_path(out, [source], overwrite=overwrite, kind="store")
     X, lazy = as_dask_array(source)
     check_is_fitted(model, "means_")
     if X.shape[1] != model.n_features_in_:
@@ -410,7 +560,7 @@ def write_predictions(
         "log_density": ((n,), (rows,), float_dtype),
     }
     scheduler = scheduler_for(lazy)
-    with _atomic_path(target, overwrite) as tmp, Writers() as writers:
+    with _atomic_path(target, overwrite, "store") as tmp, Writers() as writers:
         group = zarr.open_group(str(tmp), mode="w-")
         group.attrs.update({"dgmm_version": _version(), "outputs": list(whats)})
         arrays = {}
@@ -440,6 +590,7 @@ def _version() -> str:
 MODEL_FORMAT = "dgmm-model"
 MODEL_SCHEMA_VERSION = 1
 _METADATA = "metadata.json"
+_ZIP_MAGIC = b"PK\x03\x04"
 _FITTED = "fitted/"
 _PARAM = "params/"
 _SCALARS = {"bool": (bool, np.bool_), "int": (int, np.int64), "float": (float, np.float64)}
@@ -468,9 +619,9 @@ def _decode_value(kind: str, value: np.ndarray):
     return _SCALARS[kind][0](value.item())
 
 
-def _write_npz(target: Path, arrays: dict[str, np.ndarray]) -> None:
+def _write_npz(target: Path, arrays: dict[str, np.ndarray], overwrite: bool = True) -> None:
     """Write an NPZ archive at ``target`` atomically (complete and synced, or absent)."""
-    with _atomic_path(target, overwrite=True) as tmp:
+    with _atomic_path(target, overwrite, "file") as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, **arrays)
             f.flush()
@@ -496,7 +647,10 @@ class SavedModel:
     fitted: dict
 
 
-def save_model(path: str | os.PathLike, estimator: str, params: dict, fitted: dict) -> None:
+def save_model(
+    path: str | os.PathLike, estimator: str, params: dict, fitted: dict, *,
+    overwrite: bool = True,
+) -> None:
     """Write a model file at ``path`` without pickle, atomically.
 
     Format (schema version 1): an uncompressed NumPy ``.npz`` archive, loadable
@@ -521,15 +675,25 @@ def save_model(path: str | os.PathLike, estimator: str, params: dict, fitted: di
     ----------
     path : str or PathLike
         Local file path (no suffix is added). An existing file is replaced
-        once the new file is complete.
+        by an atomic rename once the new file is complete and synced; a
+        directory is never replaced (see :func:`check_output_path`).
     estimator : str
         The estimator's class name.
     params : dict
         Its hyper-parameters (``get_params(deep=False)``).
     fitted : dict
         Its fitted attributes.
+    overwrite : bool, default=True
+        Whether an existing file may be replaced.
+
+    Raises
+    ------
+    IsADirectoryError
+        ``path`` is a directory.
+    FileExistsError
+        ``path`` exists and ``overwrite`` is false.
     """
-    target = _local_target(path, "path")
+    target = check_output_path(path, overwrite=overwrite, kind="file")
     arrays: dict[str, np.ndarray] = {}
     plain, array_params = {}, []
     for name, value in params.items():
@@ -562,7 +726,7 @@ def save_model(path: str | os.PathLike, estimator: str, params: dict, fitted: di
         "fitted": kinds,
     }
     arrays[_METADATA] = np.asarray(json.dumps(metadata, allow_nan=False))
-    _write_npz(target, arrays)
+    _write_npz(target, arrays, overwrite)
 
 
 def model_file_error(path, message: str) -> ValueError:
@@ -570,24 +734,32 @@ def model_file_error(path, message: str) -> ValueError:
     return ValueError(f"Invalid dgmm model file {path}: {message}")
 
 
+def _not_a_model(path, why: str) -> ValueError:
+    return ValueError(f"{path} is not a dgmm model file ({why})")
+
+
 def _read_member(npz, path, key: str) -> np.ndarray:
     if key not in npz.files:
         raise model_file_error(path, f"missing field {key!r}")
     try:
         return npz[key]
-    except Exception as exc:  # bad CRC, truncated member, object dtype, ...
+    except ValueError as exc:  # numpy's refusal of object arrays (its text names allow_pickle)
+        message = f"field {key!r} is corrupt or holds Python objects, which dgmm never loads"
+        raise model_file_error(path, message) from exc
+    except Exception as exc:  # bad CRC, truncated member, ...
         raise model_file_error(path, f"field {key!r} is corrupt ({exc})") from exc
 
 
 def _read_metadata(npz, path) -> dict:
+    if _METADATA not in npz.files:
+        raise _not_a_model(path, f"an NPZ archive without {_METADATA}")
     raw = _read_member(npz, path, _METADATA)
     try:
         metadata = json.loads(str(raw[()]))
     except (ValueError, TypeError) as exc:
         raise model_file_error(path, f"field {_METADATA!r} is not valid JSON ({exc})") from exc
     if not isinstance(metadata, dict) or metadata.get("format") != MODEL_FORMAT:
-        raise model_file_error(path, f"field {_METADATA!r} does not describe a {MODEL_FORMAT} "
-                                     "file")
+        raise _not_a_model(path, f"its {_METADATA} does not describe a {MODEL_FORMAT} file")
     version = metadata.get("schema_version")
     if not isinstance(version, int) or not 1 <= version <= MODEL_SCHEMA_VERSION:
         raise model_file_error(
@@ -602,13 +774,16 @@ def _read_metadata(npz, path) -> dict:
 
 
 def _open_npz(path) -> np.lib.npyio.NpzFile:
+    with open(path, "rb") as f:
+        # Anything but a ZIP archive (text, an image, a pickle, a .npy) is refused here:
+        # np.load's own message for it would suggest loading pickles.
+        if f.read(len(_ZIP_MAGIC)) != _ZIP_MAGIC:
+            raise _not_a_model(path, "it is not an NPZ archive")
     try:
         npz = np.load(path, allow_pickle=False)
-    except Exception as exc:  # BadZipFile, EOFError, ValueError, OSError
+    except Exception as exc:  # BadZipFile, EOFError, OSError
         message = f"not a readable NPZ archive; truncated or corrupt ({exc})"
         raise model_file_error(path, message) from exc
-    if not isinstance(npz, np.lib.npyio.NpzFile):
-        raise model_file_error(path, "not an NPZ archive")
     return npz
 
 
@@ -637,6 +812,8 @@ def read_model(path: str | os.PathLike) -> SavedModel:
         file and the field.
     """
     path = Path(path)
+    if path.is_dir():
+        raise _not_a_model(path, "it is a directory")
     if not path.is_file():
         raise ValueError(f"Model file not found: {path}")
     with _open_npz(path) as npz:
@@ -678,14 +855,14 @@ def write_checkpoint(directory: str | os.PathLike, records: list[dict], manifest
     built under a temporary name and swapped in, so a kill at any moment
     leaves the previous checkpoint or the new one, never a mix.
     """
-    target = _local_target(directory, "checkpoint")
+    target = check_output_path(directory, overwrite=True, kind="directory")
     arrays, kinds = {}, []
     for i, record in enumerate(records):
         entry = {}
         for name, value in record.items():
             entry[name], arrays[f"run-{i}/{name}"] = _encode_value(f"run field {name}", value)
         kinds.append(entry)
-    with _atomic_path(target, overwrite=True) as tmp:
+    with _atomic_path(target, True, "directory") as tmp:
         tmp.mkdir()
         _write_npz(tmp / _RUNS, arrays)
         body = {"format": CHECKPOINT_FORMAT, "runs": kinds, **manifest}

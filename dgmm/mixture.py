@@ -327,7 +327,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         (fitted,) = _fit_groups(
             Xd, lazy, settings, [group], cache=self.cache, init=self._initial_params(),
             start=start, stream=stream, checkpoint=checkpoint, resume=resume,
-            callback=callback, log=self._log,
+            callback=callback, log=self._log, source=X,
         )
         self._set_fitted(fitted, n_features=d, dtype=Xd.dtype)
         self._warn_not_converged(stacklevel=2)
@@ -432,7 +432,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         self.step_size_ = float(state.step_size)
         self.running_stats_ = state.stats.pack()
 
-    def save(self, path) -> None:
+    def save(self, path, *, overwrite: bool = True) -> None:
         """Write the fitted model to a file (NPZ and JSON metadata, no pickle).
 
         The file is written atomically and read back by :func:`dgmm.load`;
@@ -441,13 +441,16 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         Parameters
         ----------
         path : str or PathLike
-            Local file path; an existing file is replaced once the new one is
-            complete. A directory is never replaced.
+            Local file path. An existing file is replaced once the new one is
+            complete (unless ``overwrite=False``); a directory never is.
+        overwrite : bool, default=True
+            Whether an existing file may be replaced.
         """
         check_is_fitted(self, "means_")
         fitted = {name: value for name, value in sorted(vars(self).items())
                   if name.endswith("_") and not name.startswith("_")}
-        save_model(path, type(self).__name__, self.get_params(deep=False), fitted)
+        save_model(path, type(self).__name__, self.get_params(deep=False), fitted,
+                   overwrite=overwrite)
 
     @classmethod
     def _from_saved(cls, params: dict, fitted: dict) -> GaussianMixture:
@@ -683,16 +686,19 @@ def _fit_groups(
     callback=None,
     log=None,
     score: bool = False,
+    source=None,
 ) -> list[_em.Fitted]:
     """What every fit does around the one driver: cache, checkpoints, progress.
 
     ``fit`` and :func:`select_n_components` both come through here, so the
     cache policy, checkpoints, resume, verbosity and callbacks behave the same
-    in both.
+    in both. ``source`` is the input as the user gave it (a checkpoint may
+    not be written into it).
     """
     if checkpoint is not None:
         if settings.algorithm != "batch":
             raise ValueError("checkpoint is supported with algorithm='batch' only")
+        io.check_output_path(checkpoint, [source], overwrite=True, kind="directory")
         if not resume and io.has_checkpoint(checkpoint):
             raise ValueError(f"{checkpoint} already holds a checkpoint; pass resume=True "
                              "to continue it, or remove it")
@@ -815,6 +821,7 @@ def select_n_components(
     fitted = _fit_groups(
         Xd, lazy, _em.Settings.of(proto.get_params()), groups, cache=proto.cache,
         checkpoint=checkpoint, resume=resume, callback=callback, log=proto._log, score=True,
+        source=X,
     )
     table = []
     for model, f in zip(models, fitted, strict=True):

@@ -6,7 +6,9 @@ Imported by the test modules (``from tests.helpers import ...``); fixtures live 
 
 from __future__ import annotations
 
+import hashlib
 import warnings
+from pathlib import Path
 
 import numpy as np
 
@@ -68,3 +70,14 @@ def dense_cov(cov, covariance_type, k, d):
         "diag": lambda: np.stack([np.diag(c) for c in cov]),
         "spherical": lambda: np.stack([c * np.eye(d) for c in cov]),
     }[covariance_type]()
+
+
+def tree_digest(path) -> str:
+    """SHA-256 of a file, or of every name and file's bytes under a directory."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    for entry in [path] if path.is_file() else sorted(path.rglob("*")):
+        digest.update(str(entry.relative_to(path)).encode() + b"\0")
+        if entry.is_file():
+            digest.update(entry.read_bytes())
+    return digest.hexdigest()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
+import shlex
 import shutil
 import signal
 import subprocess
@@ -19,6 +21,7 @@ from click.testing import CliRunner
 import dgmm
 from dgmm import GaussianMixture
 from dgmm.cli import main
+from tests.helpers import tree_digest
 
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 # The installed console script; the module form where the package is not installed.
@@ -100,7 +103,7 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path):
     assert 2 <= reached < 25
 
     refused = run(*args, "--out", tmp_path / "x.npz", "--checkpoint", ckpt, check=False)
-    assert refused.returncode == 1 and "already holds a checkpoint" in refused.stderr
+    assert refused.returncode == 2 and "already holds a checkpoint; pass --resume" in refused.stderr
 
     resumed = run(*args, "--out", tmp_path / "resumed.npz", "--checkpoint", ckpt, "--resume")
     assert f"iteration {reached + 1:>4}" in resumed.stderr
@@ -151,8 +154,9 @@ def test_other_failures_exit_1_with_one_line_and_traceback_when_verbose(tmp_path
     arr[:] = data
     proc = run("fit", path, "--n-components", "2", "--out", tmp_path / "m.npz", check=False)
     assert proc.returncode == 1
-    assert proc.stderr.strip().splitlines()[-1].startswith("dgmm: error: ValueError")
+    assert proc.stderr.strip().splitlines()[-1].startswith("dgmm fit: error: ")
     assert "row 77" in proc.stderr and "Traceback" not in proc.stderr
+    assert "ValueError" not in proc.stderr
     assert not (tmp_path / "m.npz").exists()
     verbose = run("fit", path, "--n-components", "2", "--out", tmp_path / "m.npz", "-v",
                   check=False)
@@ -186,3 +190,207 @@ def test_fit_on_a_cluster_from_a_config(store, tmp_path):
     assert "using Dask cluster at tcp://127.0.0.1:" in proc.stderr
     local = GaussianMixture(3, random_state=1).fit(dgmm.io.open_array(store, "X"))
     np.testing.assert_allclose(dgmm.load(out).means_, local.means_, rtol=1e-9)
+
+
+# ------------------------------------------------ outputs never destroy anything
+
+
+def _precious(directory):
+    directory.mkdir()
+    (directory / "notes.txt").write_text("precious")
+    (directory / "sub").mkdir()
+    (directory / "sub" / "data.bin").write_bytes(bytes(range(256)))
+    return tree_digest(directory)
+
+
+def _refused(proc, *messages):
+    """Exit code 2 and one plain line on stderr holding every message."""
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, proc.stderr
+    assert len(lines) == 1 and all(m in lines[0] for m in messages), proc.stderr
+    assert "Error" not in lines[0] and "Traceback" not in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def model_file(store, tmp_path_factory):
+    path = tmp_path_factory.mktemp("model") / "m.npz"
+    run("fit", store, "--array", "X", "--n-components", 3, "--max-iter", 5, "--out", path, "-q")
+    return path
+
+
+@pytest.mark.parametrize("command", ["fit", "select"])
+@pytest.mark.parametrize("overwrite", [[], ["--overwrite"]])
+def test_out_never_replaces_a_directory(store, tmp_path, command, overwrite):
+    victim = tmp_path / "models"
+    before = _precious(victim)
+    proc = run(command, store, "--array", "X", "--n-components", 2, "--out", f"{victim}/",
+               *overwrite, check=False)
+    # --overwrite is never suggested: it could not help
+    _refused(proc, f"{victim} is a directory; a model file is never written over a directory")
+    assert tree_digest(victim) == before
+
+
+@pytest.mark.parametrize("overwrite", [[], ["--overwrite"]])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["fit", "STORE", "--array", "X", "--out", "STORE"], "STORE is the input"),
+        (["fit", "STORE/X", "--out", "STORE"], "STORE is the input"),
+        (["fit", "STORE", "--array", "X", "--out", "STORE/model.npz"],
+         "STORE/model.npz lies inside the input"),
+        (["fit", "STORE", "--array", "X", "--out", "STORE/X/../m.npz"], "lies inside the input"),
+        (["fit", "STORE", "--array", "X", "--out", "m.npz", "--checkpoint", "STORE/ckpt"],
+         "STORE/ckpt lies inside the input"),
+        (["fit", "STORE", "--array", "X", "--out", "m.npz", "--checkpoint", "STORE/ckpt",
+          "--resume"], "STORE/ckpt lies inside the input"),
+        (["select", "STORE", "--array", "X", "--out", "STORE"], "STORE is the input"),
+        (["predict", "MODEL", "STORE", "--array", "X", "--out", "STORE"], "STORE is the input"),
+        (["predict", "MODEL", "STORE", "--array", "X", "--out", "STORE/p.zarr"],
+         "lies inside the input"),
+    ],
+    ids=["fit-equal", "fit-equal-array-path", "fit-inside", "fit-inside-dotdot",
+         "checkpoint-inside", "checkpoint-inside-resume", "select-equal", "predict-equal",
+         "predict-inside"],
+)
+def test_output_over_or_into_the_input_is_refused(store, model_file, tmp_path, args, message,
+                                                  overwrite):
+    args = [str(model_file) if a == "MODEL" else a.replace("STORE", str(store)) for a in args]
+    if "--n-components" not in args and args[0] != "predict":
+        args += ["--n-components", "2"]
+    before = tree_digest(store)
+    proc = run(*args, *overwrite, cwd=tmp_path, check=False)
+    _refused(proc, message.replace("STORE", str(store)))
+    assert tree_digest(store) == before
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_predict_overwrite_replaces_only_its_own_stores(store, model_file, tmp_path):
+    victim = tmp_path / "p.zarr"
+    before = _precious(victim)
+    args = ["predict", model_file, store, "--array", "X", "-q"]
+    _refused(run(*args, "--out", victim, "--overwrite", check=False),
+             f"{victim} exists and is not a Zarr store written by dgmm")
+    assert tree_digest(victim) == before
+    out = tmp_path / "pred.zarr"
+    run(*args, "--out", out)
+    _refused(run(*args, "--out", out, "--log-density", check=False), "pass --overwrite")
+    run(*args, "--out", out, "--no-labels", "--log-density", "--overwrite")
+    assert sorted(zarr.open_group(str(out), mode="r").array_keys()) == ["log_density"]
+
+
+def test_fit_needs_overwrite_to_replace_a_model(store, model_file, tmp_path):
+    out = tmp_path / "m.npz"
+    shutil.copy(model_file, out)
+    before = tree_digest(out)
+    _refused(run("fit", store, "--array", "X", "--n-components", 2, "--out", out, check=False),
+             f"{out} exists; pass --overwrite to replace it")
+    assert tree_digest(out) == before
+
+
+def test_read_only_directory_is_refused_before_the_fit(store, tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        if os.access(ro, os.W_OK):
+            pytest.skip("running with permissions that ignore a read-only directory")
+        start = time.monotonic()
+        proc = run("fit", store, "--array", "X", "--n-components", 3, "--out", ro / "m.npz",
+                   check=False)
+        _refused(proc, f"directory {ro} is not writable")
+        assert "iteration" not in proc.stderr and time.monotonic() - start < 30
+    finally:
+        ro.chmod(0o700)
+
+
+@pytest.mark.parametrize("command", ["info", "predict"])
+@pytest.mark.parametrize("name", ["notes.txt", "image.png", "model.pkl", "plain.npz"])
+def test_non_model_files_are_named_as_such(store, tmp_path, command, name):
+    path = tmp_path / name
+    if name == "plain.npz":
+        np.savez(path, a=np.arange(3))
+    else:
+        path.write_bytes({"notes.txt": b"hello\n", "image.png": b"\x89PNG\r\n\x1a\n" + bytes(9),
+                          "model.pkl": pickle.dumps({"weights_": [1.0]})}[name])
+    args = [path] if command == "info" else [path, store, "--array", "X", "--out", "p.zarr"]
+    proc = run(command, *args, cwd=tmp_path, check=False)
+    _refused(proc, f"{path} is not a dgmm model file (")
+    assert "pickle" not in proc.stderr
+
+
+def test_not_converged_is_one_plain_warning_line(store, tmp_path):
+    args = ["fit", store, "--array", "X", "--n-components", 3, "--max-iter", 2, "--tol", 0,
+            "--out", tmp_path / "m.npz"]
+    proc = run(*args)
+    warned = [line for line in proc.stderr.splitlines() if "warning" in line.lower()]
+    assert warned == ["dgmm fit: warning: the fit did not converge in 2 iterations; "
+                      "raise --max-iter or --tol"]
+    assert "ConvergenceWarning" not in proc.stderr and ".py:" not in proc.stderr
+    assert run(*args, "--overwrite", "-q").stderr == ""
+
+
+def test_a_3d_store_is_described_for_people(tmp_path):
+    path = tmp_path / "cube.zarr"
+    zarr.create_array(store=str(path), shape=(4, 5, 6), chunks=(2, 5, 6), dtype="f8")
+    proc = run("fit", path, "--n-components", 2, "--out", tmp_path / "m.npz", check=False)
+    _refused(proc, f"the Zarr array at {path} has 3 dimensions (shape 4 x 5 x 6); dgmm needs "
+                   "a 2-D array (rows, features)")
+    assert "1-D" not in proc.stderr and "reshape" not in proc.stderr
+
+
+def test_select_options_progress_and_converged_column(store, tmp_path):
+    proc = run("select", store, "--array", "X", "--n-components", "2,3", "--max-iter", 3,
+               "--tol", 0, "--reg-covar", 1e-4, "--init", "random_from_data", "--n-init", 2,
+               "--algorithm", "batch", "--batch-size", 1000, "--out", tmp_path / "b.npz")
+    header = next(line.split() for line in proc.stderr.splitlines() if line.startswith("   K"))
+    assert header == ["K", "bic", "aic", "mean", "loglik", "iters", "converged"]
+    assert "dgmm select: warning: 2 of 2 candidates (K = 2, 3) did not converge in 3 " \
+           "iterations; raise --max-iter or --tol" in proc.stderr
+    assert dgmm.load(tmp_path / "b.npz").reg_covar == 1e-4
+    assert "iteration    1" in proc.stderr
+
+
+def test_resume_of_a_finished_job_saves_the_same_model(store, tmp_path):
+    args = ["fit", store, "--array", "X", "--n-components", 3, "--seed", 1, "--out",
+            tmp_path / "m.npz", "--checkpoint", tmp_path / "ckpt", "--resume"]
+    first = run(*args)
+    assert "iteration    1" in first.stderr
+    model = dgmm.load(tmp_path / "m.npz")
+    _refused(run(*args, check=False), "exists; pass --overwrite")
+    again = run(*args, "--overwrite")
+    assert not any(line.startswith("iteration") for line in again.stderr.splitlines())
+    assert f"{model.n_iter_} iterations, converged=True" in again.stderr
+    rerun = dgmm.load(tmp_path / "m.npz")
+    for attr in ("weights_", "means_", "covariances_", "lower_bounds_", "n_iter_"):
+        np.testing.assert_array_equal(getattr(rerun, attr), getattr(model, attr))
+
+
+def test_readme_cron_line_runs_night_after_night(tmp_path):
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    (line,) = [s.strip() for s in readme.splitlines() if s.strip().startswith("0 2 * * *")]
+    command = line.split(maxsplit=5)[5].replace("\\%", "%")  # cron unescapes %
+    command = command.replace("cd /data", f"cd {tmp_path}").replace("dgmm ", " ".join(
+        map(shlex.quote, DGMM)) + " ", 1)
+    bin_dir = tmp_path / "bin"  # a `date` that says which night it is
+    bin_dir.mkdir()
+    (bin_dir / "date").write_text('#!/bin/sh\necho "$NIGHT"\n')
+    (bin_dir / "date").chmod(0o755)
+
+    def night(day, seed, new_data):
+        if new_data:
+            run("generate", tmp_path / "today.zarr", "--n-samples", 6000, "--n-features", 2,
+                "--n-components", 8, "--seed", seed, "--overwrite", "-q")
+        env = dict(os.environ, NIGHT=day, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+        proc = subprocess.run(["sh", "-c", command], env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 0, (tmp_path / "fit.log").read_text()
+        return dgmm.load(tmp_path / "model.npz")
+
+    first = night("2025-03-01", 1, new_data=True)
+    retried = night("2025-03-01", 1, new_data=False)  # a rerun of the same night
+    np.testing.assert_array_equal(retried.means_, first.means_)
+    second = night("2025-03-02", 2, new_data=True)
+    assert second.means_.shape == first.means_.shape
+    assert not np.array_equal(second.means_, first.means_)
+    assert (tmp_path / "ckpt-2025-03-01").is_dir() and (tmp_path / "ckpt-2025-03-02").is_dir()
+    assert "error" not in (tmp_path / "fit.log").read_text()

@@ -1,6 +1,8 @@
 """Out-of-core input, cache policy, streamed predictions and model files."""
 
 import json
+import os
+import pickle
 import threading
 import time
 import zipfile
@@ -18,7 +20,13 @@ import dgmm
 from dgmm import GaussianMixture
 from dgmm import _kernels as K
 from dgmm.datasets import make_mixture, make_mixture_zarr
-from dgmm.io import as_dask_array, open_array, write_predictions
+from dgmm.io import (
+    as_dask_array,
+    check_output_path,
+    open_array,
+    write_predictions,
+)
+from tests.helpers import tree_digest
 
 # Fits here run a fixed number of iterations (tol=0) on purpose.
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
@@ -436,9 +444,10 @@ def _edit_meta(change):
     ("damage", "message"),
     [
         (lambda p: p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2]), "truncated"),
-        (lambda p: p.write_bytes(b"not a model"), "truncated or corrupt"),
+        (lambda p: p.write_bytes(b"not a model"), "is not a dgmm model file"),
         (lambda p: _rewrite(p, lambda a: a.pop("fitted/means_")), "missing field 'fitted/means_'"),
-        (lambda p: _rewrite(p, lambda a: a.pop("metadata.json")), "missing field 'metadata.json'"),
+        (lambda p: _rewrite(p, lambda a: a.pop("metadata.json")),
+         "not a dgmm model file .an NPZ archive without metadata.json"),
         (lambda p: _rewrite(p, lambda a: a.update({"metadata.json": np.asarray("{")})),
          "not valid JSON"),
         (lambda p: _rewrite(p, _edit_meta(lambda m: m["fitted"].pop("weights_"))),
@@ -484,8 +493,9 @@ def test_object_array_is_never_unpickled(tmp_path):
     path = tmp_path / "evil.npz"
     with open(path, "wb") as f:
         np.savez(f, **{"metadata.json": np.array([{"a": 1}], dtype=object)})
-    with pytest.raises(ValueError, match="'metadata.json' is corrupt"):
+    with pytest.raises(ValueError, match="'metadata.json' is corrupt or holds Python") as info:
         dgmm.load(path)
+    assert "pickle" not in str(info.value)
 
 
 def test_load_missing_file(tmp_path):
@@ -551,3 +561,180 @@ def test_checkpoint_resume_equals_uninterrupted(tmp_path, covariance_type):
         GaussianMixture(3, **dict(kw, reg_covar=1e-3)).fit(X, checkpoint=ckpt, resume=True)
     with pytest.raises(ValueError, match="different data"):
         GaussianMixture(3, **kw).fit(X + 1.0, checkpoint=ckpt, resume=True)
+
+
+# ---------------------------------------------------------------- output paths
+
+
+def _precious(directory):
+    """A directory of someone's files, and its digest."""
+    directory.mkdir()
+    (directory / "notes.txt").write_text("precious")
+    (directory / "sub").mkdir()
+    (directory / "sub" / "data.bin").write_bytes(bytes(range(256)))
+    return tree_digest(directory)
+
+
+def test_check_output_path_compares_real_paths(store, tmp_path):
+    path = store[0]
+    (tmp_path / "link.zarr").symlink_to(path)
+    for out, source, relation in [
+        (path, path / "X", "is"),
+        (tmp_path / "link.zarr", str(path), "is"),
+        (tmp_path / "x" / ".." / "data.zarr", open_array(path, "X"), "is"),
+        (path / "pred.zarr", str(path / "X"), "lies inside"),
+        (tmp_path / "link.zarr" / "m.npz", str(path), "lies inside"),
+        (tmp_path, str(path / "X"), "contains"),
+    ]:
+        (tmp_path / "x").mkdir(exist_ok=True)
+        with pytest.raises(ValueError, match=f"{out} {relation} the input"):
+            check_output_path(out, [source], overwrite=True, kind="store")
+    assert check_output_path(tmp_path / "m.npz", [str(path)], overwrite=False) == (
+        tmp_path / "m.npz")
+    check_output_path(tmp_path / "m.npz", [np.zeros((2, 2)), "s3://bucket/x.zarr"],
+                      overwrite=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.zarr", "link.zarr", "x"]
+
+
+@pytest.mark.parametrize("where", ["equal", "inside"])
+@pytest.mark.parametrize("source_kind", ["path", "zarr"])
+def test_write_predictions_never_writes_into_its_input(store, tmp_path, where, source_kind):
+    path, X, _ = store
+    gm = _model("full", max_iter=1).fit(X)
+    before = tree_digest(path)
+    source = str(path / "X") if source_kind == "path" else open_array(path, "X")
+    out = path if where == "equal" else path / "pred.zarr"
+    relation = "is" if where == "equal" else "lies inside"
+    with pytest.raises(ValueError, match=f"{relation} the input"):
+        write_predictions(gm, source, out, overwrite=True)
+    assert tree_digest(path) == before
+
+
+def test_write_predictions_replaces_only_stores_dgmm_wrote(store, tmp_path):
+    path, X, _ = store
+    gm = _model("full", max_iter=1).fit(X)
+    foreign = tmp_path / "mine"
+    before = _precious(foreign)
+    plain = zarr.open_group(str(tmp_path / "plain.zarr"), mode="w")
+    plain.create_array("a", data=np.arange(3))
+    plain_before = tree_digest(tmp_path / "plain.zarr")
+    for out in (foreign, tmp_path / "plain.zarr"):
+        with pytest.raises(ValueError, match="is not a Zarr store written by dgmm"):
+            write_predictions(gm, X, out, overwrite=True)
+    assert tree_digest(foreign) == before
+    assert tree_digest(tmp_path / "plain.zarr") == plain_before
+    write_predictions(gm, X, tmp_path / "pred.zarr")
+    again = write_predictions(gm, X, tmp_path / "pred.zarr", labels=False, proba=True,
+                              overwrite=True)
+    assert sorted(again.array_keys()) == ["proba"]
+
+
+def test_save_never_replaces_a_directory(store, tmp_path):
+    gm = _model("full", max_iter=1).fit(store[1])
+    victim = tmp_path / "models"
+    before = _precious(victim)
+    with pytest.raises(IsADirectoryError,
+                       match="is a directory; a model file is never written over a directory"):
+        gm.save(victim)
+    assert tree_digest(victim) == before
+    gm.save(tmp_path / "m.npz")
+    with pytest.raises(FileExistsError):
+        gm.save(tmp_path / "m.npz", overwrite=False)
+    gm.save(tmp_path / "m.npz")  # an existing file is replaced, as scikit-learn users expect
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.zarr", "m.npz", "models"]
+
+
+def test_checkpoint_never_inside_the_input_or_over_foreign_files(store, tmp_path):
+    path = store[0]
+    before = tree_digest(path)
+    gm = _model("diag", max_iter=2)
+    with pytest.raises(ValueError, match="lies inside the input"):
+        gm.fit(str(path / "X"), checkpoint=path / "ckpt")
+    with pytest.raises(ValueError, match="lies inside the input"):
+        gm.fit(open_array(path, "X"), checkpoint=path / "X" / "ckpt", resume=True)
+    assert tree_digest(path) == before
+    foreign = tmp_path / "ckpt"
+    foreign_before = _precious(foreign)
+    with pytest.raises(ValueError, match="is not a dgmm checkpoint directory"):
+        gm.fit(str(path / "X"), checkpoint=foreign, resume=True)
+    assert tree_digest(foreign) == foreign_before
+    (tmp_path / "empty").mkdir()  # an empty directory holds nothing to lose
+    gm.fit(str(path / "X"), checkpoint=tmp_path / "empty")
+    assert dgmm.io.has_checkpoint(tmp_path / "empty")
+
+
+def test_resuming_a_finished_checkpoint_does_no_pass(store, tmp_path, monkeypatch):
+    path = store[0]
+    kw = dict(max_iter=50, tol=1e-3)
+    done = _model("diag", **kw).fit(str(path / "X"), checkpoint=tmp_path / "ckpt")
+    assert done.converged_
+    calls = []
+    monkeypatch.setattr(dgmm._em, "estep_pass", lambda *a, **k: calls.append(1))
+    again = _model("diag", **kw).fit(str(path / "X"), checkpoint=tmp_path / "ckpt", resume=True)
+    assert calls == []
+    _assert_same_fit(again, done, rtol=0)
+
+
+@pytest.fixture
+def read_only_dir(tmp_path):
+    directory = tmp_path / "ro"
+    directory.mkdir()
+    directory.chmod(0o500)
+    if os.access(directory, os.W_OK):  # root ignores permissions
+        directory.chmod(0o700)
+        pytest.skip("running with permissions that ignore a read-only directory")
+    yield directory
+    directory.chmod(0o700)
+
+
+def test_unwritable_directory_fails_before_the_pass(store, read_only_dir, monkeypatch):
+    X = store[1]
+    gm = _model("full", max_iter=1).fit(X)
+    calls = _fail_on_third_block(monkeypatch)
+    with pytest.raises(PermissionError, match=f"directory {read_only_dir} is not writable"):
+        write_predictions(gm, X, read_only_dir / "pred.zarr")
+    assert calls[0] == 0
+    with pytest.raises(PermissionError, match="is not writable"):
+        gm.save(read_only_dir / "m.npz")
+    assert list(read_only_dir.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [
+        ("notes.txt", b"hello\n"),
+        ("image.png", b"\x89PNG\r\n\x1a\n" + bytes(64)),
+        ("model.pkl", pickle.dumps({"weights_": [1.0]})),
+        ("array.npy", None),
+        ("plain.npz", None),
+    ],
+)
+def test_non_model_files_are_named_as_such(tmp_path, name, content):
+    path = tmp_path / name
+    if content is not None:
+        path.write_bytes(content)
+    elif name.endswith(".npy"):
+        np.save(path, np.arange(3))
+    else:
+        np.savez(path, a=np.arange(3))
+    with pytest.raises(ValueError, match=f"{path} is not a dgmm model file") as info:
+        dgmm.load(path)
+    assert "pickle" not in str(info.value)
+    with pytest.raises(ValueError, match=f"{tmp_path} is not a dgmm model file .it is a dir"):
+        dgmm.load(tmp_path)
+
+
+def test_unwritable_directory_is_found_by_a_probe(store, tmp_path, monkeypatch):
+    """The same refusal where permissions cannot be taken away (as root)."""
+    X = store[1]
+    gm = _model("full", max_iter=1).fit(X)
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(dgmm.io.tempfile, "mkstemp", refuse)
+    calls = _fail_on_third_block(monkeypatch)
+    with pytest.raises(PermissionError, match=r"not writable \(Permission denied\)"):
+        write_predictions(gm, X, tmp_path / "pred.zarr")
+    assert calls[0] == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.zarr"]
