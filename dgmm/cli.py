@@ -25,7 +25,7 @@ import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 
 from dgmm import _init, io
-from dgmm import _kernels as K
+from dgmm import _kernels as kernels
 from dgmm.mixture import ALGORITHMS, CRITERIA, load
 
 
@@ -189,7 +189,7 @@ _quiet = click.option("-q", "--quiet", is_flag=True, help="Only errors on stderr
 _verbose = click.option("-v", "--verbose", is_flag=True,
                         help="More detail, and a traceback on failure.")
 _array = click.option("--array", default=None, help="Array name inside a Zarr group.")
-_covariance_type = click.option("--covariance-type", type=click.Choice(K.COVARIANCE_TYPES),
+_covariance_type = click.option("--covariance-type", type=click.Choice(kernels.COVARIANCE_TYPES),
                                 default="full", show_default=True)
 _reg_covar = click.option("--reg-covar", type=click.FloatRange(min=0), default=1e-6,
                           show_default=True)

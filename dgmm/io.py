@@ -199,7 +199,8 @@ def _check_ndim(ndim: int, shape: tuple, where: str) -> None:
     # "0 feature(s) (shape=...) while a minimum of 1 is required" are
     # scikit-learn's, which its estimator checks look for.
     if ndim != 2:
-        advice = " Reshape 1-D data with X.reshape(-1, 1)." if ndim == 1 else ""
+        advice = (" Reshape your data with X.reshape(-1, 1) if it has a single feature or "
+                  "X.reshape(1, -1) if it is a single sample." if ndim == 1 else "")
         raise ValueError(
             f"{where} must be 2-D (n_samples, n_features): expected 2D array, got "
             f"{ndim}D array instead (shape {shape}).{advice}"

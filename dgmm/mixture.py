@@ -19,7 +19,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
 from dgmm import _em, _init, io
-from dgmm import _kernels as K
+from dgmm import _kernels as kernels
 from dgmm._covariance import COVARIANCE
 from dgmm._em import ALGORITHMS
 from dgmm._passes import (
@@ -233,9 +233,9 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             raise ValueError(f"algorithm must be one of {list(ALGORITHMS)}; got {self.algorithm!r}")
         if not isinstance(self.shuffle, (bool, np.bool_)):
             raise ValueError(f"shuffle must be True or False; got {self.shuffle!r}")
-        if self.covariance_type not in K.COVARIANCE_TYPES:
+        if self.covariance_type not in kernels.COVARIANCE_TYPES:
             raise ValueError(
-                f"covariance_type must be one of {list(K.COVARIANCE_TYPES)}; "
+                f"covariance_type must be one of {list(kernels.COVARIANCE_TYPES)}; "
                 f"got {self.covariance_type!r}"
             )
         if self.init_params not in _init.INIT_METHODS:
@@ -260,11 +260,11 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             _check_shape("means_init", self.means_init, (k, d), "means")
         if self.precisions_init is not None:
             cov_type = self.covariance_type
-            shape = K.covariance_shape(cov_type, k, d)
+            shape = kernels.covariance_shape(cov_type, k, d)
             p = _check_shape("precisions_init", self.precisions_init, shape,
                              f"{cov_type} precision")
             try:
-                K.precision_cholesky_from_precisions(p, cov_type)
+                kernels.precision_cholesky_from_precisions(p, cov_type)
             except ValueError as exc:
                 need = ("positive" if cov_type in ("diag", "spherical")
                         else "symmetric, positive-definite")
@@ -470,7 +470,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         for name, value in fitted.items():
             setattr(model, name, value)
         k, d = model.n_components, model.n_features_in_
-        cov_shape = K.covariance_shape(model.covariance_type, k, d)
+        cov_shape = kernels.covariance_shape(model.covariance_type, k, d)
         expected = {
             "weights_": (k,), "means_": (k, d), "covariances_": cov_shape,
             "precisions_": cov_shape, "precisions_cholesky_": cov_shape,
@@ -499,7 +499,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         self.lower_bounds_ = list(run.lower_bounds)
 
     def _set_params(
-        self, p: K.Params, covariances: np.ndarray, n_features: int, dtype=np.float64
+        self, p: kernels.Params, covariances: np.ndarray, n_features: int, dtype=np.float64
     ) -> None:
         """Set the fitted attributes from float64 parameters, in the result dtype of ``dtype``.
 
@@ -507,7 +507,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         scikit-learn), anything else float64, which are then ``p``'s own arrays.
         """
         out = io.result_dtype(dtype)
-        prec = K.precisions_from_cholesky(p.precisions_cholesky, p.covariance_type)
+        prec = kernels.precisions_from_cholesky(p.precisions_cholesky, p.covariance_type)
         self.weights_ = p.weights.astype(out, copy=False)
         self.means_ = p.means.astype(out, copy=False)
         self.precisions_cholesky_ = p.precisions_cholesky.astype(out, copy=False)
@@ -515,9 +515,10 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         self.precisions_ = prec.astype(out, copy=False)
         self.n_features_in_ = int(n_features)
 
-    def _params(self) -> K.Params:
+    def _params(self) -> kernels.Params:
         """The fitted parameters in float64 (what every computation uses)."""
-        return K.Params(self.covariance_type, self.weights_, self.means_, self.precisions_cholesky_)
+        return kernels.Params(self.covariance_type, self.weights_, self.means_,
+                              self.precisions_cholesky_)
 
     def _covariances64(self) -> np.ndarray:
         return np.asarray(self.covariances_, dtype=np.float64)
@@ -579,7 +580,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         return float(mean.compute() if hasattr(mean, "compute") else mean), int(scores.shape[0])
 
     def _n_parameters(self) -> int:
-        return K.n_parameters(self.n_components, self.n_features_in_, self.covariance_type)
+        return kernels.n_parameters(self.n_components, self.n_features_in_, self.covariance_type)
 
     def criteria(self, mean_log_likelihood: float, n_samples: int) -> dict[str, float]:
         """BIC and AIC from a mean log-likelihood already computed on ``n_samples`` rows.
@@ -628,7 +629,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
 
 def _predict_block(block, params, what, dtype, block_info=None):
     offset = block_info[0]["array-location"][0][0] if block_info else 0
-    return K.predict_block(block, params, what, row_offset=offset).astype(dtype, copy=False)
+    return kernels.predict_block(block, params, what, row_offset=offset).astype(dtype, copy=False)
 
 
 # Fitted attributes every GaussianMixture model file must hold (a model built by
