@@ -26,6 +26,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from dgmm import _kernels as kernels
 from dgmm._passes import as_blocks, blas_guard, block_pass, scheduler_for
+from dgmm._version import __version__
 
 # Row chunk for in-memory NumPy input: big enough that per-task overhead is
 # negligible, small enough that a block's (rows x K*d) work arrays stay modest.
@@ -579,8 +580,6 @@ def write_predictions(
 
 
 def _version() -> str:
-    from dgmm import __version__
-
     return __version__
 
 
