@@ -1,7 +1,8 @@
 """dgmm: Gaussian mixture models for data larger than memory, on Dask."""
 
 from dgmm._em import EmptyComponentWarning
-from dgmm.mixture import GaussianMixture, load, select_n_components
+from dgmm.mixture import GaussianMixture, select_n_components
+from dgmm.models import load, save
 
 __version__ = "0.1.0"
 
@@ -10,5 +11,6 @@ __all__ = [
     "GaussianMixture",
     "__version__",
     "load",
+    "save",
     "select_n_components",
 ]

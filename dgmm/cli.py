@@ -26,7 +26,8 @@ from sklearn.exceptions import ConvergenceWarning
 
 from dgmm import _init, io
 from dgmm import _kernels as kernels
-from dgmm.mixture import ALGORITHMS, CRITERIA, load
+from dgmm.mixture import ALGORITHMS, CRITERIA
+from dgmm.models import load
 
 
 class CommandError(click.UsageError):
