@@ -657,10 +657,10 @@ class SavedModel:
         """The plain data of a fitted scikit-learn style estimator.
 
         Its class name, ``get_params(deep=False)`` and its public attributes
-        ending in ``_``.
+        ending in ``_`` (those set to None are left out).
         """
         fitted = {name: value for name, value in sorted(vars(estimator).items())
-                  if name.endswith("_") and not name.startswith("_")}
+                  if name.endswith("_") and not name.startswith("_") and value is not None}
         return cls(type(estimator).__name__, estimator.get_params(deep=False), fitted)
 
 

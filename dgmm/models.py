@@ -21,7 +21,7 @@ ESTIMATORS = {cls.__name__: cls for cls in (GaussianMixture, StandardScaler, PCA
 
 
 def _saved(estimator) -> SavedModel:
-    if type(estimator).__name__ not in ESTIMATORS:
+    if ESTIMATORS.get(type(estimator).__name__) is not type(estimator):
         raise TypeError(f"Cannot save a {type(estimator).__name__} in a dgmm model file; the "
                         f"steps must be dgmm estimators ({', '.join(ESTIMATORS)})")
     check_is_fitted(estimator)
