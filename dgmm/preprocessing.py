@@ -157,19 +157,26 @@ def _linear_block(block, before, matrix, after, dtype):
     return out.astype(dtype, copy=False)
 
 
-def _apply_block(block, fn, args, dtype):
+def _apply_block(block, fn, args, dtype, check, block_info=None):
+    if check:
+        kernels.check_finite_block(block, block_info[0]["array-location"][0][0])
     return fn(block, *args, dtype)
 
 
-def _map_rows(X, n_features_in: int, name: str, fn, args: tuple, n_out: int):
-    """``fn(block, *args, dtype)`` over the row blocks of ``X``: lazy for lazy input."""
+def _map_rows(X, n_features_in: int, name: str, fn, args: tuple, n_out: int,
+              check: bool = True):
+    """``fn(block, *args, dtype)`` over the row blocks of ``X``: lazy for lazy input.
+
+    With ``check``, a non-finite value raises ``ValueError`` naming its row
+    (when the block is computed, for lazy input).
+    """
     Xd, lazy = io.as_dask_array(X)
     if Xd.shape[1] != n_features_in:
         raise ValueError(f"X has {Xd.shape[1]} features, but {name} is expecting "
                          f"{n_features_in} features as input.")
     dtype = io.result_dtype(Xd.dtype)
     shared = dask.delayed(args, pure=True, traverse=False)  # one key, not copied per task
-    out = Xd.map_blocks(_apply_block, fn, shared, dtype, dtype=dtype,
+    out = Xd.map_blocks(_apply_block, fn, shared, dtype, check, dtype=dtype,
                         chunks=(Xd.chunks[0], (n_out,)))
     if lazy:
         return out
@@ -249,7 +256,11 @@ class StandardScaler(TransformerMixin, BaseEstimator):
         return center, self.scale_ if self.with_std else np.ones(d)
 
     def transform(self, X):
-        """``(X - mean_) / scale_``: a dask array for dask/Zarr input, NumPy otherwise."""
+        """``(X - mean_) / scale_``: a dask array for dask/Zarr input, NumPy otherwise.
+
+        A non-finite value raises ``ValueError`` naming its row (when its
+        block is computed); impute missing values first.
+        """
         check_is_fitted(self, "n_features_in_")
         return _map_rows(X, self.n_features_in_, type(self).__name__, _scale_block,
                          self._center_scale(), self.n_features_in_)
@@ -258,7 +269,7 @@ class StandardScaler(TransformerMixin, BaseEstimator):
         """``X * scale_ + mean_``: a dask array for dask/Zarr input, NumPy otherwise."""
         check_is_fitted(self, "n_features_in_")
         return _map_rows(X, self.n_features_in_, type(self).__name__, _unscale_block,
-                         self._center_scale(), self.n_features_in_)
+                         self._center_scale(), self.n_features_in_, check=False)
 
     @classmethod
     def _from_saved(cls, params: dict, fitted: dict) -> StandardScaler:
@@ -367,7 +378,11 @@ class PCA(TransformerMixin, BaseEstimator):
         return np.sqrt(np.asarray(self.explained_variance_, dtype=np.float64))
 
     def transform(self, X):
-        """Projections on the principal axes: dask for dask/Zarr input, NumPy otherwise."""
+        """Projections on the principal axes: dask for dask/Zarr input, NumPy otherwise.
+
+        A non-finite value raises ``ValueError`` naming its row (when its
+        block is computed).
+        """
         check_is_fitted(self, "components_")
         matrix = np.asarray(self.components_, dtype=np.float64).T / self._scales()
         args = (np.asarray(self.mean_, dtype=np.float64), matrix, 0.0)
@@ -380,7 +395,7 @@ class PCA(TransformerMixin, BaseEstimator):
         matrix = self._scales()[:, None] * np.asarray(self.components_, dtype=np.float64)
         args = (0.0, matrix, np.asarray(self.mean_, dtype=np.float64))
         return _map_rows(X, self.n_components_, type(self).__name__, _linear_block, args,
-                         self.n_features_in_)
+                         self.n_features_in_, check=False)
 
     @classmethod
     def _from_saved(cls, params: dict, fitted: dict) -> PCA:

@@ -166,6 +166,8 @@ def test_clear_errors(X):
     for est in (StandardScaler(), PCA()):
         with pytest.raises(ValueError, match="row 2345, column 1"):
             est.fit(da.from_array(bad, chunks=1000))
+        with pytest.raises(ValueError, match="row 2345, column 1"):
+            est.fit(X).transform(da.from_array(bad, chunks=1000)).compute()
 
 
 # ---------------------------------------------------------------- pipelines
