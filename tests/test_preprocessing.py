@@ -14,6 +14,7 @@ from sklearn import decomposition as skd
 from sklearn import preprocessing as skp
 from sklearn.exceptions import NotFittedError
 from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.utils.estimator_checks import parametrize_with_checks
 
 import dgmm
 from dgmm import GaussianMixture, preprocessing
@@ -115,6 +116,11 @@ def test_float32_in_float32_out(X, kind, tmp_path):
         assert_close(np.asarray(out), ref.transform(X32), rtol=1e-4)
     assert scaler.mean_.dtype == ref_scaler.mean_.dtype == np.float64
     assert pca.components_.dtype == ref_pca.components_.dtype == np.float32
+
+
+@parametrize_with_checks([StandardScaler(), PCA(2)])
+def test_sklearn_estimator_checks(estimator, check):
+    check(estimator)
 
 
 # ---------------------------------------------------------------- lazy transforms
