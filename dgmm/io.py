@@ -696,10 +696,11 @@ def _encode_model(saved: SavedModel, prefix: str, arrays: dict[str, np.ndarray])
     }
 
 
-def _write_model(target: Path, metadata: dict, arrays: dict, overwrite: bool) -> None:
-    head = {"format": MODEL_FORMAT, "schema_version": metadata.pop("schema_version"),
-            "dgmm_version": _version()}
-    arrays[_METADATA] = np.asarray(json.dumps({**head, **metadata}, allow_nan=False))
+def _write_model(target: Path, schema_version: int, body: dict, arrays: dict,
+                 overwrite: bool) -> None:
+    """Write ``arrays`` and the metadata (format, versions, then ``body``) as a model file."""
+    head = {"format": MODEL_FORMAT, "schema_version": schema_version, "dgmm_version": _version()}
+    arrays[_METADATA] = np.asarray(json.dumps({**head, **body}, allow_nan=False))
     _write_npz(target, arrays, overwrite)
 
 
@@ -752,7 +753,7 @@ def save_model(
     target = check_output_path(path, overwrite=overwrite, kind="file")
     arrays: dict[str, np.ndarray] = {}
     metadata = _encode_model(SavedModel(estimator, params, fitted), "", arrays)
-    _write_model(target, {"schema_version": 1, **metadata}, arrays, overwrite)
+    _write_model(target, 1, metadata, arrays, overwrite)
 
 
 def save_pipeline(
@@ -779,10 +780,10 @@ def save_pipeline(
     """
     target = check_output_path(path, overwrite=overwrite, kind="file")
     arrays: dict[str, np.ndarray] = {}
-    entries = [{"name": name, **_encode_model(saved, f"{_STEPS}{i}/", arrays)}
-               for i, (name, saved) in enumerate(steps)]
-    metadata = {"schema_version": 2, "estimator": "Pipeline", "steps": entries}
-    _write_model(target, metadata, arrays, overwrite)
+    entries = []
+    for i, (name, saved) in enumerate(steps):
+        entries.append({"name": name, **_encode_model(saved, f"{_STEPS}{i}/", arrays)})
+    _write_model(target, 2, {"estimator": "Pipeline", "steps": entries}, arrays, overwrite)
 
 
 def model_file_error(path, message: str) -> ValueError:
