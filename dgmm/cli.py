@@ -23,10 +23,12 @@ from pathlib import Path
 import click
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
+from sklearn.pipeline import Pipeline
 
 from dgmm import _init, io
 from dgmm import _kernels as kernels
-from dgmm.mixture import ALGORITHMS, CRITERIA, load
+from dgmm.mixture import ALGORITHMS, CRITERIA
+from dgmm.models import load, save
 
 
 class CommandError(click.UsageError):
@@ -149,12 +151,50 @@ def _check_output(path: str, inputs, *, overwrite: bool, kind: str) -> None:
 
 
 def _load(model_path: str):
+    """The fitted model in a file: a mixture, or a pipeline that ends in one."""
     if not Path(model_path).exists():
         raise CommandError(f"model file not found: {model_path}")
     try:
-        return load(model_path)
+        model = load(model_path)
     except ValueError as exc:
         raise CommandError(str(exc)) from None
+    last = model[-1] if isinstance(model, Pipeline) else model
+    if not hasattr(last, "means_"):
+        raise CommandError(f"{model_path} holds a {type(last).__name__}, not a mixture model")
+    return model
+
+
+def _mixture_and_input(model, X):
+    """The mixture of a loaded model, and X in its space.
+
+    A pipeline's preprocessing is applied lazily, row block by row block, as
+    the mixture's pass reads them.
+    """
+    if isinstance(model, Pipeline):
+        return model[-1], model[:-1].transform(X)
+    return model, X
+
+
+def _preprocess(X, standardize: bool, pca: int | None, quiet: bool):
+    """Preprocessing steps fitted on X in one pass, and X lazily transformed by them."""
+    from dgmm.preprocessing import fit_preprocessing
+
+    if not standardize and pca is None:
+        return [], X
+    if pca is not None and pca > X.shape[1]:
+        raise CommandError(f"--pca {pca} exceeds the {X.shape[1]} features of the data")
+    start = time.perf_counter()
+    steps = fit_preprocessing(X, standardize=standardize, n_components=pca)
+    names = " and ".join("standardization" if name == "standardscaler" else
+                         f"PCA to {pca} components" for name, _ in steps)
+    _say(quiet, f"fitted {names} in one pass in {time.perf_counter() - start:.1f}s")
+    return steps, Pipeline(steps).transform(X)
+
+
+def _save(steps: list, model, out: str, overwrite: bool) -> None:
+    """Save the mixture, with its preprocessing steps as a pipeline if there are any."""
+    save(Pipeline([*steps, ("gaussianmixture", model)]) if steps else model, out,
+         overwrite=overwrite)
 
 
 def _parse_components(text: str) -> list[int]:
@@ -206,6 +246,14 @@ def _overwrite(text: str):
     return click.option("--overwrite", is_flag=True, help=text)
 
 
+_standardize = click.option(
+    "--standardize", is_flag=True,
+    help="Scale every feature to zero mean and unit variance before the mixture (one extra "
+         "pass, shared with --pca); saved in the model file.")
+_pca = click.option(
+    "--pca", type=click.IntRange(min=1), default=None, metavar="N",
+    help="Fit the mixture on the first N principal components (after --standardize if "
+         "given; the same one extra pass); saved in the model file.")
 _cluster_opt = click.option("--cluster", "cluster_spec", default=None, metavar="CONFIG_OR_ADDRESS",
                             help="Cluster YAML config or scheduler address (default: local "
                                  "threads).")
@@ -255,6 +303,8 @@ def generate(out, n_samples, n_features, n_components, seed, chunk_rows, dtype, 
 @click.option("--seed", type=int, default=0, show_default=True)
 @_algorithm
 @_batch_size
+@_standardize
+@_pca
 @click.option("--out", required=True, help="Model file to write (atomically).")
 @_overwrite("Replace an existing model file (never a directory).")
 @_cluster_opt
@@ -266,8 +316,8 @@ def generate(out, n_samples, n_features, n_components, seed, chunk_rows, dtype, 
 @_quiet
 @_verbose
 def fit(store, array, n_components, covariance_type, max_iter, tol, reg_covar, init_params,
-        n_init, seed, algorithm, batch_size, out, overwrite, cluster_spec, checkpoint, resume,
-        quiet, verbose):
+        n_init, seed, algorithm, batch_size, standardize, pca, out, overwrite, cluster_spec,
+        checkpoint, resume, quiet, verbose):
     """Fit a mixture to the Zarr array STORE and save it to --out."""
     from dgmm import GaussianMixture
 
@@ -289,8 +339,9 @@ def fit(store, array, n_components, covariance_type, max_iter, tol, reg_covar, i
     )
     start = time.perf_counter()
     with _cluster(cluster_spec, quiet):
-        model.fit(X, checkpoint=checkpoint, resume=resume, callback=_progress(quiet))
-    model.save(out, overwrite=overwrite)
+        steps, Xt = _preprocess(X, standardize, pca, quiet)
+        model.fit(Xt, checkpoint=checkpoint, resume=resume, callback=_progress(quiet))
+    _save(steps, model, out, overwrite)
     _say(quiet, f"fitted {n_components} {covariance_type} components to {X.shape[0]} x "
                 f"{X.shape[1]} rows in {time.perf_counter() - start:.1f}s: "
                 f"{model.n_iter_} iterations, converged={model.converged_}, "
@@ -319,7 +370,8 @@ def predict(model_path, store, array, out, labels, proba, log_density, overwrite
     _check_output(out, [store, model_path], overwrite=overwrite, kind="store")
     start = time.perf_counter()
     with _cluster(cluster_spec, quiet):
-        io.write_predictions(model, X, out, labels=labels, proba=proba, log_density=log_density,
+        mixture, Xt = _mixture_and_input(model, X)
+        io.write_predictions(mixture, Xt, out, labels=labels, proba=proba, log_density=log_density,
                           overwrite=overwrite)
     _say(quiet, f"wrote predictions for {X.shape[0]} rows to {out} "
                 f"in {time.perf_counter() - start:.1f}s")
@@ -334,13 +386,19 @@ def predict(model_path, store, array, out, labels, proba, log_density, overwrite
 @_quiet
 @_verbose
 def score(model_path, store, array, as_json, cluster_spec, quiet, verbose):
-    """Mean log-likelihood, BIC and AIC of MODEL on STORE (one data pass)."""
+    """Mean log-likelihood, BIC and AIC of MODEL on STORE (one data pass).
+
+    For a model saved with --standardize or --pca, the rows are transformed
+    first, and the log-likelihood is that of the transformed rows (the space
+    the mixture was fitted in).
+    """
     model = _load(model_path)
     X = _open_store(store, array)
     with _cluster(cluster_spec, quiet):
-        mean = model.score(X)
+        mixture, Xt = _mixture_and_input(model, X)
+        mean = mixture.score(Xt)
     n = X.shape[0]
-    result = {"n_samples": int(n), "mean_log_likelihood": mean, **model.criteria(mean, n)}
+    result = {"n_samples": int(n), "mean_log_likelihood": mean, **mixture.criteria(mean, n)}
     if as_json:
         click.echo(json.dumps(result))
     else:
@@ -363,14 +421,16 @@ def score(model_path, store, array, as_json, cluster_spec, quiet, verbose):
 @click.option("--seed", type=int, default=0, show_default=True)
 @_algorithm
 @_batch_size
+@_standardize
+@_pca
 @click.option("--out", required=True, help="Model file for the best candidate.")
 @_overwrite("Replace an existing model file (never a directory).")
 @_cluster_opt
 @_quiet
 @_verbose
 def select(store, array, n_components, covariance_type, criterion, max_iter, tol, reg_covar,
-           init_params, n_init, seed, algorithm, batch_size, out, overwrite, cluster_spec, quiet,
-           verbose):
+           init_params, n_init, seed, algorithm, batch_size, standardize, pca, out, overwrite,
+           cluster_spec, quiet, verbose):
     """Fit every candidate number of components (sharing data passes); save the best."""
     from dgmm import select_n_components
 
@@ -380,13 +440,14 @@ def select(store, array, n_components, covariance_type, criterion, max_iter, tol
     # The table below says which candidates did not converge, after the table.
     with _cluster(cluster_spec, quiet), warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
+        steps, Xt = _preprocess(X, standardize, pca, quiet)
         best, table = select_n_components(
-            X, candidates, criterion=criterion, covariance_type=covariance_type,
+            Xt, candidates, criterion=criterion, covariance_type=covariance_type,
             max_iter=max_iter, tol=tol, reg_covar=reg_covar, init_params=init_params,
             n_init=n_init, random_state=seed, algorithm=algorithm, batch_size=batch_size,
             callback=_progress(quiet),
         )
-    best.save(out, overwrite=overwrite)
+    _save(steps, best, out, overwrite)
     if quiet:
         return
     click.echo(f"{'K':>4} {'bic':>16} {'aic':>16} {'mean loglik':>12} {'iters':>6} "
@@ -407,10 +468,18 @@ def select(store, array, n_components, covariance_type, criterion, max_iter, tol
 @click.argument("model_path", metavar="MODEL")
 @_verbose
 def info(model_path, verbose):
-    """A readable summary of a model file."""
-    model = _load(model_path)
+    """A readable summary of a model file.
+
+    For a model saved with --standardize or --pca, the preprocessing is shown
+    first; the means and the lower bound are in the transformed space.
+    """
+    loaded = _load(model_path)
+    model = loaded[-1] if isinstance(loaded, Pipeline) else loaded
     np.set_printoptions(precision=4, suppress=True, linewidth=100)
     click.echo(f"model file        {model_path} ({Path(model_path).stat().st_size} bytes)")
+    if isinstance(loaded, Pipeline):
+        click.echo(f"preprocessing     {_describe_steps(loaded[:-1])}; the mixture below and "
+                   "its scores are in that transformed space")
     click.echo(f"covariance type   {model.covariance_type}")
     click.echo(f"components        {model.n_components}")
     click.echo(f"features          {model.n_features_in_}")
@@ -422,6 +491,18 @@ def info(model_path, verbose):
         means = np.array2string(model.means_[k][:6], separator=", ")
         more = ", ..." if model.n_features_in_ > 6 else ""
         click.echo(f"  {k:>3}  weight {model.weights_[k]:.4f}  mean {means[:-1]}{more}]")
+
+
+def _describe_steps(steps: Pipeline) -> str:
+    parts = []
+    for _, step in steps.steps:
+        if hasattr(step, "components_"):
+            kept = float(np.sum(step.explained_variance_ratio_))
+            parts.append(f"PCA to {step.n_components_} of {step.n_features_in_} features "
+                         f"({kept:.1%} of the variance)")
+        else:
+            parts.append(f"standardization of {step.n_features_in_} features")
+    return ", then ".join(parts)
 
 
 @main.command()

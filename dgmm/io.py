@@ -14,6 +14,7 @@ import tempfile
 import threading
 import uuid
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -588,11 +589,12 @@ def _version() -> str:
 # --------------------------------------------------------------------------
 
 MODEL_FORMAT = "dgmm-model"
-MODEL_SCHEMA_VERSION = 1
+MODEL_SCHEMA_VERSION = 2  # 1: one estimator; 2: also pipelines (``steps``)
 _METADATA = "metadata.json"
 _ZIP_MAGIC = b"PK\x03\x04"
 _FITTED = "fitted/"
 _PARAM = "params/"
+_STEPS = "steps/"
 _SCALARS = {"bool": (bool, np.bool_), "int": (int, np.int64), "float": (float, np.float64)}
 
 
@@ -635,16 +637,70 @@ class SavedModel:
     Attributes
     ----------
     estimator : str
-        Class name of the estimator that wrote it.
+        Class name of the estimator that wrote it ('Pipeline' for a pipeline).
     params : dict
-        Hyper-parameters (``get_params()``), arrays among them as ndarrays.
+        Hyper-parameters (``get_params(deep=False)``), arrays among them as ndarrays.
     fitted : dict
         Fitted attributes (names ending in ``_``).
+    steps : tuple of (str, SavedModel)
+        A pipeline's named steps, in order; empty for a single estimator.
     """
 
     estimator: str
     params: dict
     fitted: dict
+    steps: tuple = ()
+
+    @classmethod
+    def of(cls, estimator) -> SavedModel:
+        """The plain data of a fitted scikit-learn style estimator.
+
+        Its class name, ``get_params(deep=False)`` and its public attributes
+        ending in ``_`` (those set to None are left out).
+        """
+        fitted = {name: value for name, value in sorted(vars(estimator).items())
+                  if name.endswith("_") and not name.startswith("_") and value is not None}
+        return cls(type(estimator).__name__, estimator.get_params(deep=False), fitted)
+
+
+def _encode_model(saved: SavedModel, prefix: str, arrays: dict[str, np.ndarray]) -> dict:
+    """The metadata entry of one estimator; its arrays go into ``arrays`` under ``prefix``."""
+    plain, array_params = {}, []
+    for name, value in saved.params.items():
+        if isinstance(value, np.integer | np.floating | np.bool_):
+            value = value.item()
+        if value is None or isinstance(value, (bool, int, float, str)):
+            plain[name] = value
+        elif isinstance(value, (np.ndarray, list, tuple)):
+            arrays[prefix + _PARAM + name] = np.asarray(value, dtype=np.float64)
+            array_params.append(name)
+        elif name == "random_state":
+            warnings.warn(
+                "random_state is a generator object; it is saved as None",
+                UserWarning, stacklevel=4,
+            )
+            plain[name] = None
+        else:
+            raise TypeError(f"Cannot save hyper-parameter {name}={value!r} in a model file")
+    kinds = {}
+    for name, value in saved.fitted.items():
+        kinds[name], arrays[prefix + _FITTED + name] = _encode_value(
+            f"fitted attribute {name}", value)
+    return {
+        "estimator": saved.estimator,
+        "covariance_type": plain.get("covariance_type"),
+        "params": plain,
+        "array_params": array_params,
+        "fitted": kinds,
+    }
+
+
+def _write_model(target: Path, schema_version: int, body: dict, arrays: dict,
+                 overwrite: bool) -> None:
+    """Write ``arrays`` and the metadata (format, versions, then ``body``) as a model file."""
+    head = {"format": MODEL_FORMAT, "schema_version": schema_version, "dgmm_version": _version()}
+    arrays[_METADATA] = np.asarray(json.dumps({**head, **body}, allow_nan=False))
+    _write_npz(target, arrays, overwrite)
 
 
 def save_model(
@@ -669,7 +725,7 @@ def save_model(
 
     Every value round-trips bit for bit. A ``random_state`` given as a
     generator object is saved as ``None`` (with a warning): its state is not
-    part of the model.
+    part of the model. A pipeline is written by :func:`save_pipeline`.
 
     Parameters
     ----------
@@ -695,38 +751,38 @@ def save_model(
     """
     target = check_output_path(path, overwrite=overwrite, kind="file")
     arrays: dict[str, np.ndarray] = {}
-    plain, array_params = {}, []
-    for name, value in params.items():
-        if isinstance(value, np.integer | np.floating | np.bool_):
-            value = value.item()
-        if value is None or isinstance(value, (bool, int, float, str)):
-            plain[name] = value
-        elif isinstance(value, (np.ndarray, list, tuple)):
-            arrays[_PARAM + name] = np.asarray(value, dtype=np.float64)
-            array_params.append(name)
-        elif name == "random_state":
-            warnings.warn(
-                "random_state is a generator object; it is saved as None",
-                UserWarning, stacklevel=3,
-            )
-            plain[name] = None
-        else:
-            raise TypeError(f"Cannot save hyper-parameter {name}={value!r} in a model file")
-    kinds = {}
-    for name, value in fitted.items():
-        kinds[name], arrays[_FITTED + name] = _encode_value(f"fitted attribute {name}", value)
-    metadata = {
-        "format": MODEL_FORMAT,
-        "schema_version": MODEL_SCHEMA_VERSION,
-        "dgmm_version": _version(),
-        "estimator": estimator,
-        "covariance_type": plain.get("covariance_type"),
-        "params": plain,
-        "array_params": array_params,
-        "fitted": kinds,
-    }
-    arrays[_METADATA] = np.asarray(json.dumps(metadata, allow_nan=False))
-    _write_npz(target, arrays, overwrite)
+    metadata = _encode_model(SavedModel(estimator, params, fitted), "", arrays)
+    _write_model(target, 1, metadata, arrays, overwrite)
+
+
+def save_pipeline(
+    path: str | os.PathLike, steps: Sequence[tuple[str, SavedModel]], *, overwrite: bool = True,
+) -> None:
+    """Write a pipeline of estimators (e.g. scaler, PCA, mixture) as one model file.
+
+    Format (schema version 2): as :func:`save_model`, with ``"estimator":
+    "Pipeline"`` and, in place of the top-level ``params``/``fitted``, a
+    ``"steps"`` list in ``metadata.json``: one object per step, ``{"name",
+    "estimator", "covariance_type", "params", "array_params", "fitted"}``,
+    whose arrays are stored under ``steps/<i>/params/<name>`` and
+    ``steps/<i>/fitted/<name>``. Files of a single estimator keep schema
+    version 1, so dgmm versions that predate pipelines still read them.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        Local file path, replaced atomically as in :func:`save_model`.
+    steps : sequence of (str, SavedModel)
+        The named steps, in order.
+    overwrite : bool, default=True
+        Whether an existing file may be replaced.
+    """
+    target = check_output_path(path, overwrite=overwrite, kind="file")
+    arrays: dict[str, np.ndarray] = {}
+    entries = []
+    for i, (name, saved) in enumerate(steps):
+        entries.append({"name": name, **_encode_model(saved, f"{_STEPS}{i}/", arrays)})
+    _write_model(target, 2, {"estimator": "Pipeline", "steps": entries}, arrays, overwrite)
 
 
 def model_file_error(path, message: str) -> ValueError:
@@ -766,10 +822,15 @@ def _read_metadata(npz, path) -> dict:
             path, f"schema_version {version!r} is not supported (this dgmm reads "
             f"1..{MODEL_SCHEMA_VERSION}; upgrade dgmm)"
         )
-    for key, kind in (("params", dict), ("array_params", list), ("fitted", dict),
-                      ("estimator", str)):
-        if not isinstance(metadata.get(key), kind):
-            raise model_file_error(path, f"metadata field {key!r} is missing or malformed")
+    entries = metadata.get("steps") if "steps" in metadata else [metadata]
+    if not isinstance(entries, list) or not entries:
+        raise model_file_error(path, "metadata field 'steps' is missing or malformed")
+    step_keys = (("name", str),) if "steps" in metadata else ()
+    for entry in entries:
+        for key, kind in (("params", dict), ("array_params", list), ("fitted", dict),
+                          ("estimator", str), *step_keys):
+            if not isinstance(entry, dict) or not isinstance(entry.get(key), kind):
+                raise model_file_error(path, f"metadata field {key!r} is missing or malformed")
     return metadata
 
 
@@ -787,10 +848,10 @@ def _open_npz(path) -> np.lib.npyio.NpzFile:
     return npz
 
 
-def _read_fitted(npz, path, kinds: dict) -> dict:
+def _read_fitted(npz, path, kinds: dict, prefix: str = "") -> dict:
     fitted = {}
     for name, kind in kinds.items():
-        value = _read_member(npz, path, _FITTED + name)
+        value = _read_member(npz, path, prefix + _FITTED + name)
         if kind not in ("array", "list", *_SCALARS) or value.dtype.kind not in "biuf" or (
             kind not in ("array", "list") and value.ndim != 0
         ):
@@ -800,9 +861,10 @@ def _read_fitted(npz, path, kinds: dict) -> dict:
 
 
 def read_model(path: str | os.PathLike) -> SavedModel:
-    """Read a model file written by :func:`save_model` (never unpickles).
+    """Read a model file written by :func:`save_model` or :func:`save_pipeline`.
 
-    The estimator rebuilds itself from the result (:func:`dgmm.load`).
+    Never unpickles. The estimator (or pipeline) rebuilds itself from the
+    result (:func:`dgmm.load`); a pipeline's steps are in ``steps``.
 
     Raises
     ------
@@ -818,17 +880,30 @@ def read_model(path: str | os.PathLike) -> SavedModel:
         raise ValueError(f"Model file not found: {path}")
     with _open_npz(path) as npz:
         metadata = _read_metadata(npz, path)
-        params = dict(metadata["params"])
-        for name in metadata["array_params"]:
-            params[name] = _read_member(npz, path, _PARAM + str(name))
-        fitted = _read_fitted(npz, path, metadata["fitted"])
-        expected = {_METADATA} | {_PARAM + str(n) for n in metadata["array_params"]} | {
-            _FITTED + n for n in metadata["fitted"]
-        }
+        expected = {_METADATA}
+        if "steps" in metadata:
+            steps = tuple(
+                (entry["name"], _decode_model(npz, path, entry, f"{_STEPS}{i}/", expected))
+                for i, entry in enumerate(metadata["steps"])
+            )
+            saved = SavedModel("Pipeline", {}, {}, steps)
+        else:
+            saved = _decode_model(npz, path, metadata, "", expected)
         extra = sorted(set(npz.files) - expected)
         if extra:
             raise model_file_error(path, f"unexpected field(s) {extra}")
-    return SavedModel(metadata["estimator"], params, fitted)
+    return saved
+
+
+def _decode_model(npz, path, entry: dict, prefix: str, expected: set) -> SavedModel:
+    """One estimator's entry of a model file; the fields it names are added to ``expected``."""
+    params = dict(entry["params"])
+    for name in entry["array_params"]:
+        params[name] = _read_member(npz, path, prefix + _PARAM + str(name))
+    fitted = _read_fitted(npz, path, entry["fitted"], prefix)
+    expected |= {prefix + _PARAM + str(n) for n in entry["array_params"]}
+    expected |= {prefix + _FITTED + n for n in entry["fitted"]}
+    return SavedModel(entry["estimator"], params, fitted)
 
 
 # --------------------------------------------------------------------------

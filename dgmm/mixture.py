@@ -31,7 +31,7 @@ from dgmm._passes import (
     scheduler_for,
 )
 from dgmm._stats import SuffStats
-from dgmm.io import as_dask_array, model_file_error, read_model, save_model
+from dgmm.io import SavedModel, as_dask_array, save_model
 
 ONLINE_ATTRIBUTES = ("n_steps_", "n_samples_seen_", "step_size_", "running_stats_")
 
@@ -435,7 +435,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     def save(self, path, *, overwrite: bool = True) -> None:
         """Write the fitted model to a file (NPZ and JSON metadata, no pickle).
 
-        The file is written atomically and read back by :func:`dgmm.load`;
+        The file is written atomically and read back by :func:`dgmm.load`
+        (:func:`dgmm.save` also writes pipelines);
         the format is described in :func:`dgmm.io.save_model`.
 
         Parameters
@@ -447,10 +448,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             Whether an existing file may be replaced.
         """
         check_is_fitted(self, "means_")
-        fitted = {name: value for name, value in sorted(vars(self).items())
-                  if name.endswith("_") and not name.startswith("_")}
-        save_model(path, type(self).__name__, self.get_params(deep=False), fitted,
-                   overwrite=overwrite)
+        saved = SavedModel.of(self)
+        save_model(path, saved.estimator, saved.params, saved.fitted, overwrite=overwrite)
 
     @classmethod
     def _from_saved(cls, params: dict, fitted: dict) -> GaussianMixture:
@@ -638,40 +637,6 @@ _REQUIRED_FITTED = (
     "weights_", "means_", "covariances_", "precisions_", "precisions_cholesky_",
     "n_features_in_",
 )
-# Estimators that model files can name, by class name.
-ESTIMATORS = {"GaussianMixture": GaussianMixture}
-
-
-def load(path) -> GaussianMixture:
-    """Read a model written by :meth:`GaussianMixture.save` (never unpickles).
-
-    Parameters
-    ----------
-    path : str or PathLike
-
-    Returns
-    -------
-    GaussianMixture
-        The fitted estimator, with hyper-parameters and fitted attributes
-        exactly as saved.
-
-    Raises
-    ------
-    ValueError
-        The file does not exist, is not a dgmm model file, is truncated or
-        corrupt, or misses or has an inconsistent field; the message names
-        the file and the field.
-    """
-    saved = read_model(path)
-    estimator = ESTIMATORS.get(saved.estimator)
-    if estimator is None:
-        raise model_file_error(path, f"unknown estimator {saved.estimator!r}")
-    try:
-        return estimator._from_saved(saved.params, saved.fitted)
-    except ValueError as exc:
-        raise model_file_error(path, str(exc)) from exc
-
-
 def _fit_groups(
     Xd,
     lazy: bool,

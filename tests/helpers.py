@@ -27,6 +27,25 @@ def mixture_data(n=3000, d=4, k=3, seed=0, offset=0.0):
     return X + offset, labels, means
 
 
+def as_kind(X, kind, tmp_path=None):
+    """X as 'numpy', 'dask-uneven' (ragged row chunks), 'zarr' (in memory) or 'zarr-path'."""
+    import dask.array as da
+    import zarr
+
+    if kind == "numpy":
+        return X
+    if kind == "dask-uneven":
+        n = X.shape[0]
+        return da.from_array(X, chunks=((n // 3, 7, n - n // 3 - 7 - 500, 500), X.shape[1]))
+    if kind in ("zarr", "zarr-path"):
+        store = {} if kind == "zarr" else str(tmp_path / "X.zarr")
+        arr = zarr.create_array(store=store, shape=X.shape, chunks=(701, X.shape[1]),
+                                dtype=X.dtype)
+        arr[:] = X
+        return arr if kind == "zarr" else store
+    raise AssertionError(kind)
+
+
 def reference_init(X, k, covariance_type, seed=0):
     """Starting parameters from a short scikit-learn run, as *_init keyword arguments."""
     from sklearn.exceptions import ConvergenceWarning

@@ -80,6 +80,42 @@ def test_select_saves_the_best(store, tmp_path):
     assert dgmm.load(out).n_components == 3
 
 
+def test_standardize_and_pca_are_fitted_saved_and_applied(store, tmp_path):
+    from sklearn.pipeline import Pipeline
+
+    def invoke(*args):  # in-process, to keep the test short
+        result = CliRunner().invoke(main, [str(a) for a in args])
+        assert result.exit_code == 0, result.output
+        return result
+
+    model_path = tmp_path / "pipe.npz"
+    fit = run("fit", store, "--array", "X", "--n-components", 3, "--standardize", "--pca", 2,
+              "--seed", 1, "--max-iter", 20, "--out", model_path)
+    assert "fitted standardization and PCA to 2 components in one pass" in fit.stderr
+    pipe = dgmm.load(model_path)
+    assert isinstance(pipe, Pipeline) and [n for n, _ in pipe.steps] == [
+        "standardscaler", "pca", "gaussianmixture"]
+    X = zarr.open_array(str(store / "X"), mode="r")[:]  # float32: so are the transformed rows
+    np.testing.assert_allclose(pipe[:-1].transform(X).var(axis=0, dtype=np.float64),
+                               pipe[1].explained_variance_ * (1 - 1 / len(X)), rtol=1e-5)
+
+    out = tmp_path / "pred.zarr"
+    invoke("predict", model_path, store, "--array", "X", "--out", out, "--log-density")
+    written = zarr.open_group(str(out), mode="r")
+    np.testing.assert_array_equal(written["labels"][:], pipe.predict(X))
+    np.testing.assert_allclose(written["log_density"][:], pipe.score_samples(X), rtol=1e-6)
+    scores = json.loads(invoke("score", model_path, store, "--array", "X", "--json").stdout)
+    np.testing.assert_allclose(scores["mean_log_likelihood"], pipe.score(X), rtol=1e-12)
+    info = invoke("info", model_path).stdout
+    assert "standardization of 3 features, then PCA to 2 of 3 features" in info
+    assert "features          2" in info
+
+    best = tmp_path / "best.npz"
+    invoke("select", store, "--array", "X", "--n-components", "2,3", "--standardize",
+           "--max-iter", 10, "--out", best)
+    assert [n for n, _ in dgmm.load(best).steps] == ["standardscaler", "gaussianmixture"]
+
+
 def test_kill_and_resume_equals_uninterrupted(tmp_path):
     store = tmp_path / "big.zarr"
     run("generate", store, "--n-samples", 300_000, "--n-features", 8, "--n-components", 6,
@@ -130,6 +166,9 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path):
         (["select", "STORE", "--n-components", "5:x", "--out", "m.npz"], "--n-components"),
         (["score", "missing.npz", "STORE"], "model file not found"),
         (["fit", "STORE", "--bogus"], "No such option"),
+        (["fit", "STORE", "--n-components", "2", "--pca", "4", "--out", "m.npz"],
+         "--pca 4 exceeds the 3 features"),
+        (["select", "STORE", "--n-components", "2", "--pca", "0", "--out", "m.npz"], "--pca"),
     ],
 )
 def test_usage_errors_exit_2_with_one_line(store, args, message):
