@@ -266,10 +266,11 @@ def log_density_histogram(scores_or_detector, threshold: float | None = None, bi
     weights = np.ones_like(values) if weights is None else weights
     edges = np.histogram_bin_edges(values, bins=bins)
     below = values < (-np.inf if threshold is None else threshold)
-    ax.hist(values[~below], bins=edges, weights=weights[~below], color="C0", alpha=0.8)
+    inliers, _ = np.histogram(values[~below], edges, weights=weights[~below])
+    ax.stairs(inliers, edges, fill=True, color="C0", alpha=0.8)
     if threshold is not None:
-        ax.hist(values[below], bins=edges, weights=weights[below], color="C3", alpha=0.8,
-                label="outliers")
+        flagged, _ = np.histogram(values[below], edges, weights=weights[below])
+        ax.stairs(flagged, edges, fill=True, color="C3", alpha=0.8, label="outliers")
         ax.axvline(threshold, color="C3", linestyle="--", label=f"threshold {threshold:.4g}")
         ax.legend(loc="best", fontsize="small")
     ax.set_yscale("log")

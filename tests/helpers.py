@@ -10,7 +10,9 @@ import hashlib
 import warnings
 from pathlib import Path
 
+import dask.array as da
 import numpy as np
+import zarr
 
 from dgmm import _kernels as K
 
@@ -81,3 +83,17 @@ def tree_digest(path) -> str:
         if entry.is_file():
             digest.update(entry.read_bytes())
     return digest.hexdigest()
+
+
+def as_kind(X, kind):
+    """X as 'numpy', 'dask-uneven' (uneven row chunks, one of 7 rows) or in-memory 'zarr'."""
+    if kind == "numpy":
+        return X
+    if kind == "dask-uneven":
+        n = X.shape[0]
+        return da.from_array(X, chunks=((n // 3, 7, n - n // 3 - 7 - 500, 500), X.shape[1]))
+    if kind == "zarr":
+        arr = zarr.create_array(store={}, shape=X.shape, chunks=(701, X.shape[1]), dtype=X.dtype)
+        arr[:] = X
+        return arr
+    raise AssertionError(kind)

@@ -15,24 +15,11 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from dgmm import EmptyComponentWarning, GaussianMixture
-from tests.helpers import COVARIANCE_TYPES, mixture_data, reference_init
+from tests.helpers import COVARIANCE_TYPES, as_kind, mixture_data, reference_init
 
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 
 FITTED_ARRAYS = ("weights_", "means_", "covariances_", "precisions_", "precisions_cholesky_")
-
-
-def as_kind(X, kind):
-    if kind == "numpy":
-        return X
-    if kind == "dask-uneven":
-        n = X.shape[0]
-        return da.from_array(X, chunks=((n // 3, 7, n - n // 3 - 7 - 500, 500), X.shape[1]))
-    if kind == "zarr":
-        arr = zarr.create_array(store={}, shape=X.shape, chunks=(701, X.shape[1]), dtype=X.dtype)
-        arr[:] = X
-        return arr
-    raise AssertionError(kind)
 
 
 def assert_same_fit(a, b, rtol):
