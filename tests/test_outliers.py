@@ -6,6 +6,7 @@ import dask.array as da
 import numpy as np
 import pytest
 from sklearn.exceptions import NotFittedError
+from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from dgmm import GaussianMixture, outliers
 from dgmm.outliers import (
@@ -161,3 +162,11 @@ def test_wrong_features_and_unfitted_use_are_refused(fitted):
         GaussianMixtureOutlierDetector(gm).fit(X[:, :2])
     with pytest.raises(NotFittedError):
         GaussianMixtureOutlierDetector(gm).predict(X)
+
+
+@parametrize_with_checks(
+    [GaussianMixtureOutlierDetector(GaussianMixture(random_state=0), contamination=0.1)]
+)
+def test_sklearn_estimator_checks(estimator, check):
+    check(estimator)
+
