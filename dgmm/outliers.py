@@ -9,10 +9,12 @@ passes over the data in bounded memory, whatever the number of rows:
 1. **Histogram.** Every float64 score maps to a ``uint64`` key with the same
    order (its IEEE-754 bit pattern, sign-corrected: :func:`monotone_keys`), so
    no range is needed in advance. A block counts its scores per *bin*, the top
-   ``KEY_BITS`` bits of the key (sign, exponent and 12 mantissa bits: bins of
-   relative width ``2**-12``), sparsely; blocks merge by adding counts. The
-   cumulative counts give the bin holding the target rank, and the rank
-   within that bin.
+   bits of the key: sign, exponent and the first ``mantissa_bits(n)`` bits of
+   the mantissa, about half of ``log2(n)`` for ``n`` rows (8 to 20), so a
+   binade (the floats between two powers of two) splits into about ``sqrt(n)``
+   bins of equal width. Counts are sparse (occupied bins only); blocks merge by
+   adding them. The cumulative counts give the bin holding the target rank,
+   and the rank within that bin.
 2. **Selection.** Every block keeps the distinct scores of that bin, with
    their counts, and only those that can still be the answer: the ``t + 1``
    smallest when the target is the ``t``-th of ``m`` in the bin and
@@ -21,13 +23,19 @@ passes over the data in bounded memory, whatever the number of rows:
 
 Memory
 ------
-Pass 1: 16 bytes per occupied bin, at most ``2**KEY_BITS`` bins; scores
-spanning ``b`` binades (powers of two) occupy at most ``b * 4096`` bins, so
-log-densities in [-1e6, -1e-3] span 30 binades and need at most 2 MiB, for any
-number of rows. Pass 2: 16 bytes per kept value, at most
-``min(t + 1, m - t)`` and at most the number of distinct scores in the bin
-(bin width ``2**-12`` relative), per packet and at most ``dgmm.split-every``
-packets per merge.
+Per packet, and at most ``dgmm.split-every`` packets per merge. Pass 1: 16
+bytes per occupied bin, at most ``min(n, b * 2**mantissa_bits(n))`` for scores
+spanning ``b`` binades: log-densities in [-1e6, -1e-3] span 30 binades, so
+1e9 rows (15 bits) need at most 15 MiB, 1e6 rows (10 bits) 0.5 MiB, and
+log-densities in [-40, -5] (3 binades) a tenth of that. Pass 2: 16 bytes per
+distinct kept score, at most ``min(t + 1, m - t)`` for the ``t``-th of the
+``m`` scores in the target bin. ``m`` is about ``n / 2**mantissa_bits(n)``,
+so ``O(sqrt(n))``, times the share of the scores in the bin's binade, unless
+the scores crowd into a bin (many rows with log-densities equal to about
+``2**-mantissa_bits`` relative; equal scores count once): the finer the bins,
+the more of them pass 1 holds and the fewer scores pass 2 keeps. ``O(sqrt(n))``
+is the least memory that any exact selection in two passes can do with in
+general (Munro and Paterson, 1980).
 
 Sections: keys and histograms, selection, passes, the estimator.
 """
@@ -48,9 +56,8 @@ from dgmm.io import as_dask_array
 from dgmm.mixture import GaussianMixture
 
 QUANTILE_METHOD = "higher"
-KEY_BITS = 24
-_SHIFT = np.uint64(64 - KEY_BITS)
 _SIGN = np.uint64(1 << 63)
+_SIGN_AND_EXPONENT_BITS = 12
 
 
 # --------------------------------------------------------------------------
@@ -75,6 +82,21 @@ def keys_to_floats(keys: np.ndarray) -> np.ndarray:
     return np.where(keys & _SIGN, keys & ~_SIGN, ~keys).view(np.float64)
 
 
+def mantissa_bits(n: int) -> int:
+    """Mantissa bits in the bins of the first pass over n rows: ``ceil(log2(n) / 2)`` in [8, 20]."""
+    return int(np.clip(np.ceil(np.log2(max(n, 2)) / 2), 8, 20))
+
+
+def key_shift(n: int) -> int:
+    """Right shift of :func:`monotone_keys` that leaves the bin of a score, for n rows."""
+    return 64 - _SIGN_AND_EXPONENT_BITS - mantissa_bits(n)
+
+
+def bins_of(scores: np.ndarray, shift: int) -> np.ndarray:
+    """The bin of every score: the top ``64 - shift`` bits of its key."""
+    return monotone_keys(scores) >> np.uint64(shift)
+
+
 def target_rank(n: int, q: float) -> int:
     """0-based rank of the order statistic ``np.quantile(x, q, method='higher')`` of n values."""
     return min(int(np.ceil((n - 1) * q)), n - 1)
@@ -82,7 +104,7 @@ def target_rank(n: int, q: float) -> int:
 
 @dataclass(frozen=True)
 class KeyHistogram:
-    """Counts of scores per bin (top ``KEY_BITS`` bits of their keys), sparse.
+    """Counts of scores per bin (:func:`bins_of`), sparse.
 
     Attributes
     ----------
@@ -92,24 +114,29 @@ class KeyHistogram:
         Scores per bin.
     low, high : float
         Smallest and largest score.
+    shift : int
+        The :func:`bins_of` shift of the bins.
     """
 
     bins: np.ndarray
     counts: np.ndarray
     low: float
     high: float
+    shift: int
 
     @classmethod
-    def of(cls, scores: np.ndarray) -> KeyHistogram:
-        bins, counts = np.unique(monotone_keys(scores) >> _SHIFT, return_counts=True)
-        return cls(bins, counts.astype(np.int64), float(scores.min()), float(scores.max()))
+    def of(cls, scores: np.ndarray, shift: int) -> KeyHistogram:
+        bins, counts = np.unique(bins_of(scores, shift), return_counts=True)
+        return cls(bins, counts.astype(np.int64), float(scores.min()), float(scores.max()),
+                   shift)
 
     @classmethod
     def merge(cls, *parts: KeyHistogram) -> KeyHistogram:
         bins, index = np.unique(np.concatenate([p.bins for p in parts]), return_inverse=True)
         counts = np.zeros(len(bins), dtype=np.int64)
         np.add.at(counts, index, np.concatenate([p.counts for p in parts]))
-        return cls(bins, counts, min(p.low for p in parts), max(p.high for p in parts))
+        return cls(bins, counts, min(p.low for p in parts), max(p.high for p in parts),
+                   parts[0].shift)
 
     @property
     def n(self) -> int:
@@ -124,7 +151,7 @@ class KeyHistogram:
 
     def lower_edges(self) -> np.ndarray:
         """The smallest score each bin can hold, clipped to [low, high] (for plotting)."""
-        return np.clip(keys_to_floats(self.bins << _SHIFT), self.low, self.high)
+        return np.clip(keys_to_floats(self.bins << np.uint64(self.shift)), self.low, self.high)
 
 
 # --------------------------------------------------------------------------
@@ -181,13 +208,14 @@ def _scores(rows, params, row_offset) -> np.ndarray:
     return kernels.per_row_outputs(rows, params, ("log_density",), row_offset)[0]
 
 
-def _histogram_block(rows, row_offset, index, params) -> KeyHistogram:
-    return KeyHistogram.of(_scores(rows, params, row_offset))
+def _histogram_block(rows, row_offset, index, params, shift) -> KeyHistogram:
+    return KeyHistogram.of(_scores(rows, params, row_offset), shift)
 
 
-def _candidates_block(rows, row_offset, index, params, bin_, need, from_bottom) -> Candidates:
+def _candidates_block(rows, row_offset, index, params, shift, bin_, need,
+                      from_bottom) -> Candidates:
     scores = _scores(rows, params, row_offset)
-    in_bin = scores[(monotone_keys(scores) >> _SHIFT) == np.uint64(bin_)]
+    in_bin = scores[bins_of(scores, shift) == np.uint64(bin_)]
     return Candidates.of(in_bin, need, from_bottom)
 
 
@@ -213,7 +241,8 @@ def score_quantile(X, params: kernels.Params, q: float) -> tuple[float, KeyHisto
     blocks = as_blocks(Xd)
     scheduler = scheduler_for(lazy)
     with blas_guard(scheduler):
-        hist = block_pass(blocks, _histogram_block, params, combine=KeyHistogram.merge,
+        shift = key_shift(blocks.n_rows)
+        hist = block_pass(blocks, _histogram_block, params, shift, combine=KeyHistogram.merge,
                           scheduler=scheduler)
         rank = target_rank(hist.n, q)
         if rank in (0, hist.n - 1):
@@ -222,7 +251,7 @@ def score_quantile(X, params: kernels.Params, q: float) -> tuple[float, KeyHisto
         t = rank - below
         from_bottom = t < m - t
         need = t if from_bottom else m - 1 - t
-        found = block_pass(blocks, _candidates_block, params, bin_, need, from_bottom,
+        found = block_pass(blocks, _candidates_block, params, shift, bin_, need, from_bottom,
                            combine=Candidates.merge, scheduler=scheduler)
     return found.select(), hist
 

@@ -13,6 +13,8 @@ from dgmm.outliers import (
     Candidates,
     GaussianMixtureOutlierDetector,
     KeyHistogram,
+    bins_of,
+    key_shift,
     keys_to_floats,
     monotone_keys,
     target_rank,
@@ -53,14 +55,24 @@ def test_target_rank_is_numpys_order_statistic(n):
         assert target_rank(n, q) == np.quantile(np.arange(n), q, method="higher"), q
 
 
+@pytest.mark.parametrize(("n", "bits"), [(1, 8), (3000, 8), (10**6, 10), (10**9, 15), (10**15, 20)])
+def test_bins_split_a_binade_in_about_sqrt_n(n, bits):
+    assert outliers.mantissa_bits(n) == bits
+    # equal-width bins: 2**bits per binade, here [1, 2)
+    x = np.array([1.0, 1.0 + 0.99 * 2.0**-bits, 1.0 + 2.0**-bits, np.nextafter(2.0, 0), 2.0])
+    bins = bins_of(x, key_shift(n))
+    assert (bins - bins[0]).tolist() == [0, 0, 1, 2**bits - 1, 2**bits]
+
+
 def _two_pass_select(parts, q):
     """The selection of :func:`dgmm.outliers.score_quantile` on in-memory parts."""
-    hist = KeyHistogram.merge(*[KeyHistogram.of(p) for p in parts])
+    shift = key_shift(sum(map(len, parts)))
+    hist = KeyHistogram.merge(*[KeyHistogram.of(p, shift) for p in parts])
     rank = target_rank(hist.n, q)
     bin_, below, m = hist.locate(rank)
     t = rank - below
     need, from_bottom = (t, True) if t < m - t else (m - 1 - t, False)
-    picked = [p[(monotone_keys(p) >> outliers._SHIFT) == np.uint64(bin_)] for p in parts]
+    picked = [p[bins_of(p, shift) == np.uint64(bin_)] for p in parts]
     found = Candidates.merge(*[Candidates.of(p, need, from_bottom) for p in picked])
     assert len(found.values) <= need + 1  # the memory bound of pass 2
     return found.select()
