@@ -213,6 +213,27 @@ def _parse_components(text: str) -> list[int]:
     return values
 
 
+def _check_plot(path: str | None, inputs, *, overwrite: bool) -> None:
+    """Refuse, before any work, a --plot PATH that cannot be written, or no matplotlib."""
+    if path is None:
+        return
+    _check_output(path, inputs, overwrite=overwrite, kind="file")
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise CommandError('--plot needs matplotlib: pip install "dgmm[plot]"') from None
+
+
+def _save_plot(fig, path: str, quiet: bool) -> None:
+    fig.savefig(path, dpi=100)
+    _say(quiet, f"wrote {path}")
+
+
+def _view(n_features: int):
+    """The 2-D view of the ellipses: the two features, or the principal axes beyond 2."""
+    return "pca" if n_features > 2 else (0, 1)
+
+
 @contextlib.contextmanager
 def _cluster(spec: str | None, quiet: bool):
     if spec is None:
@@ -254,6 +275,18 @@ _pca = click.option(
     "--pca", type=click.IntRange(min=1), default=None, metavar="N",
     help="Fit the mixture on the first N principal components (after --standardize if "
          "given; the same one extra pass); saved in the model file.")
+
+
+_contamination = click.option("--contamination", type=click.FloatRange(0, 0.5, min_open=True),
+                               default=None, help="Share of outliers in STORE, in (0, 0.5].")
+
+
+def _plot_opt(text: str):
+    return click.option("--plot", "plot_path", default=None, metavar="PNG",
+                        help=f"Write a PNG of {text} (needs matplotlib; replaced with "
+                             "--overwrite).")
+
+
 _cluster_opt = click.option("--cluster", "cluster_spec", default=None, metavar="CONFIG_OR_ADDRESS",
                             help="Cluster YAML config or scheduler address (default: local "
                                  "threads).")
@@ -313,11 +346,12 @@ def generate(out, n_samples, n_features, n_components, seed, chunk_rows, dtype, 
 @click.option("--resume", is_flag=True,
               help="Continue from the checkpoint in --checkpoint; a finished one is saved "
                    "again without any pass over the data.")
+@_plot_opt("the covariance ellipses over a sample of STORE and the lower bound per iteration")
 @_quiet
 @_verbose
 def fit(store, array, n_components, covariance_type, max_iter, tol, reg_covar, init_params,
         n_init, seed, algorithm, batch_size, standardize, pca, out, overwrite, cluster_spec,
-        checkpoint, resume, quiet, verbose):
+        checkpoint, resume, plot_path, quiet, verbose):
     """Fit a mixture to the Zarr array STORE and save it to --out."""
     from dgmm import GaussianMixture
 
@@ -325,6 +359,7 @@ def fit(store, array, n_components, covariance_type, max_iter, tol, reg_covar, i
     if resume and checkpoint is None:
         raise CommandError("--resume needs --checkpoint DIR")
     _check_output(out, [store, checkpoint], overwrite=overwrite, kind="file")
+    _check_plot(plot_path, [store, checkpoint, out], overwrite=overwrite)
     if checkpoint is not None:
         if algorithm != "batch":
             raise CommandError("--checkpoint is supported with --algorithm batch only")
@@ -341,11 +376,18 @@ def fit(store, array, n_components, covariance_type, max_iter, tol, reg_covar, i
     with _cluster(cluster_spec, quiet):
         steps, Xt = _preprocess(X, standardize, pca, quiet)
         model.fit(Xt, checkpoint=checkpoint, resume=resume, callback=_progress(quiet))
-    _save(steps, model, out, overwrite)
-    _say(quiet, f"fitted {n_components} {covariance_type} components to {X.shape[0]} x "
-                f"{X.shape[1]} rows in {time.perf_counter() - start:.1f}s: "
-                f"{model.n_iter_} iterations, converged={model.converged_}, "
-                f"lower bound {model.lower_bound_:.6f}; saved {out}")
+        _save(steps, model, out, overwrite)
+        _say(quiet, f"fitted {n_components} {covariance_type} components to {X.shape[0]} x "
+                    f"{X.shape[1]} rows in {time.perf_counter() - start:.1f}s: "
+                    f"{model.n_iter_} iterations, converged={model.converged_}, "
+                    f"lower bound {model.lower_bound_:.6f}; saved {out}")
+        if plot_path:
+            from dgmm import plot
+
+            fig, axes = plot.panels(2)
+            plot.ellipses(model, Xt, features=_view(Xt.shape[1]), ax=axes[0], random_state=seed)
+            plot.lower_bounds(model, ax=axes[1])
+            _save_plot(fig, plot_path, quiet)
 
 
 @main.command()
@@ -356,25 +398,54 @@ def fit(store, array, n_components, covariance_type, max_iter, tol, reg_covar, i
 @click.option("--labels/--no-labels", default=True, show_default=True)
 @click.option("--proba", is_flag=True, help="Also write responsibilities.")
 @click.option("--log-density", is_flag=True, help="Also write per-row log-density.")
+@click.option("--outliers", is_flag=True,
+              help="Also write 'outlier' flags: the --contamination share of STORE's rows "
+                   "with the lowest log-density (two more passes find the exact threshold).")
+@_contamination
+@_plot_opt("the histogram of log-densities with the outlier threshold (--outliers)")
 @_overwrite("Replace an existing output store that dgmm wrote.")
 @_cluster_opt
 @_quiet
 @_verbose
-def predict(model_path, store, array, out, labels, proba, log_density, overwrite, cluster_spec,
-            quiet, verbose):
+def predict(model_path, store, array, out, labels, proba, log_density, outliers, contamination,
+            plot_path, overwrite, cluster_spec, quiet, verbose):
     """Stream predictions of MODEL for STORE into the Zarr group --out."""
     model = _load(model_path)
     X = _open_store(store, array)
-    if not (labels or proba or log_density):
-        raise CommandError("nothing to write: pass --labels, --proba or --log-density")
+    if not (labels or proba or log_density or outliers):
+        raise CommandError("nothing to write: pass --labels, --proba, --log-density or "
+                           "--outliers")
+    if outliers and contamination is None:
+        raise CommandError("--outliers needs --contamination, e.g. --contamination 0.01")
+    if contamination is not None and not outliers:
+        raise CommandError("--contamination is used with --outliers only")
+    if plot_path is not None and not outliers:
+        raise CommandError("--plot draws the outlier threshold: pass --outliers too")
     _check_output(out, [store, model_path], overwrite=overwrite, kind="store")
+    _check_plot(plot_path, [store, model_path, out], overwrite=overwrite)
     start = time.perf_counter()
     with _cluster(cluster_spec, quiet):
         mixture, Xt = _mixture_and_input(model, X)
-        io.write_predictions(mixture, Xt, out, labels=labels, proba=proba, log_density=log_density,
-                          overwrite=overwrite)
+        detector = _outlier_detector(mixture, Xt, contamination, quiet) if outliers else None
+        io.write_predictions(mixture, Xt, out, labels=labels, proba=proba,
+                             log_density=log_density,
+                             outlier_threshold=None if detector is None else detector.threshold_,
+                             overwrite=overwrite)
     _say(quiet, f"wrote predictions for {X.shape[0]} rows to {out} "
                 f"in {time.perf_counter() - start:.1f}s")
+    if plot_path:
+        from dgmm import plot
+
+        _save_plot(plot.log_density_histogram(detector), plot_path, quiet)
+
+
+def _outlier_detector(model, X, contamination: float, quiet: bool):
+    from dgmm.outliers import GaussianMixtureOutlierDetector
+
+    detector = GaussianMixtureOutlierDetector(model, contamination=contamination).fit(X)
+    _say(quiet, f"outlier threshold at contamination {contamination}: log-density "
+                f"{detector.threshold_:.6f}")
+    return detector
 
 
 @main.command()
@@ -382,10 +453,13 @@ def predict(model_path, store, array, out, labels, proba, log_density, overwrite
 @click.argument("store")
 @_array
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--contamination", type=click.FloatRange(0, 0.5, min_open=True), default=None,
+              help="Also report the outlier threshold: the exact log-density quantile at "
+                   "this share of STORE's rows (two more passes).")
 @_cluster_opt
 @_quiet
 @_verbose
-def score(model_path, store, array, as_json, cluster_spec, quiet, verbose):
+def score(model_path, store, array, as_json, contamination, cluster_spec, quiet, verbose):
     """Mean log-likelihood, BIC and AIC of MODEL on STORE (one data pass).
 
     For a model saved with --standardize or --pca, the rows are transformed
@@ -397,8 +471,12 @@ def score(model_path, store, array, as_json, cluster_spec, quiet, verbose):
     with _cluster(cluster_spec, quiet):
         mixture, Xt = _mixture_and_input(model, X)
         mean = mixture.score(Xt)
+        detector = None if contamination is None else _outlier_detector(
+            mixture, Xt, contamination, quiet=True)
     n = X.shape[0]
     result = {"n_samples": int(n), "mean_log_likelihood": mean, **mixture.criteria(mean, n)}
+    if detector is not None:
+        result.update(contamination=contamination, outlier_threshold=detector.threshold_)
     if as_json:
         click.echo(json.dumps(result))
     else:
@@ -425,18 +503,20 @@ def score(model_path, store, array, as_json, cluster_spec, quiet, verbose):
 @_pca
 @click.option("--out", required=True, help="Model file for the best candidate.")
 @_overwrite("Replace an existing model file (never a directory).")
+@_plot_opt("the criteria against n_components")
 @_cluster_opt
 @_quiet
 @_verbose
 def select(store, array, n_components, covariance_type, criterion, max_iter, tol, reg_covar,
            init_params, n_init, seed, algorithm, batch_size, standardize, pca, out, overwrite,
-           cluster_spec, quiet, verbose):
+           plot_path, cluster_spec, quiet, verbose):
     """Fit every candidate number of components (sharing data passes); save the best."""
     from dgmm import select_n_components
 
     candidates = _parse_components(n_components)
     X = _open_store(store, array)
     _check_output(out, [store], overwrite=overwrite, kind="file")
+    _check_plot(plot_path, [store, out], overwrite=overwrite)
     # The table below says which candidates did not converge, after the table.
     with _cluster(cluster_spec, quiet), warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
@@ -448,6 +528,10 @@ def select(store, array, n_components, covariance_type, criterion, max_iter, tol
             callback=_progress(quiet),
         )
     _save(steps, best, out, overwrite)
+    if plot_path:
+        from dgmm import plot
+
+        _save_plot(plot.selection_curves(table, criterion), plot_path, quiet)
     if quiet:
         return
     click.echo(f"{'K':>4} {'bic':>16} {'aic':>16} {'mean loglik':>12} {'iters':>6} "
@@ -505,6 +589,9 @@ def _describe_steps(steps: Pipeline) -> str:
     return ", then ".join(parts)
 
 
+DEMO_CONTAMINATION = 0.01
+
+
 @main.command()
 @click.option("--n-samples", type=click.IntRange(min=1000), default=200_000, show_default=True)
 @click.option("--n-features", type=click.IntRange(min=2), default=8, show_default=True)
@@ -537,16 +624,17 @@ def demo(n_samples, n_features, n_components, seed, workers, plot_path, quiet, v
             start = time.perf_counter()
             model.fit(f"{store}/X", callback=_progress(quiet))
             elapsed = time.perf_counter() - start
-            X_sample = np.asarray(model.sample(2000)[0]) if plot_path else None
+            fig = _demo_figure(model, f"{store}/X", seed, quiet) if plot_path else None
         err, weight_err = _compare_to_truth(model, truth)
     click.echo(f"fitted in {elapsed:.1f}s: {model.n_iter_} iterations, "
                f"converged={model.converged_}, mean log-likelihood {model.lower_bound_:.4f}")
     click.echo(f"largest distance between a fitted and a true mean: {err:.4f}; "
                f"largest weight error: {weight_err:.4f}")
-    if plot_path:
-        _plot(model, truth, X_sample, plot_path, quiet)
     if err > 0.1 * float(np.sqrt(n_features)):
         raise click.ClickException(f"the fit did not recover the true means (error {err:.3f})")
+    if fig is not None:
+        fig.savefig(plot_path, dpi=100)
+        click.echo(f"figure: {plot_path}")
 
 
 def _compare_to_truth(model, truth) -> tuple[float, float]:
@@ -559,29 +647,24 @@ def _compare_to_truth(model, truth) -> tuple[float, float]:
     return err, weight_err
 
 
-def _plot(model, truth, X_sample, path: str, quiet: bool) -> None:
+def _demo_figure(model, store: str, seed: int, quiet: bool):
+    """The demo's figure, drawn from the data: ellipses, lower bounds, log-densities."""
     try:
-        import matplotlib
+        from dgmm import plot
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        _say(quiet, "matplotlib is not installed: no plot (pip install 'dgmm[plot]')")
-        return
-    fig, ax = plt.subplots(figsize=(6, 6))
-    ax.scatter(X_sample[:, 0], X_sample[:, 1], s=2, alpha=0.3, color="grey",
-               label="samples from the fit")
-    ax.scatter(truth.means[:, 0], truth.means[:, 1], marker="x", s=80, color="black",
-               label="true means")
-    ax.scatter(model.means_[:, 0], model.means_[:, 1], marker="o", s=60,
-               facecolors="none", edgecolors="red", label="fitted means")
-    ax.set_xlabel("feature 0")
-    ax.set_ylabel("feature 1")
-    ax.set_title("dgmm demo: first two features")
-    ax.legend(loc="best")
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    _say(quiet, f"wrote {path}")
+        fig, axes = plot.panels(3)
+    except ImportError as exc:
+        _say(quiet, f"no figure: {exc}")
+        return None
+    from dgmm.outliers import GaussianMixtureOutlierDetector
+
+    plot.ellipses(model, store, features=_view(model.n_features_in_), ax=axes[0],
+                  random_state=seed)
+    plot.lower_bounds(model, ax=axes[1])
+    detector = GaussianMixtureOutlierDetector(model, contamination=DEMO_CONTAMINATION).fit(store)
+    plot.log_density_histogram(detector, ax=axes[2])
+    axes[2].set_title(f"log-density: {DEMO_CONTAMINATION:.0%} of rows are outliers")
+    return fig
 
 
 if __name__ == "__main__":

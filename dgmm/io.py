@@ -470,12 +470,17 @@ def _regular_rows(X: da.Array) -> da.Array:
     return X.rechunk({0: max(rows)})
 
 
-def _write_block(block, row_offset, index, params, arrays, whats, writers):
+def _write_block(block, row_offset, index, params, arrays, whats, writers, threshold):
     with writers.running():
-        outputs = kernels.per_row_outputs(block, params, whats, row_offset)
+        flag = threshold is not None
+        computed = (*whats, "log_density") if flag and "log_density" not in whats else whats
+        outputs = dict(zip(computed, kernels.per_row_outputs(block, params, computed, row_offset),
+                           strict=True))
+        if flag:
+            outputs["outlier"] = outputs["log_density"] < threshold
         stop = row_offset + len(block)
-        for name, out in zip(whats, outputs, strict=True):
-            arrays[name][row_offset:stop] = out
+        for name, array in arrays.items():
+            array[row_offset:stop] = outputs[name]
     return len(block)
 
 
@@ -489,6 +494,7 @@ def write_predictions(
     log_density: bool = False,
     overwrite: bool = False,
     dtype="float64",
+    outlier_threshold: float | None = None,
 ) -> zarr.Group:
     """Stream per-row outputs of a fitted model into a Zarr group, chunk by chunk.
 
@@ -522,6 +528,12 @@ def write_predictions(
         carry ``dgmm_version``); anything else there is never replaced.
     dtype : str or dtype, default='float64'
         Floating dtype of ``proba`` and ``log_density``.
+    outlier_threshold : float, optional
+        Also write ``outlier`` (n_samples,), bool: whether a row's float64
+        log-density is below this threshold (as
+        :class:`dgmm.outliers.GaussianMixtureOutlierDetector` flags with its
+        ``threshold_``), in the same pass; its value is stored in the group's
+        attribute ``outlier_threshold``.
 
     Returns
     -------
@@ -541,8 +553,9 @@ def write_predictions(
     """
     wanted = (labels, proba, log_density)
     whats = tuple(name for name, w in zip(kernels.PER_ROW_OUTPUTS, wanted, strict=True) if w)
-    if not whats:
-        raise ValueError("Nothing to write: set at least one of labels, proba, log_density")
+    if not whats and outlier_threshold is None:
+        raise ValueError("Nothing to write: set at least one of labels, proba, log_density, "
+                         "outlier_threshold")
     float_dtype = np.dtype(dtype)
     if float_dtype.kind != "f":
         raise ValueError(f"dtype must be a floating dtype; got {float_dtype}")
@@ -561,20 +574,24 @@ def write_predictions(
         "labels": ((n,), (rows,), np.min_scalar_type(k - 1)),
         "proba": ((n, k), (rows, k), float_dtype),
         "log_density": ((n,), (rows,), float_dtype),
+        "outlier": ((n,), (rows,), np.dtype(bool)),
     }
+    names = whats if outlier_threshold is None else (*whats, "outlier")
     scheduler = scheduler_for(lazy)
     with _atomic_path(target, overwrite, "store") as tmp, Writers() as writers:
         group = zarr.open_group(str(tmp), mode="w-")
-        group.attrs.update({"dgmm_version": _version(), "outputs": list(whats)})
+        group.attrs.update({"dgmm_version": _version(), "outputs": list(names)})
+        if outlier_threshold is not None:
+            group.attrs["outlier_threshold"] = float(outlier_threshold)
         arrays = {}
-        for name in whats:
+        for name in names:
             shape, chunks, out_dtype = specs[name]
             arrays[name] = group.create_array(name, shape=shape, chunks=chunks, dtype=out_dtype)
         params = kernels.Params(model.covariance_type, model.weights_, model.means_,
                                 model.precisions_cholesky_)
         with blas_guard(scheduler):
             written = block_pass(as_blocks(X), _write_block, params, arrays, whats, writers,
-                                 scheduler=scheduler)
+                                 outlier_threshold, scheduler=scheduler)
         if written != n:  # every row block must have reported its rows
             raise RuntimeError(f"wrote {written} of {n} rows to {tmp}")
     return zarr.open_group(str(target), mode="r")

@@ -10,7 +10,9 @@ import hashlib
 import warnings
 from pathlib import Path
 
+import dask.array as da
 import numpy as np
+import zarr
 
 from dgmm import _kernels as K
 
@@ -29,8 +31,6 @@ def mixture_data(n=3000, d=4, k=3, seed=0, offset=0.0):
 
 def as_kind(X, kind, tmp_path=None):
     """X as 'numpy', 'dask-uneven' (ragged row chunks), 'zarr' (in memory) or 'zarr-path'."""
-    import dask.array as da
-    import zarr
 
     if kind == "numpy":
         return X

@@ -219,6 +219,8 @@ def test_demo_runs_on_a_fresh_install_in_under_a_minute(tmp_path):
     assert time.monotonic() - start < 60
     assert "largest distance between a fitted and a true mean" in proc.stdout
     assert Path(tmp_path / "dgmm-demo.png").exists() or "matplotlib" in proc.stderr
+    if Path(tmp_path / "dgmm-demo.png").exists():
+        assert proc.stdout.strip().splitlines()[-1] == "figure: dgmm-demo.png"
 
 
 def test_fit_on_a_cluster_from_a_config(store, tmp_path):
@@ -433,3 +435,63 @@ def test_readme_cron_line_runs_night_after_night(tmp_path):
     assert not np.array_equal(second.means_, first.means_)
     assert (tmp_path / "ckpt-2025-03-01").is_dir() and (tmp_path / "ckpt-2025-03-02").is_dir()
     assert "error" not in (tmp_path / "fit.log").read_text()
+
+
+def test_predict_outliers_score_threshold_and_histogram(store, model_file, tmp_path):
+    out, png = tmp_path / "p.zarr", tmp_path / "hist.png"
+    proc = CliRunner().invoke(main, ["predict", str(model_file), str(store), "--array", "X",
+                                     "--out", str(out), "--outliers", "--contamination", "0.01",
+                                     "--plot", str(png)])
+    assert proc.exit_code == 0, proc.stderr
+    assert "outlier threshold at contamination 0.01" in proc.stderr
+    written = zarr.open_group(str(out), mode="r")
+    threshold = written.attrs["outlier_threshold"]
+    model = dgmm.load(model_file)
+    scores = model.score_samples(zarr.open_array(str(store / "X"), mode="r")[:].astype(float))
+    assert threshold == np.quantile(scores, 0.01, method="higher")
+    np.testing.assert_array_equal(written["outlier"][:], scores < threshold)
+    assert written["outlier"][:].sum() == 300 and "labels" in written
+    assert png.read_bytes().startswith(b"\x89PNG") and f"wrote {png}" in proc.stderr
+    score = CliRunner().invoke(main, ["score", str(model_file), str(store), "--array", "X",
+                                      "--json", "--contamination", "0.01"])
+    result = json.loads(score.stdout)
+    assert result["outlier_threshold"] == threshold and result["contamination"] == 0.01
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--outliers"], "--outliers needs --contamination"),
+        (["--contamination", "0.01"], "--contamination is used with --outliers only"),
+        (["--outliers", "--contamination", "0.7"], "--contamination"),
+        (["--plot", "h.png"], "--plot draws the outlier threshold: pass --outliers too"),
+        (["--outliers", "--contamination", "0.01", "--plot", "/nonexistent/h.png"],
+         "does not exist"),
+    ],
+)
+def test_outlier_usage_errors_exit_2(store, model_file, tmp_path, args, message):
+    out = tmp_path / "p.zarr"
+    result = CliRunner().invoke(main, ["predict", str(model_file), str(store), "--array", "X",
+                                       "--out", str(out), *args])
+    assert result.exit_code == 2 and not out.exists()
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
+
+
+def test_fit_and_select_plots(store, tmp_path):
+    pytest.importorskip("matplotlib")
+    fit_png, select_png = tmp_path / "fit.png", tmp_path / "select.png"
+    for args, png in [
+        (["fit", "--n-components", "3", "--max-iter", "5", "--out", str(tmp_path / "m.npz"),
+          "--plot", str(fit_png)], fit_png),
+        (["select", "--n-components", "2:3", "--max-iter", "5", "--out",
+          str(tmp_path / "s.npz"), "--plot", str(select_png)], select_png),
+    ]:
+        result = CliRunner().invoke(main, [args[0], str(store), "--array", "X", *args[1:]])
+        assert result.exit_code == 0, result.stderr
+        assert png.read_bytes().startswith(b"\x89PNG") and f"wrote {png}" in result.stderr
+    existing = CliRunner().invoke(main, ["fit", str(store), "--array", "X", "--n-components", "2",
+                                         "--out", str(tmp_path / "n.npz"), "--plot",
+                                         str(fit_png)])
+    assert existing.exit_code == 2 and not (tmp_path / "n.npz").exists()
+    assert f"{fit_png} exists; pass --overwrite to replace it" in existing.stderr

@@ -17,8 +17,9 @@ from scipy import sparse
 from sklearn.mixture import GaussianMixture as SkGaussianMixture
 
 import dgmm
-from dgmm import GaussianMixture
+from dgmm import GaussianMixture, io
 from dgmm import _kernels as K
+from dgmm._passes import block_pass
 from dgmm.datasets import make_mixture, make_mixture_zarr
 from dgmm.io import (
     as_dask_array,
@@ -26,6 +27,7 @@ from dgmm.io import (
     open_array,
     write_predictions,
 )
+from dgmm.outliers import GaussianMixtureOutlierDetector
 from tests.helpers import tree_digest
 
 # Fits here run a fixed number of iterations (tol=0) on purpose.
@@ -273,6 +275,27 @@ def test_write_predictions_equals_in_memory_outputs(store, small_reads, tmp_path
         setattr(sk, name, getattr(gm, name))
     assert_allclose(group["proba"][:], sk.predict_proba(X), rtol=1e-9, atol=1e-12)
     assert_allclose(group["log_density"][:], sk.score_samples(X), rtol=1e-12)
+
+
+@pytest.mark.parametrize("also", [{}, {"labels": False}, {"labels": False, "log_density": True}],
+                         ids=["labels", "alone", "log-density"])
+def test_write_predictions_flags_outliers_in_the_same_pass(store, small_reads, tmp_path, also,
+                                                          monkeypatch):
+    path, X, _ = store
+    gm = _model("full").fit(X)
+    det = GaussianMixtureOutlierDetector(gm, contamination=0.02).fit(X)
+    passes = []
+    monkeypatch.setattr(io, "block_pass", lambda *a, **k: passes.append(1) or block_pass(*a, **k))
+    group = write_predictions(gm, str(path / "X"), tmp_path / "p.zarr",
+                              outlier_threshold=det.threshold_, **also)
+    assert len(passes) == 1
+    assert group["outlier"].dtype == bool
+    assert group.attrs["outlier_threshold"] == det.threshold_
+    assert group.attrs["outputs"] == [*group.attrs["outputs"][:-1], "outlier"]
+    assert_array_equal(group["outlier"][:], det.predict(X) == -1)
+    assert group["outlier"][:].sum() == 60  # ceil((3000 - 1) * 0.02) rows below the threshold
+    if also.get("log_density"):
+        assert_allclose(group["log_density"][:], gm.score_samples(X), rtol=1e-12)
 
 
 def test_write_predictions_irregular_dask_chunks(store, tmp_path):
