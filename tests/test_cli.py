@@ -80,6 +80,23 @@ def test_select_saves_the_best(store, tmp_path):
     assert dgmm.load(out).n_components == 3
 
 
+def test_select_searches_several_covariance_types(store, tmp_path):
+    out = tmp_path / "best.npz"
+    proc = run("select", store, "--array", "X", "--n-components", "2:4",
+               "--covariance-type", "full,diag", "--out", out)
+    rows = [line.split() for line in proc.stderr.splitlines()
+            if line.split()[:1] in (["2"], ["3"], ["4"])]
+    assert [(r[0], r[1]) for r in rows] == [(str(k), t) for t in ("full", "diag")
+                                           for k in (2, 3, 4)]
+    best = dgmm.load(out)
+    assert f"best by bic: 3 components, {best.covariance_type} covariance" in proc.stderr
+    assert best.n_components == 3 and best.covariance_type in ("full", "diag")
+    assert "data passes: " in proc.stderr
+    wrong = run("select", store, "--array", "X", "--n-components", "2", "--covariance-type",
+                "full,dense", "--out", out, check=False)
+    assert wrong.returncode == 2 and "--covariance-type takes one or more of" in wrong.stderr
+
+
 def test_kill_and_resume_equals_uninterrupted(tmp_path):
     store = tmp_path / "big.zarr"
     run("generate", store, "--n-samples", 300_000, "--n-features", 8, "--n-components", 6,
@@ -343,7 +360,7 @@ def test_select_options_progress_and_converged_column(store, tmp_path):
                "--tol", 0, "--reg-covar", 1e-4, "--init", "random_from_data", "--n-init", 2,
                "--algorithm", "batch", "--batch-size", 1000, "--out", tmp_path / "b.npz")
     header = next(line.split() for line in proc.stderr.splitlines() if line.startswith("   K"))
-    assert header == ["K", "bic", "aic", "mean", "loglik", "iters", "converged"]
+    assert header == ["K", "covariance", "bic", "aic", "mean", "loglik", "iters", "converged"]
     assert "dgmm select: warning: 2 of 2 candidates (K = 2, 3) did not converge in 3 " \
            "iterations; raise --max-iter or --tol" in proc.stderr
     assert dgmm.load(tmp_path / "b.npz").reg_covar == 1e-4
