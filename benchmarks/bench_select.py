@@ -103,7 +103,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=20_000, help="rows per sweep data set")
     parser.add_argument("--seeds", type=int, default=10, help="data sets per true K")
     parser.add_argument("--max-k", type=int, default=10)
-    parser.add_argument("--store-rows", type=int, default=1_000_000)
+    parser.add_argument("--store-rows", type=int, default=200_000)
     args = parser.parse_args()
     warnings.simplefilter("ignore", ConvergenceWarning)
     if "init" in args.reports:
