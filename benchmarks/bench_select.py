@@ -103,6 +103,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=20_000, help="rows per sweep data set")
     parser.add_argument("--seeds", type=int, default=10, help="data sets per true K")
     parser.add_argument("--max-k", type=int, default=10)
+    parser.add_argument("--true-k", type=int, nargs="+", default=[3, 4, 6, 8])
     parser.add_argument("--store-rows", type=int, default=200_000)
     args = parser.parse_args()
     warnings.simplefilter("ignore", ConvergenceWarning)
@@ -111,7 +112,7 @@ def main() -> None:
         init_report([("seed 0, float32", "float32", 0), ("seed 2", "float64", 2)],
                     args.fit_seeds)
     if "sweep" in args.reports:
-        sweep_report(args.rows, (3, 4, 6, 8), args.seeds, args.max_k)
+        sweep_report(args.rows, args.true_k, args.seeds, args.max_k)
     if "passes" in args.reports:
         passes_report(args.store_rows)
 
