@@ -82,19 +82,14 @@ def test_select_saves_the_best(store, tmp_path):
 
 def test_select_searches_several_covariance_types(store, tmp_path):
     out = tmp_path / "best.npz"
-    proc = run("select", store, "--array", "X", "--n-components", "2:4",
+    proc = run("select", store, "--array", "X", "--n-components", "2:3",
                "--covariance-type", "full,diag", "--out", out)
-    rows = [line.split() for line in proc.stderr.splitlines()
-            if line.split()[:1] in (["2"], ["3"], ["4"])]
-    assert [(r[0], r[1]) for r in rows] == [(str(k), t) for t in ("full", "diag")
-                                           for k in (2, 3, 4)]
+    rows = [line.split() for line in proc.stderr.splitlines() if line.split()[:1] in (["2"], ["3"])]
+    assert [(r[0], r[1]) for r in rows] == [(str(k), t) for t in ("full", "diag") for k in (2, 3)]
     best = dgmm.load(out)
     assert f"best by bic: 3 components, {best.covariance_type} covariance" in proc.stderr
     assert best.n_components == 3 and best.covariance_type in ("full", "diag")
     assert "data passes: " in proc.stderr
-    wrong = run("select", store, "--array", "X", "--n-components", "2", "--covariance-type",
-                "full,dense", "--out", out, check=False)
-    assert wrong.returncode == 2 and "--covariance-type takes one or more of" in wrong.stderr
 
 
 def test_kill_and_resume_equals_uninterrupted(tmp_path):
@@ -145,6 +140,8 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path):
         (["fit", "STORE", "--n-components", "2", "--out", "m.npz", "--resume"],
          "--resume needs --checkpoint"),
         (["select", "STORE", "--n-components", "5:x", "--out", "m.npz"], "--n-components"),
+        (["select", "STORE", "--n-components", "2", "--covariance-type", "full,dense", "--out",
+          "m.npz"], "--covariance-type takes one or more of full, tied, diag, spherical"),
         (["score", "missing.npz", "STORE"], "model file not found"),
         (["fit", "STORE", "--bogus"], "No such option"),
     ],
