@@ -2,12 +2,14 @@
 
 from dgmm._em import EmptyComponentWarning
 from dgmm._version import __version__
-from dgmm.mixture import GaussianMixture, select_n_components
+from dgmm.mixture import GaussianMixture
 from dgmm.models import load, save
+from dgmm.selection import SelectionResult, select_n_components
 
 __all__ = [
     "EmptyComponentWarning",
     "GaussianMixture",
+    "SelectionResult",
     "__version__",
     "load",
     "save",

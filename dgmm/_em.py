@@ -23,7 +23,7 @@ from sklearn.utils import check_random_state
 
 from dgmm import _init
 from dgmm import _kernels as kernels
-from dgmm._passes import Blocks, compute, estep_pass
+from dgmm._passes import Blocks, estep_pass
 from dgmm._stats import SuffStats
 
 ALGORITHMS = ("batch", "minibatch")
@@ -40,9 +40,11 @@ class EmptyComponentWarning(UserWarning):
 
 @dataclass(frozen=True)
 class Settings:
-    """The estimator parameters that drive EM, with the estimator's names and meanings."""
+    """The estimator parameters that drive EM, with the estimator's names and meanings.
 
-    covariance_type: str = "full"
+    ``covariance_type`` is not among them: it belongs to each :class:`Group`.
+    """
+
     tol: float = 1e-3
     reg_covar: float = 1e-6
     max_iter: int = 100
@@ -68,12 +70,15 @@ class Group:
 
     ``random_state`` is the estimator's: an int gives every group the same
     random stream, so a group fits exactly as a lone estimator with these
-    settings would.
+    settings would. Each group has its own ``covariance_type``: its
+    initialisations are made for it, and every M-step keeps the type of the
+    parameters it updates, so groups of several types share every pass.
     """
 
     n_components: int
     n_init: int = 1
     random_state: object = None
+    covariance_type: str = "full"
 
 
 @dataclass(frozen=True)
@@ -147,14 +152,15 @@ class Run:
                    bool(record["converged"]))
 
 
-def initial_run(stats: SuffStats | None, settings: Settings, init: InitialParams) -> Run:
+def initial_run(
+    stats: SuffStats | None, settings: Settings, cov_type: str, init: InitialParams
+) -> Run:
     """A run starting from the M-step of ``stats``, overridden by the user's ``*_init``.
 
     As in scikit-learn, the covariances come from the statistics about their
     own means even when ``means_init`` is given; ``stats`` may be None when
     every parameter is supplied.
     """
-    cov_type = settings.covariance_type
     if init.complete:
         weights, means = init.weights, init.means
     else:
@@ -184,7 +190,8 @@ def initial_runs(
     """
     rngs = [check_random_state(g.random_state) for g in groups]
     if init.complete:
-        return [[initial_run(None, settings, init) for _ in range(g.n_init)] for g in groups]
+        return [[initial_run(None, settings, g.covariance_type, init) for _ in range(g.n_init)]
+                for g in groups]
     starts, start_rngs = [], []
     for g, rng in zip(groups, rngs, strict=True):
         # random_from_data draws its rows from ``rng`` itself, as scikit-learn does
@@ -192,11 +199,10 @@ def initial_runs(
             [0] * g.n_init if settings.init_params == "random_from_data"
             else rng.randint(np.iinfo(np.int32).max, size=g.n_init).tolist()
         )
-        starts += [(g.n_components, seed) for seed in seeds]
+        starts += [_init.Start(g.n_components, seed, g.covariance_type) for seed in seeds]
         start_rngs += [rng] * g.n_init
-    stats = _init.initial_stats(blocks, settings.init_params, settings.covariance_type, starts,
-                                start_rngs, scheduler)
-    runs = iter([initial_run(st, settings, init) for st in stats])
+    stats = _init.initial_stats(blocks, settings.init_params, starts, start_rngs, scheduler)
+    runs = iter([initial_run(st, settings, st.covariance_type, init) for st in stats])
     return [[next(runs) for _ in range(g.n_init)] for g in groups]
 
 
@@ -434,7 +440,9 @@ def minibatch_em(
 
 def _label(params: kernels.Params, n_groups: int) -> str:
     """A prefix naming the candidate in progress lines, when there are several."""
-    return f"n_components={params.n_components}: " if n_groups > 1 else ""
+    if n_groups == 1:
+        return ""
+    return f"n_components={params.n_components}, covariance_type={params.covariance_type!r}: "
 
 
 # --------------------------------------------------------------------------
@@ -609,12 +617,13 @@ def fit_identity(blocks: Blocks, settings: Settings, groups: Sequence[Group],
     """What identifies a fit for a resume: the data (shape, chunking, first rows) and settings."""
     import hashlib
 
-    (first,) = compute(blocks.delayed[0], scheduler=scheduler)
+    (first,) = blocks.compute(blocks.delayed[0], n_reads=1, scheduler=scheduler)
     digest = hashlib.sha256(np.ascontiguousarray(first[:1000]).tobytes())
     digest.update(repr(blocks.sizes).encode())
     named = {f.name: getattr(settings, f.name) for f in fields(settings)
              if f.name not in _COSMETIC}
-    named["groups"] = [[g.n_components, g.n_init, _plain(g.random_state)] for g in groups]
+    named["groups"] = [[g.n_components, g.n_init, _plain(g.random_state), g.covariance_type]
+                       for g in groups]
     return {
         "data": {"shape": [blocks.n_rows, blocks.n_features], "dtype": str(first.dtype),
                  "fingerprint": digest.hexdigest()},

@@ -8,8 +8,11 @@ Data passes used (N rows, any chunking), shared by all ``n_init`` restarts:
 
 * ``'kmeans'``: at most ``2 + KMEANS_LLOYD_PASSES`` (7). One pass draws a
   uniform random sample of about ``max(KMEANS_SAMPLE_ROWS, 100 * n_components)``
-  rows; k-means++ seeding and Lloyd iterations to convergence run on that
-  sample in memory; then up to ``KMEANS_LLOYD_PASSES`` Lloyd iterations run
+  rows; on that sample, in memory, ``KMEANS_SAMPLE_RESTARTS`` runs of
+  k-means++ seeding and Lloyd iterations to convergence, keeping the one of
+  lowest inertia (cheap next to a data pass, and what keeps a start out of
+  the poor optima a single k-means++ draw falls into); then up to
+  ``KMEANS_LLOYD_PASSES`` Lloyd iterations run
   as streaming passes over all the data (counts and sums per chunk,
   tree-summed), stopping early once the centres move less than scikit-learn's
   tolerance; a last pass turns the final labels into the starting statistics.
@@ -18,21 +21,36 @@ Data passes used (N rows, any chunking), shared by all ``n_init`` restarts:
 * ``'random'``: one (random responsibilities per row, seeded per block).
 * ``'random_from_data'``: none (reads the chunks holding the chosen rows).
 
+Starts that differ only in their covariance type (a selection across
+types) share their centres: the covariance type enters only the last pass,
+which turns the labels into each start's statistics.
+
 Memory stays bounded by the chunks in flight plus the sample.
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from dgmm import _kernels as kernels
 from dgmm._covariance import COVARIANCE, CentredBlock
-from dgmm._passes import Blocks, block_pass, compute
+from dgmm._passes import Blocks, block_pass
 from dgmm._stats import SuffStats
 
 INIT_METHODS = ("kmeans", "k-means++", "random", "random_from_data")
 KMEANS_SAMPLE_ROWS = 20_000
 KMEANS_LLOYD_PASSES = 5
+KMEANS_SAMPLE_RESTARTS = 10
+
+
+class Start(NamedTuple):
+    """One initialisation to make: its size, random seed and covariance type."""
+
+    n_components: int
+    seed: int
+    covariance_type: str
 
 
 def read_rows(blocks: Blocks, rows: np.ndarray, scheduler=None) -> np.ndarray:
@@ -41,7 +59,8 @@ def read_rows(blocks: Blocks, rows: np.ndarray, scheduler=None) -> np.ndarray:
     starts = np.asarray(blocks.offsets)
     which = np.searchsorted(starts, rows, side="right") - 1
     needed = sorted(set(which.tolist()))
-    fetched = compute(*[blocks.delayed[b] for b in needed], scheduler=scheduler)
+    fetched = blocks.compute(*[blocks.delayed[b] for b in needed], n_reads=len(needed),
+                             scheduler=scheduler)
     by_block = dict(zip(needed, fetched, strict=True))
     out = np.stack([
         np.asarray(by_block[b][r - starts[b]], dtype=np.float64)
@@ -52,9 +71,9 @@ def read_rows(blocks: Blocks, rows: np.ndarray, scheduler=None) -> np.ndarray:
     return out
 
 
-def _random_block(block, row_offset, index, starts, shifts, center, cov_type):
+def _random_block(block, row_offset, index, starts, shifts, center):
     out = []
-    for (n_components, seed), shift in zip(starts, shifts, strict=True):
+    for (n_components, seed, cov_type), shift in zip(starts, shifts, strict=True):
         rng = np.random.default_rng([seed, index])
         resp = rng.uniform(size=(n_components, block.shape[0]))
         resp /= resp.sum(axis=0, keepdims=True)
@@ -65,28 +84,27 @@ def _random_block(block, row_offset, index, starts, shifts, center, cov_type):
     return out
 
 
-def init_random(blocks, starts, covariance_type, scheduler=None) -> list[SuffStats]:
+def init_random(blocks: Blocks, starts: list[Start], scheduler=None) -> list[SuffStats]:
     """Statistics of uniform random responsibilities (one pass for all starts)."""
     center = read_rows(blocks, [0], scheduler)[0]
-    shifts = [np.tile(center, (k, 1)) for k, _ in starts]
-    return block_pass(blocks, _random_block, starts, shifts, center, covariance_type,
-                      scheduler=scheduler)
+    shifts = [np.tile(center, (start.n_components, 1)) for start in starts]
+    return block_pass(blocks, _random_block, starts, shifts, center, scheduler=scheduler)
 
 
-def init_random_from_data(blocks, starts, covariance_type, rngs, scheduler=None):
+def init_random_from_data(blocks: Blocks, starts: list[Start], rngs, scheduler=None):
     """Statistics of ``n_components`` distinct random rows, one-hot (no data pass).
 
     Each start's rows are drawn with ``rng.choice`` from its entry of ``rngs``
     as scikit-learn does, so a shared seed picks the same rows.
     """
-    picks = [rng.choice(blocks.n_rows, k, replace=False)
-             for (k, _), rng in zip(starts, rngs, strict=True)]
+    picks = [rng.choice(blocks.n_rows, start.n_components, replace=False)
+             for start, rng in zip(starts, rngs, strict=True)]
     rows = read_rows(blocks, np.concatenate(picks), scheduler)
     out, pos = [], 0
-    for (k, _) in starts:
+    for k, _, cov_type in starts:
         pts = rows[pos : pos + k]
         pos += k
-        out.append(kernels.stats_from_resp(pts, np.eye(k), pts, pts.mean(axis=0), covariance_type))
+        out.append(kernels.stats_from_resp(pts, np.eye(k), pts, pts.mean(axis=0), cov_type))
     return out
 
 
@@ -188,42 +206,59 @@ def lloyd_update(stats: SuffStats) -> np.ndarray:
 
 def lloyd_iterations(
     X: np.ndarray, centers: np.ndarray, tol: float, max_iter: int = 300
-) -> np.ndarray:
-    """Lloyd iterations on in-memory rows until the squared centre shift is <= ``tol``."""
+) -> tuple[np.ndarray, float]:
+    """Lloyd iterations on in-memory rows until the squared centre shift is <= ``tol``.
+
+    Returns the centres and the inertia of the last assignment.
+    """
     for _ in range(max_iter):
-        new = lloyd_update(hard_assignment_stats(X, centers, "spherical"))
+        stats = hard_assignment_stats(X, centers, "spherical")
+        new = lloyd_update(stats)
         shift = ((new - centers) ** 2).sum()
         centers = new
         if shift <= tol:
             break
-    return centers
+    return centers, float(stats.qk.sum())
 
 
-def _hard_block(block, row_offset, index, centers_list, covariance_type):
-    return [hard_assignment_stats(block, c, covariance_type, row_offset) for c in centers_list]
+def sample_kmeans(
+    X: np.ndarray, n_clusters: int, seed: int, tol: float, n_restarts: int
+) -> np.ndarray:
+    """The lowest-inertia centres of ``n_restarts`` k-means++ + Lloyd runs on rows ``X``."""
+    best, best_inertia = None, np.inf
+    for r in range(n_restarts):
+        seeds = kmeans_plusplus(X, n_clusters, np.random.default_rng([seed, 1, r]))
+        centers, inertia = lloyd_iterations(X, seeds, tol)
+        if inertia < best_inertia:
+            best, best_inertia = centers, inertia
+    return best
+
+
+def _hard_block(block, row_offset, index, centers_list, covariance_types):
+    return [hard_assignment_stats(block, c, cov_type, row_offset)
+            for c, cov_type in zip(centers_list, covariance_types, strict=True)]
 
 
 def init_kmeans(
-    blocks: Blocks,
-    starts: list[tuple[int, int]],
-    covariance_type: str,
-    lloyd: bool = True,
-    scheduler=None,
+    blocks: Blocks, starts: list[Start], lloyd: bool = True, scheduler=None
 ) -> list[SuffStats]:
-    """Statistics of k-means labels (``lloyd=False``: of k-means++ seeds), one per start."""
-    k_max = max(k for k, _ in starts)
-    seed = starts[0][1]
+    """Statistics of k-means labels (``lloyd=False``: of k-means++ seeds), one per start.
+
+    Starts with the same ``(n_components, seed)`` share one set of centres.
+    """
+    k_max = max(start.n_components for start in starts)
+    seed = starts[0].seed
     sample = sample_rows(blocks, max(KMEANS_SAMPLE_ROWS, 100 * k_max), seed, scheduler)
     if len(sample) < k_max:  # a tiny sampling probability came up short
         sample = sample_rows(blocks, blocks.n_rows, seed, scheduler)
     tol = 1e-4 * sample.var(axis=0).mean()  # scikit-learn's KMeans tolerance
-    centers = [kmeans_plusplus(sample, k, np.random.default_rng([s, 1])) for k, s in starts]
+    keys = list(dict.fromkeys((k, s) for k, s, _ in starts))
     if lloyd:
-        centers = [lloyd_iterations(sample, c, tol) for c in centers]
+        centers = [sample_kmeans(sample, k, s, tol, KMEANS_SAMPLE_RESTARTS) for k, s in keys]
         active = list(range(len(centers)))
         for _ in range(KMEANS_LLOYD_PASSES if len(sample) < blocks.n_rows else 0):
-            stats = block_pass(blocks, _hard_block, [centers[i] for i in active], "spherical",
-                               scheduler=scheduler)
+            stats = block_pass(blocks, _hard_block, [centers[i] for i in active],
+                               ["spherical"] * len(active), scheduler=scheduler)
             moving = []
             for i, st in zip(active, stats, strict=True):
                 new = lloyd_update(st)
@@ -233,25 +268,27 @@ def init_kmeans(
             active = moving
             if not active:
                 break
-    return block_pass(blocks, _hard_block, centers, covariance_type, scheduler=scheduler)
+    else:
+        centers = [kmeans_plusplus(sample, k, np.random.default_rng([s, 1])) for k, s in keys]
+    by_key = dict(zip(keys, centers, strict=True))
+    return block_pass(blocks, _hard_block, [by_key[k, s] for k, s, _ in starts],
+                      [start.covariance_type for start in starts], scheduler=scheduler)
 
 
 def initial_stats(
     blocks: Blocks,
     method: str,
-    covariance_type: str,
-    starts: list[tuple[int, int]],
+    starts: list[Start],
     rngs: list[np.random.RandomState],
     scheduler=None,
 ) -> list[SuffStats]:
-    """Starting statistics for each ``(n_components, seed)`` start, sharing data passes.
+    """Starting statistics for each start, sharing data passes.
 
     ``rngs`` holds each start's random state ('random_from_data' draws its
     rows from it; starts of one fit share one, drawn from in order).
     """
     if method in ("kmeans", "k-means++"):
-        return init_kmeans(blocks, starts, covariance_type, lloyd=method == "kmeans",
-                           scheduler=scheduler)
+        return init_kmeans(blocks, starts, lloyd=method == "kmeans", scheduler=scheduler)
     if method == "random":
-        return init_random(blocks, starts, covariance_type, scheduler)
-    return init_random_from_data(blocks, starts, covariance_type, rngs, scheduler)
+        return init_random(blocks, starts, scheduler)
+    return init_random_from_data(blocks, starts, rngs, scheduler)

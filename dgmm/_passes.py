@@ -90,6 +90,9 @@ class Blocks:
         Global index of the first row of each block.
     name : str
         Deterministic name of the array (its dask name).
+    block_reads : int
+        Blocks read so far by the passes over these blocks (a pass restricted
+        to pieces reads each block it touches once per piece).
     """
 
     graph: dict
@@ -98,6 +101,18 @@ class Blocks:
     n_rows: int
     n_features: int
     name: str
+    block_reads: int = 0
+
+    @property
+    def n_passes(self) -> float:
+        """Data passes made so far: :attr:`block_reads` over the number of blocks."""
+        return self.block_reads / len(self.keys)
+
+    def compute(self, *objs, n_reads: int, scheduler=None) -> tuple:
+        """Compute ``objs``, which read ``n_reads`` blocks, and count those reads."""
+        out = compute(*objs, scheduler=scheduler)
+        self.block_reads += n_reads
+        return out
 
     @property
     def sizes(self) -> list[int]:
@@ -229,7 +244,8 @@ def estep_pass(
     minibatch); their packets are computed in parallel and tree-summed.
     """
     graph = pass_graph(blocks, _estep_block, (list(params_list),), pieces=pieces)
-    (total,) = compute(graph, scheduler=scheduler)
+    n_reads = len(blocks.keys) if pieces is None else len(pieces)
+    (total,) = blocks.compute(graph, n_reads=n_reads, scheduler=scheduler)
     return total
 
 
@@ -239,7 +255,8 @@ def block_pass(blocks: Blocks, fn: BlockFn, *args, combine: Callable = _sum_grou
 
     Results are tree-summed unless another order-keeping ``combine`` is given.
     """
-    (total,) = compute(pass_graph(blocks, fn, args, combine), scheduler=scheduler)
+    graph = pass_graph(blocks, fn, args, combine)
+    (total,) = blocks.compute(graph, n_reads=len(blocks.keys), scheduler=scheduler)
     return total
 
 

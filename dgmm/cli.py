@@ -27,8 +27,9 @@ from sklearn.pipeline import Pipeline
 
 from dgmm import _init, io
 from dgmm import _kernels as kernels
-from dgmm.mixture import ALGORITHMS, CRITERIA
+from dgmm.mixture import ALGORITHMS
 from dgmm.models import load, save
+from dgmm.selection import CRITERIA
 
 
 class CommandError(click.UsageError):
@@ -232,6 +233,16 @@ def _save_plot(fig, path: str, quiet: bool) -> None:
 def _view(n_features: int):
     """The 2-D view of the ellipses: the two features, or the principal axes beyond 2."""
     return "pca" if n_features > 2 else (0, 1)
+
+
+def _parse_covariance_types(text: str) -> list[str]:
+    """'full' or a comma list such as 'full,diag'."""
+    values = [v.strip() for v in text.split(",")]
+    wrong = [v for v in values if v not in kernels.COVARIANCE_TYPES]
+    if wrong:
+        raise CommandError(f"--covariance-type takes one or more of "
+                           f"{', '.join(kernels.COVARIANCE_TYPES)}, comma-separated; got {text!r}")
+    return values
 
 
 @contextlib.contextmanager
@@ -489,7 +500,9 @@ def score(model_path, store, array, as_json, contamination, cluster_spec, quiet,
 @_array
 @click.option("--n-components", "n_components", required=True, metavar="LO:HI|LIST",
               help="Candidates, e.g. 1:12 (inclusive) or 2,4,8.")
-@_covariance_type
+@click.option("--covariance-type", default="full", show_default=True, metavar="TYPE[,TYPE...]",
+              help=f"Candidate covariance types, comma-separated, among "
+                   f"{', '.join(kernels.COVARIANCE_TYPES)}.")
 @click.option("--criterion", type=click.Choice(CRITERIA), default="bic", show_default=True)
 @click.option("--max-iter", type=click.IntRange(min=1), default=100, show_default=True)
 @click.option("--tol", type=click.FloatRange(min=0), default=1e-3, show_default=True)
@@ -510,10 +523,11 @@ def score(model_path, store, array, as_json, contamination, cluster_spec, quiet,
 def select(store, array, n_components, covariance_type, criterion, max_iter, tol, reg_covar,
            init_params, n_init, seed, algorithm, batch_size, standardize, pca, out, overwrite,
            plot_path, cluster_spec, quiet, verbose):
-    """Fit every candidate number of components (sharing data passes); save the best."""
+    """Fit every candidate (components x covariance types, sharing data passes); save the best."""
     from dgmm import select_n_components
 
     candidates = _parse_components(n_components)
+    types = _parse_covariance_types(covariance_type)
     X = _open_store(store, array)
     _check_output(out, [store], overwrite=overwrite, kind="file")
     _check_plot(plot_path, [store, out], overwrite=overwrite)
@@ -521,31 +535,34 @@ def select(store, array, n_components, covariance_type, criterion, max_iter, tol
     with _cluster(cluster_spec, quiet), warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         steps, Xt = _preprocess(X, standardize, pca, quiet)
-        best, table = select_n_components(
-            Xt, candidates, criterion=criterion, covariance_type=covariance_type,
+        result = select_n_components(
+            Xt, candidates, criterion=criterion, covariance_type=types,
             max_iter=max_iter, tol=tol, reg_covar=reg_covar, init_params=init_params,
             n_init=n_init, random_state=seed, algorithm=algorithm, batch_size=batch_size,
             callback=_progress(quiet),
         )
+    best, table = result
     _save(steps, best, out, overwrite)
     if plot_path:
-        from dgmm import plot
-
-        _save_plot(plot.selection_curves(table, criterion), plot_path, quiet)
+        _save_plot(result.plot(), plot_path, quiet)
     if quiet:
         return
-    click.echo(f"{'K':>4} {'bic':>16} {'aic':>16} {'mean loglik':>12} {'iters':>6} "
-               f"{'converged':>9}", err=True)
+    click.echo(f"{'K':>4} {'covariance':>10} {'bic':>16} {'aic':>16} {'mean loglik':>12} "
+               f"{'iters':>6} {'converged':>9}", err=True)
     for row in table:
-        mark = " *" if row["n_components"] == best.n_components else ""
-        click.echo(f"{row['n_components']:>4} {row['bic']:>16.2f} {row['aic']:>16.2f} "
-                   f"{row['score']:>12.5f} {row['n_iter']:>6} "
-                   f"{'yes' if row['converged'] else 'no':>9}{mark}", err=True)
-    stuck = [str(row["n_components"]) for row in table if not row["converged"]]
+        chosen = (row["n_components"], row["covariance_type"]) == (best.n_components,
+                                                                    best.covariance_type)
+        click.echo(f"{row['n_components']:>4} {row['covariance_type']:>10} {row['bic']:>16.2f} "
+                   f"{row['aic']:>16.2f} {row['score']:>12.5f} {row['n_iter']:>6} "
+                   f"{'yes' if row['converged'] else 'no':>9}{' *' if chosen else ''}", err=True)
+    stuck = [f"{row['n_components']}" + (f" {row['covariance_type']}" if len(types) > 1 else "")
+             for row in table if not row["converged"]]
     if stuck:
         _warning(f"{len(stuck)} of {len(table)} candidates (K = {', '.join(stuck)}) did not "
                  f"converge in {max_iter} iterations; raise --max-iter or --tol")
-    click.echo(f"best by {criterion}: {best.n_components} components; saved {out}", err=True)
+    click.echo(f"best by {criterion}: {best.n_components} components, "
+               f"{best.covariance_type} covariance; saved {out}", err=True)
+    click.echo(f"data passes: {result.n_passes:g}", err=True)
 
 
 @main.command()

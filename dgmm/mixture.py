@@ -323,15 +323,18 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         elif warm:
             start = [[_em.Run(self._params(), self._covariances64(),
                               lower_bound=getattr(self, "lower_bound_", -np.inf))]]
-        group = _em.Group(self.n_components, self.n_init, self.random_state)
-        (fitted,) = _fit_groups(
-            Xd, lazy, settings, [group], cache=self.cache, init=self._initial_params(),
+        (fitted,), _ = _fit_groups(
+            Xd, lazy, settings, [self._group()], cache=self.cache, init=self._initial_params(),
             start=start, stream=stream, checkpoint=checkpoint, resume=resume,
             callback=callback, log=self._log, source=X,
         )
         self._set_fitted(fitted, n_features=d, dtype=Xd.dtype)
         self._warn_not_converged(stacklevel=2)
         return self
+
+    def _group(self) -> _em.Group:
+        """What the driver fits for this estimator."""
+        return _em.Group(self.n_components, self.n_init, self.random_state, self.covariance_type)
 
     def _initial_params(self) -> _em.InitialParams:
         return _em.InitialParams(self.weights_init, self.means_init, self.precisions_init)
@@ -398,9 +401,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             if fitted:
                 states = [self._online_state()]
             else:
-                group = _em.Group(self.n_components, self.n_init, self.random_state)
-                (runs,) = _em.initial_runs(blocks, settings, [group], self._initial_params(),
-                                           scheduler)
+                (runs,) = _em.initial_runs(blocks, settings, [self._group()],
+                                           self._initial_params(), scheduler)
                 states = [_em.OnlineState.from_params(r.params, r.covariances, self.reg_covar)
                           for r in runs]
             packets = estep_pass(blocks, [s.params for s in states], scheduler)
@@ -653,13 +655,14 @@ def _fit_groups(
     log=None,
     score: bool = False,
     source=None,
-) -> list[_em.Fitted]:
+) -> tuple[list[_em.Fitted], float]:
     """What every fit does around the one driver: cache, checkpoints, progress.
 
-    ``fit`` and :func:`select_n_components` both come through here, so the
-    cache policy, checkpoints, resume, verbosity and callbacks behave the same
-    in both. ``source`` is the input as the user gave it (a checkpoint may
-    not be written into it).
+    ``fit`` and :func:`~dgmm.select_n_components` both come through here, so
+    the cache policy, checkpoints, resume, verbosity and callbacks behave the
+    same in both. ``source`` is the input as the user gave it (a checkpoint
+    may not be written into it). Returns the driver's result and the data
+    passes it made (counted by the pass engine).
     """
     if checkpoint is not None:
         if settings.algorithm != "batch":
@@ -680,8 +683,8 @@ def _fit_groups(
             identity = _em.fit_identity(blocks, settings, groups, scheduler)
             if resume and io.has_checkpoint(checkpoint):
                 records = io.read_checkpoint(checkpoint, identity)
-                start = [[_em.Run.from_record(r, settings.covariance_type) for r in records
-                          if r["group"] == g] for g in range(len(groups))]
+                start = [[_em.Run.from_record(r, group.covariance_type) for r in records
+                          if r["group"] == g] for g, group in enumerate(groups)]
                 stream = None
 
             def save(iteration: int, runs: list[list[_em.Run]]) -> None:
@@ -690,8 +693,9 @@ def _fit_groups(
                 io.write_checkpoint(checkpoint, records, {**identity, "iteration": iteration})
 
         hook = _em.iteration_hook(settings, log, callback, save)
-        return _em.fit_groups(blocks, settings, groups, init=init, start=start, stream=stream,
-                              scheduler=scheduler, on_iteration=hook, log=log, score=score)
+        fitted = _em.fit_groups(blocks, settings, groups, init=init, start=start, stream=stream,
+                                scheduler=scheduler, on_iteration=hook, log=log, score=score)
+    return fitted, blocks.n_passes
 
 
 def _check_n_samples(n_samples: int, n_components: int) -> None:
@@ -720,92 +724,3 @@ def _check_shape(name: str, value, shape: tuple, sklearn_name: str) -> np.ndarra
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"{name} contains NaN or infinity")
     return arr
-
-
-CRITERIA = ("bic", "aic")
-
-
-def select_n_components(
-    X,
-    n_components=range(1, 11),
-    *,
-    criterion: str = "bic",
-    callback=None,
-    checkpoint=None,
-    resume: bool = False,
-    **params,
-) -> tuple[GaussianMixture, list[dict]]:
-    """Fit one mixture per candidate number of components and keep the best.
-
-    Every candidate is fitted exactly as ``GaussianMixture(k, **params).fit(X)``
-    would fit it (the same driver, the same random streams for an int
-    ``random_state``), but all candidates (and their ``n_init`` restarts)
-    share every data pass: initialisation, EM (batch or minibatch), polish,
-    and one last pass that scores the final models. For out-of-core data this
-    costs about as many passes as a single fit.
-
-    Parameters
-    ----------
-    X : array-like, dask array, zarr.Array or str of shape (n_samples, n_features)
-    n_components : iterable of int, default=range(1, 11)
-        Candidate numbers of components.
-    criterion : {'bic', 'aic'}, default='bic'
-        Lower is better.
-    callback, checkpoint, resume
-        As in :meth:`GaussianMixture.fit`; the checkpoint holds every
-        candidate's runs.
-    **params
-        Other :class:`GaussianMixture` parameters (``algorithm``, ``cache``,
-        ``verbose``, ``polish_iter``, ...; not the ``*_init`` arrays). The
-        candidates are new estimators, so ``warm_start`` has nothing to
-        continue and they start as a cold fit does.
-
-    Returns
-    -------
-    best : GaussianMixture
-        The fitted model with the lowest criterion.
-    table : list of dict
-        Per candidate: ``n_components``, ``bic``, ``aic``, ``score`` (mean
-        log-likelihood of the final model), ``n_iter``, ``converged``.
-    """
-    if criterion not in CRITERIA:
-        raise ValueError(f"criterion must be one of {list(CRITERIA)}; got {criterion!r}")
-    for name in ("weights_init", "means_init", "precisions_init"):
-        if params.get(name) is not None:
-            raise ValueError(f"{name} cannot be used when selecting n_components")
-    candidates = sorted({int(k) for k in n_components})
-    if not candidates:
-        raise ValueError("n_components must list at least one candidate")
-    Xd, lazy = as_dask_array(X)
-    n, d = Xd.shape
-    models = [GaussianMixture(k, **params) for k in candidates]
-    for m in models:
-        m._check_parameters(d)
-    _check_n_samples(n, candidates[-1])
-    proto = models[0]
-    groups = [_em.Group(m.n_components, m.n_init, m.random_state) for m in models]
-    fitted = _fit_groups(
-        Xd, lazy, _em.Settings.of(proto.get_params()), groups, cache=proto.cache,
-        checkpoint=checkpoint, resume=resume, callback=callback, log=proto._log, score=True,
-        source=X,
-    )
-    table = []
-    for model, f in zip(models, fitted, strict=True):
-        model._set_fitted(f, n_features=d, dtype=Xd.dtype)
-        table.append({
-            "n_components": model.n_components,
-            **model.criteria(f.score, n),
-            "score": f.score,
-            "n_iter": model.n_iter_,
-            "converged": model.converged_,
-        })
-    late = [row["n_components"] for row in table if not row["converged"]]
-    if late and proto.max_iter > 0:
-        warnings.warn(
-            f"Candidate(s) with n_components={late} did not converge; their criteria may "
-            "be too high. Increase max_iter or tol, or try n_init > 1.",
-            ConvergenceWarning,
-            stacklevel=2,
-        )
-    best = min(range(len(models)), key=lambda i: table[i][criterion])
-    return models[best], table

@@ -116,6 +116,18 @@ def test_standardize_and_pca_are_fitted_saved_and_applied(store, tmp_path):
     assert [n for n, _ in dgmm.load(best).steps] == ["standardscaler", "gaussianmixture"]
 
 
+def test_select_searches_several_covariance_types(store, tmp_path):
+    out = tmp_path / "best.npz"
+    proc = run("select", store, "--array", "X", "--n-components", "2:3",
+               "--covariance-type", "full,diag", "--out", out)
+    rows = [line.split() for line in proc.stderr.splitlines() if line.split()[:1] in (["2"], ["3"])]
+    assert [(r[0], r[1]) for r in rows] == [(str(k), t) for t in ("full", "diag") for k in (2, 3)]
+    best = dgmm.load(out)
+    assert f"best by bic: 3 components, {best.covariance_type} covariance" in proc.stderr
+    assert best.n_components == 3 and best.covariance_type in ("full", "diag")
+    assert "data passes: " in proc.stderr
+
+
 def test_kill_and_resume_equals_uninterrupted(tmp_path):
     store = tmp_path / "big.zarr"
     run("generate", store, "--n-samples", 300_000, "--n-features", 8, "--n-components", 6,
@@ -164,6 +176,8 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path):
         (["fit", "STORE", "--n-components", "2", "--out", "m.npz", "--resume"],
          "--resume needs --checkpoint"),
         (["select", "STORE", "--n-components", "5:x", "--out", "m.npz"], "--n-components"),
+        (["select", "STORE", "--n-components", "2", "--covariance-type", "full,dense", "--out",
+          "m.npz"], "--covariance-type takes one or more of full, tied, diag, spherical"),
         (["score", "missing.npz", "STORE"], "model file not found"),
         (["fit", "STORE", "--bogus"], "No such option"),
         (["fit", "STORE", "--n-components", "2", "--pca", "4", "--out", "m.npz"],
@@ -384,7 +398,7 @@ def test_select_options_progress_and_converged_column(store, tmp_path):
                "--tol", 0, "--reg-covar", 1e-4, "--init", "random_from_data", "--n-init", 2,
                "--algorithm", "batch", "--batch-size", 1000, "--out", tmp_path / "b.npz")
     header = next(line.split() for line in proc.stderr.splitlines() if line.startswith("   K"))
-    assert header == ["K", "bic", "aic", "mean", "loglik", "iters", "converged"]
+    assert header == ["K", "covariance", "bic", "aic", "mean", "loglik", "iters", "converged"]
     assert "dgmm select: warning: 2 of 2 candidates (K = 2, 3) did not converge in 3 " \
            "iterations; raise --max-iter or --tol" in proc.stderr
     assert dgmm.load(tmp_path / "b.npz").reg_covar == 1e-4

@@ -50,8 +50,9 @@ def test_complete_user_parameters_need_no_initialisation_pass(blocks, monkeypatc
 
 @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
 def test_run_record_round_trip(blocks, covariance_type):
-    settings = _em.Settings(covariance_type=covariance_type, max_iter=2, tol=0.0)
-    (fitted,) = _em.fit_groups(blocks, settings, [_em.Group(2, random_state=0)])
+    settings = _em.Settings(max_iter=2, tol=0.0)
+    group = _em.Group(2, random_state=0, covariance_type=covariance_type)
+    (fitted,) = _em.fit_groups(blocks, settings, [group])
     run = fitted.best
     back = _em.Run.from_record(run.to_record(), covariance_type)
     for name in ("weights", "means", "precisions_cholesky"):

@@ -110,6 +110,20 @@ def test_kmeans_plusplus_spreads_seeds():
     assert max_mean_error(seeds, centers_true) < 5
 
 
+def test_sample_kmeans_keeps_the_restart_of_lowest_inertia():
+    X, _, _ = mixture_data(n=2000, d=2, k=6, seed=4)
+    tol = 1e-4 * X.var(axis=0).mean()
+
+    def inertia(centers):
+        return ((X[:, None, :] - centers[None]) ** 2).sum(axis=2).min(axis=1).sum()
+
+    singles = [inertia(_init.lloyd_iterations(
+        X, _init.kmeans_plusplus(X, 6, np.random.default_rng([7, 1, r])), tol)[0])
+        for r in range(5)]
+    best = _init.sample_kmeans(X, 6, seed=7, tol=tol, n_restarts=5)
+    np.testing.assert_allclose(inertia(best), min(singles), rtol=1e-10)
+
+
 def test_sample_rows_is_bounded_and_uniform():
     X = np.arange(100_000, dtype=float).reshape(-1, 1)
     blocks = as_blocks(da.from_array(X, chunks=7_000))

@@ -536,7 +536,8 @@ def test_select_honours_verbose(capsys):
     assert untimed(selected) == untimed(fitted)
     select_n_components(X, [2, 3], **dict(params, verbose=1))
     out = capsys.readouterr().out
-    assert "n_components=2: Initialisation 1" in out and "n_components=3: Initialisation 0" in out
+    assert "n_components=2, covariance_type='full': Initialisation 1" in out
+    assert "n_components=3, covariance_type='full': Initialisation 0" in out
 
 
 def test_select_checkpoint_resume_equals_uninterrupted(tmp_path):
