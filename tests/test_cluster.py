@@ -118,6 +118,9 @@ def dask_processes(workdir: Path, n_workers: int = 2):
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         env[var] = "1"  # one BLAS thread per single-threaded worker, as a nanny would set
+    # A killed worker whose closed connection the scheduler misses is dropped after this
+    # many seconds without a heartbeat (default 5 minutes), so a fault test cannot hang.
+    env["DASK_DISTRIBUTED__SCHEDULER__WORKER_TTL"] = "30s"
     scheduler_file = workdir / "scheduler.json"
     procs: list[subprocess.Popen] = []
     logs: list[Path] = []
