@@ -38,7 +38,7 @@ def _ellipses(ax) -> list[Ellipse]:
 
 @pytest.mark.parametrize(
     ("covariance_type", "kind"),
-    zip(COVARIANCE_TYPES, ["numpy", "dask-uneven", "zarr", "dask-uneven"], strict=True),
+    list(zip(COVARIANCE_TYPES, ["numpy", "dask-uneven", "zarr", "dask-uneven"], strict=True)),
 )
 def test_ellipses_draw_k_per_sigma_level_over_a_sample(data, tmp_path, kind, covariance_type):
     gm = GaussianMixture(3, covariance_type=covariance_type, random_state=0, max_iter=5).fit(data)
