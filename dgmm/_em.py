@@ -57,11 +57,16 @@ class Settings:
     learning_offset: float = 0.0
     shuffle: bool = True
     polish_iter: int = 0
+    min_step_size: float = 0.0
 
     @classmethod
     def of(cls, params: Mapping) -> Settings:
-        """The settings among an estimator's ``get_params()``."""
-        return cls(**{f.name: params[f.name] for f in fields(cls)})
+        """The settings among an estimator's ``get_params()``.
+
+        Names the estimator does not have keep their defaults (an estimator
+        without stepwise EM need not know ``min_step_size``).
+        """
+        return cls(**{f.name: params[f.name] for f in fields(cls) if f.name in params})
 
 
 @dataclass(frozen=True)
@@ -272,7 +277,7 @@ def batch_em(
 # --------------------------------------------------------------------------
 # Stepwise (online) EM: running normalised statistics s, and for each
 # minibatch t with packet s_t: s <- (1 - rho_t) s + rho_t s_t / n_t, then an
-# M-step from s; rho_t = (t + offset) ** -decay.
+# M-step from s; rho_t = max((t + offset) ** -decay, floor).
 # --------------------------------------------------------------------------
 
 
@@ -308,9 +313,16 @@ class OnlineState:
         return cls(params, covariances, stats)
 
 
-def step_size(t: int, decay: float, offset: float) -> float:
-    """``rho_t = (t + offset) ** -decay`` for step ``t`` >= 1."""
-    return float((t + offset) ** -decay)
+def step_size(t: int, decay: float, offset: float, floor: float = 0.0) -> float:
+    """``rho_t = max((t + offset) ** -decay, floor)`` for step ``t`` >= 1.
+
+    A ``floor`` > 0 stops the steps from shrinking to zero: the running
+    statistics become an exponentially weighted average in which a minibatch's
+    weight decays by ``1 - floor`` at every later step, so data older than
+    about ``1 / floor`` minibatches fade (a stream that drifts is followed
+    rather than averaged).
+    """
+    return float(max((t + offset) ** -decay, floor))
 
 
 def stepwise_step(
@@ -320,6 +332,7 @@ def stepwise_step(
     reg_covar: float,
     decay: float,
     offset: float,
+    floor: float = 0.0,
 ) -> tuple[OnlineState, SuffStats]:
     """One stepwise-EM step: the new state and the packet it used.
 
@@ -331,7 +344,7 @@ def stepwise_step(
     best = int(np.argmax([p.loglik / p.n for p in packets]))
     state, packet = states[best], packets[best]
     t = state.n_steps + 1
-    rho = step_size(t, decay, offset)
+    rho = step_size(t, decay, offset, floor)
     stats = state.stats.stepped(packet, rho)
     params, covariances = params_from_stats(stats, reg_covar)
     return OnlineState(params, covariances, stats, t, rho), packet
@@ -405,7 +418,8 @@ def minibatch_em(
             for g in active:
                 mine = [next(packets) for _ in current[g]]
                 state, packet = stepwise_step(current[g], mine, reg_covar=s.reg_covar,
-                                              decay=s.learning_decay, offset=s.learning_offset)
+                                              decay=s.learning_decay, offset=s.learning_offset,
+                                              floor=s.min_step_size)
                 current[g] = [state]
                 if on_step is not None:
                     on_step(g, state)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numbers
 import sys
 import warnings
+from dataclasses import replace
 
 import dask
 import numpy as np
@@ -27,7 +28,6 @@ from dgmm._passes import (
     apply_cache_policy,
     as_blocks,
     blas_guard,
-    estep_pass,
     scheduler_for,
 )
 from dgmm._stats import SuffStats
@@ -105,6 +105,14 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     learning_offset : float, default=0.0
         ``t0`` in the step size, >= 0. With 0 the first step replaces the
         initial statistics entirely; larger values damp the early steps.
+    min_step_size : float, default=0.0
+        A floor on the step size of stepwise EM, in [0, 1]: ``rho_t =
+        max((t + learning_offset) ** -learning_decay, min_step_size)``. With
+        a floor the running statistics weigh the last ``~1 / min_step_size``
+        minibatches and let older ones fade (a minibatch's weight falls by
+        ``1 - min_step_size`` at every later step), so a model updated night
+        after night follows data that drift instead of averaging all of
+        history. 0 keeps the decreasing schedule.
     shuffle : bool, default=True
         Whether 'minibatch' visits the blocks in an order shuffled by
         ``random_state`` (a new order every epoch) or in storage order.
@@ -131,8 +139,9 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     n_steps_ : int
         Stepwise-EM steps taken ('minibatch' fit and :meth:`partial_fit` only).
     n_samples_seen_ : int
-        Rows that have entered the running statistics of stepwise EM (rows
-        visited again in a later epoch count again).
+        Rows the model has learnt from: after a batch fit, the rows it was
+        fitted on; with stepwise EM, the rows that have entered the running
+        statistics (rows visited again in a later epoch count again).
     step_size_ : float
         Step size ``rho`` of the last stepwise-EM step.
     running_stats_ : ndarray of shape (n_packed,)
@@ -187,6 +196,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         learning_offset: float = 0.0,
         shuffle: bool = True,
         polish_iter: int = 0,
+        min_step_size: float = 0.0,
     ):
         self.n_components = n_components
         self.covariance_type = covariance_type
@@ -209,6 +219,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         self.learning_offset = learning_offset
         self.shuffle = shuffle
         self.polish_iter = polish_iter
+        self.min_step_size = min_step_size
 
     # ------------------------------------------------------------------
     # Validation
@@ -226,6 +237,9 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         _check_int("batch_size", self.batch_size, 1)
         _check_int("polish_iter", self.polish_iter, 0)
         _check_number("learning_offset", self.learning_offset, 0.0)
+        floor = self.min_step_size
+        if not isinstance(floor, numbers.Real) or isinstance(floor, bool) or not 0 <= floor <= 1:
+            raise ValueError(f"min_step_size must be a number in [0, 1]; got {floor!r}")
         decay = self.learning_decay
         if not isinstance(decay, numbers.Real) or isinstance(decay, bool) or not 0.5 < decay <= 1:
             raise ValueError(f"learning_decay must be a number in (0.5, 1]; got {decay!r}")
@@ -328,7 +342,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             start=start, stream=stream, checkpoint=checkpoint, resume=resume,
             callback=callback, log=self._log, source=X,
         )
-        self._set_fitted(fitted, n_features=d, dtype=Xd.dtype)
+        self._set_fitted(fitted, n_features=d, dtype=Xd.dtype, n_samples=n)
         self._warn_not_converged(stacklevel=2)
         return self
 
@@ -339,12 +353,20 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     def _initial_params(self) -> _em.InitialParams:
         return _em.InitialParams(self.weights_init, self.means_init, self.precisions_init)
 
-    def _set_fitted(self, fitted: _em.Fitted, n_features: int, dtype=np.float64) -> None:
-        """Adopt a driver's result: the best run, and the stream after minibatch EM."""
+    def _set_fitted(self, fitted: _em.Fitted, n_features: int, dtype=np.float64,
+                    n_samples: int | None = None) -> None:
+        """Adopt a driver's result: the best run, and the stream after minibatch EM.
+
+        After batch EM there is no stream; ``n_samples`` (the rows fitted on)
+        is kept as ``n_samples_seen_``, which a later stream counts as steps
+        already taken (see :meth:`partial_fit`).
+        """
         self._set_run(fitted.best, n_features, dtype)
         if fitted.state is None:  # a batch fit starts any later stream afresh
             for name in ONLINE_ATTRIBUTES:
                 self.__dict__.pop(name, None)
+            if n_samples is not None:
+                self.n_samples_seen_ = int(n_samples)
         else:
             self._set_online_state(fitted.state)
 
@@ -360,23 +382,36 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             )
 
     def partial_fit(self, X, y=None) -> GaussianMixture:
-        """One stepwise-EM update from a batch of rows.
+        """Stepwise-EM updates from new rows, one step per minibatch of ``batch_size`` rows.
+
+        The rows are cut into minibatches of about ``batch_size`` rows in
+        storage order (as one unshuffled epoch of ``algorithm='minibatch'``:
+        ``max(1, round(n_rows / batch_size))`` of them), so a batch of at most
+        about ``batch_size`` rows is one step, and a dask array or a Zarr
+        store of any size is streamed minibatch by minibatch. Each step is
+        the E-step of the minibatch under the current model, blended into the
+        running normalised statistics with step size ``rho_t = max((t +
+        learning_offset) ** -learning_decay, min_step_size)``, and an M-step.
 
         The first call (on an unfitted estimator) initialises the model from
-        this batch as :meth:`fit` would (``init_params``, ``*_init``; with
-        ``n_init > 1`` the initialisation under which the batch is most likely
-        is kept). Every call then takes one step: the E-step of the batch under
-        the current model, blended into the running normalised statistics with
-        step size ``rho_t = (t + learning_offset) ** -learning_decay``, and an
-        M-step. A model fitted by batch EM starts a new stream from its
-        parameters (``t = 0``). A rejected batch (ValueError) leaves the model
+        X as :meth:`fit` would (``init_params``, ``*_init``; with ``n_init >
+        1`` the initialisation under which the first minibatch is most likely
+        is kept). A model fitted by batch EM starts a stream from its
+        parameters, which become the running statistics, and its
+        ``n_samples_seen_`` rows count as ``n_samples_seen_ // batch_size``
+        steps already taken: ``t`` continues from there, so the rows it was
+        fitted on keep the weight of that many minibatches (with
+        ``learning_decay=1`` and ``learning_offset=0``, exactly: the running
+        statistics stay the average over all minibatches). A model without
+        ``n_samples_seen_`` (from a file of an older dgmm) starts at ``t =
+        0``. Rejected rows (ValueError), in any minibatch, leave the model
         unchanged.
 
         Parameters
         ----------
         X : array-like, dask array, zarr.Array or str of shape (n_batch, n_features)
-            One batch of rows, from any source (a generator, a message queue,
-            rows appended to a Zarr store).
+            New rows, from any source (a generator, a message queue, rows
+            appended to a Zarr store: ``da.from_zarr(store)[start:stop]``).
         y : Ignored
 
         Returns
@@ -394,7 +429,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                 f"The first batch initialises the model and needs n_samples >= n_components; "
                 f"got n_components = {self.n_components}, n_samples = {n}"
             )
-        settings = _em.Settings.of(self.get_params())
+        # One unshuffled epoch of the minibatch driver: the steps of fit(algorithm='minibatch').
+        settings = replace(_em.Settings.of(self.get_params()), max_iter=1)
         scheduler = scheduler_for(lazy)
         blocks = as_blocks(Xd)
         with blas_guard(scheduler):
@@ -405,21 +441,25 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                                            self._initial_params(), scheduler)
                 states = [_em.OnlineState.from_params(r.params, r.covariances, self.reg_covar)
                           for r in runs]
-            packets = estep_pass(blocks, [s.params for s in states], scheduler)
-            state, _ = _em.stepwise_step(
-                states, packets, reg_covar=self.reg_covar,
-                decay=self.learning_decay, offset=self.learning_offset,
-            )
+            ((state, _),) = _em.minibatch_em(blocks, [states], settings, rng=None,
+                                             scheduler=scheduler)
         # Only now, with every check passed, does the model change.
         self._set_params(state.params, state.covariances, n_features=d, dtype=Xd.dtype)
         self._set_online_state(state)
         return self
 
     def _online_state(self) -> _em.OnlineState:
-        """The stream state held in the fitted attributes (fresh if there is none)."""
+        """The stream state held in the fitted attributes.
+
+        Without one (a batch fit), a stream starts from the parameters, its
+        ``n_samples_seen_`` rows counted as ``n_samples_seen_ // batch_size``
+        steps taken (see :meth:`partial_fit`).
+        """
         if not hasattr(self, "running_stats_"):
-            return _em.OnlineState.from_params(self._params(), self._covariances64(),
-                                               self.reg_covar)
+            seen = int(getattr(self, "n_samples_seen_", 0))
+            fresh = _em.OnlineState.from_params(self._params(), self._covariances64(),
+                                                self.reg_covar, n_rows=seen)
+            return replace(fresh, n_steps=seen // self.batch_size)
         stats = SuffStats.unpack(
             self.running_stats_, self.covariance_type, self.n_components, self.n_features_in_
         )
