@@ -612,6 +612,7 @@ _ZIP_MAGIC = b"PK\x03\x04"
 _FITTED = "fitted/"
 _PARAM = "params/"
 _STEPS = "steps/"
+_FITTED_JSON = "fitted_json"
 _SCALARS = {"bool": (bool, np.bool_), "int": (int, np.int64), "float": (float, np.float64)}
 
 
@@ -699,17 +700,32 @@ def _encode_model(saved: SavedModel, prefix: str, arrays: dict[str, np.ndarray])
             plain[name] = None
         else:
             raise TypeError(f"Cannot save hyper-parameter {name}={value!r} in a model file")
-    kinds = {}
+    kinds, records = {}, {}
     for name, value in saved.fitted.items():
+        if isinstance(value, dict):  # a record such as provenance_: JSON in the metadata
+            records[name] = _json_record(f"fitted attribute {name}", value)
+            continue
         kinds[name], arrays[prefix + _FITTED + name] = _encode_value(
             f"fitted attribute {name}", value)
-    return {
+    entry = {
         "estimator": saved.estimator,
         "covariance_type": plain.get("covariance_type"),
         "params": plain,
         "array_params": array_params,
         "fitted": kinds,
     }
+    if records:
+        entry[_FITTED_JSON] = records
+    return entry
+
+
+def _json_record(name: str, value: dict) -> dict:
+    """``value`` as it reads back from JSON, refused if JSON cannot hold it exactly."""
+    try:
+        return json.loads(json.dumps(value, allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"Cannot save {name}: model files hold records of JSON values only "
+                        f"({exc})") from exc
 
 
 def _write_model(target: Path, schema_version: int, body: dict, arrays: dict,
@@ -738,7 +754,11 @@ def save_model(
     * ``fitted/<name>``: every fitted attribute with ``kind`` ``'array'``,
       ``'bool'``, ``'int'``, ``'float'`` (0-d arrays) or ``'list'`` (1-d
       array of a list of numbers). New estimator state is saved by adding
-      such attributes; no schema change is needed.
+      such attributes; no schema change is needed;
+    * fitted attributes that are records (dicts of JSON values, such as a
+      model's ``provenance_``) are kept in ``metadata.json`` itself, under
+      ``"fitted_json": {name: record}`` (absent when there are none); dgmm
+      versions that predate them read the file and ignore them.
 
     Every value round-trips bit for bit. A ``random_state`` given as a
     generator object is saved as ``None`` (with a warning): its state is not
@@ -918,6 +938,10 @@ def _decode_model(npz, path, entry: dict, prefix: str, expected: set) -> SavedMo
     for name in entry["array_params"]:
         params[name] = _read_member(npz, path, prefix + _PARAM + str(name))
     fitted = _read_fitted(npz, path, entry["fitted"], prefix)
+    records = entry.get(_FITTED_JSON, {})
+    if not isinstance(records, dict) or not all(isinstance(r, dict) for r in records.values()):
+        raise model_file_error(path, f"metadata field {_FITTED_JSON!r} is malformed")
+    fitted.update(records)
     expected |= {prefix + _PARAM + str(n) for n in entry["array_params"]}
     expected |= {prefix + _FITTED + n for n in entry["fitted"]}
     return SavedModel(entry["estimator"], params, fitted)

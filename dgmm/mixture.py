@@ -133,6 +133,9 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     n_iter_ : int
     lower_bound_ : float
         Mean log-likelihood of the best run's parameters before its last M-step.
+        After :meth:`partial_fit`: the mean log-likelihood of its rows, each
+        under the model in force when its minibatch was visited (as an epoch
+        of 'minibatch'), so an out-of-sample value for the rows it learnt.
     lower_bounds_ : list of float
         ``lower_bound`` per iteration of the best run.
     n_features_in_ : int
@@ -405,7 +408,9 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         statistics stay the average over all minibatches). A model without
         ``n_samples_seen_`` (from a file of an older dgmm) starts at ``t =
         0``. Rejected rows (ValueError), in any minibatch, leave the model
-        unchanged.
+        unchanged. ``lower_bound_`` becomes the mean log-likelihood of X's
+        rows, each under the model in force when its minibatch was visited;
+        ``n_iter_``, ``converged_`` and ``lower_bounds_`` (of a fit) stay.
 
         Parameters
         ----------
@@ -441,11 +446,12 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                                            self._initial_params(), scheduler)
                 states = [_em.OnlineState.from_params(r.params, r.covariances, self.reg_covar)
                           for r in runs]
-            ((state, _),) = _em.minibatch_em(blocks, [states], settings, rng=None,
-                                             scheduler=scheduler)
+            ((state, run),) = _em.minibatch_em(blocks, [states], settings, rng=None,
+                                               scheduler=scheduler)
         # Only now, with every check passed, does the model change.
         self._set_params(state.params, state.covariances, n_features=d, dtype=Xd.dtype)
         self._set_online_state(state)
+        self.lower_bound_ = float(run.lower_bound)
         return self
 
     def _online_state(self) -> _em.OnlineState:
