@@ -356,11 +356,19 @@ def epoch_plan(
     """The minibatches of one epoch, as lists of ``(block, start, stop)`` pieces.
 
     Blocks larger than ``batch_size`` are cut into equal slices of at most
-    ``batch_size`` rows; the pieces are shuffled by ``rng`` (kept in order if
-    ``None``) and grouped, in that order, into about ``round(n_rows / batch_size)``
-    minibatches of about equal row counts (a piece goes to the minibatch its
-    middle row falls in). Every row is in exactly one minibatch.
+    ``batch_size`` rows; the pieces are shuffled by ``rng`` and grouped, in
+    that order, into about ``round(n_rows / batch_size)`` minibatches of about
+    equal row counts (a piece goes to the minibatch its middle row falls in).
+    Every row is in exactly one minibatch.
+
+    In storage order (``rng`` None) the minibatches are the consecutive row
+    ranges ``[j n / m, (j + 1) n / m)`` (integer division) of the ``n`` rows,
+    ``m = max(1, round(n / batch_size))``, whatever the blocks: the same rows
+    in blocks of any sizes (a NumPy array, a dask array, a Zarr store) give
+    the same minibatches, each made of the pieces of the blocks it spans.
     """
+    if rng is None:
+        return _row_plan(sizes, batch_size)
     pieces = []
     for b, n in enumerate(sizes):
         m = -(-n // batch_size)
@@ -376,6 +384,21 @@ def epoch_plan(
         [p for p, g in zip(pieces, group, strict=True) if g == j]
         for j in np.unique(group)
     ]
+
+
+def _row_plan(sizes: Sequence[int], batch_size: int) -> list[list[tuple[int, int, int]]]:
+    """Storage-order minibatches: consecutive row ranges, cut into the blocks they span."""
+    n_rows = int(sum(sizes))
+    m = max(1, round(n_rows / batch_size))
+    cuts = [n_rows * j // m for j in range(m + 1)]
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
+    plan = []
+    for lo, hi in zip(cuts[:-1], cuts[1:], strict=True):
+        first = int(np.searchsorted(offsets, lo, side="right")) - 1
+        last = int(np.searchsorted(offsets, hi, side="left"))
+        plan.append([(b, max(lo, offsets[b]) - offsets[b], min(hi, offsets[b + 1]) - offsets[b])
+                     for b in range(first, last) if offsets[b] < offsets[b + 1]])
+    return [[(int(b), int(a), int(z)) for b, a, z in batch] for batch in plan]
 
 
 # on_step(group, state): called after every stepwise-EM step of a group.
