@@ -601,6 +601,19 @@ def _version() -> str:
     return __version__
 
 
+def write_text(path: str | os.PathLike, text: str, *, overwrite: bool = False) -> None:
+    """Write a text file (a JSON report, ...) atomically: complete and synced, or absent.
+
+    The rules of :func:`check_output_path` apply (``kind='file'``).
+    """
+    target = check_output_path(path, overwrite=overwrite, kind="file")
+    with _atomic_path(target, overwrite, "file") as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+
+
 # --------------------------------------------------------------------------
 # Model files: NPZ (allow_pickle=False) with a JSON metadata entry
 # --------------------------------------------------------------------------
