@@ -626,6 +626,8 @@ _FITTED = "fitted/"
 _PARAM = "params/"
 _STEPS = "steps/"
 _FITTED_JSON = "fitted_json"
+# Fitted attributes that are records (dicts of JSON values), kept in the metadata.
+RECORD_ATTRIBUTES = ("provenance_",)
 _SCALARS = {"bool": (bool, np.bool_), "int": (int, np.int64), "float": (float, np.float64)}
 
 
@@ -715,7 +717,7 @@ def _encode_model(saved: SavedModel, prefix: str, arrays: dict[str, np.ndarray])
             raise TypeError(f"Cannot save hyper-parameter {name}={value!r} in a model file")
     kinds, records = {}, {}
     for name, value in saved.fitted.items():
-        if isinstance(value, dict):  # a record such as provenance_: JSON in the metadata
+        if name in RECORD_ATTRIBUTES:  # JSON in the metadata, not an array
             records[name] = _json_record(f"fitted attribute {name}", value)
             continue
         kinds[name], arrays[prefix + _FITTED + name] = _encode_value(
@@ -734,6 +736,8 @@ def _encode_model(saved: SavedModel, prefix: str, arrays: dict[str, np.ndarray])
 
 def _json_record(name: str, value: dict) -> dict:
     """``value`` as it reads back from JSON, refused if JSON cannot hold it exactly."""
+    if not isinstance(value, dict):
+        raise TypeError(f"Cannot save {name} of type {type(value).__name__}: it must be a dict")
     try:
         return json.loads(json.dumps(value, allow_nan=False))
     except (TypeError, ValueError) as exc:
@@ -768,8 +772,9 @@ def save_model(
       ``'bool'``, ``'int'``, ``'float'`` (0-d arrays) or ``'list'`` (1-d
       array of a list of numbers). New estimator state is saved by adding
       such attributes; no schema change is needed;
-    * fitted attributes that are records (dicts of JSON values, such as a
-      model's ``provenance_``) are kept in ``metadata.json`` itself, under
+    * fitted attributes that are records (dicts of JSON values; those named
+      in ``RECORD_ATTRIBUTES``: a model's ``provenance_``, see
+      :mod:`dgmm.provenance`) are kept in ``metadata.json`` itself, under
       ``"fitted_json": {name: record}`` (absent when there are none); dgmm
       versions that predate them read the file and ignore them.
 
