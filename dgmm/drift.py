@@ -12,6 +12,10 @@ The measures, for ``n`` rows ``x_i`` and a mixture with weights ``w_k``:
   new rows fit the model as well as its training rows did; 0.1: they are on
   average ``e^0.1 ~ 1.1`` times less likely. Sampling noise is about
   ``std(log p(x)) / sqrt(n)``; negative values mean the new rows fit better.
+  After ``partial_fit`` (``dgmm update``) the training value is the mean
+  log-likelihood of the rows it learnt, each scored before its own step: an
+  out-of-sample value, which after a night of drift still holds the
+  transition, so the next night's drift is negative.
 * **occupancy** ``O_k = sum_i r_ik`` (soft counts) against ``E_k = n w_k``:
   ``chi_square = sum_k (O_k - E_k)^2 / E_k`` with ``K - 1`` degrees of
   freedom. Soft counts vary less than hard ones, so the p-value is
