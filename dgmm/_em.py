@@ -23,7 +23,9 @@ from sklearn.utils import check_random_state
 
 from dgmm import _init
 from dgmm import _kernels as kernels
-from dgmm._passes import Blocks, estep_pass
+from dask.delayed import Delayed
+
+from dgmm._passes import Blocks, compute, estep_pass
 from dgmm._stats import SuffStats
 
 ALGORITHMS = ("batch", "minibatch")
@@ -57,6 +59,12 @@ class Settings:
     learning_offset: float = 0.0
     shuffle: bool = True
     polish_iter: int = 0
+    missing: str = "error"
+
+    @property
+    def marginalize(self) -> bool:
+        """Whether rows with NaN enter through their observed coordinates."""
+        return self.missing == "marginalize"
 
     @classmethod
     def of(cls, params: Mapping) -> Settings:
@@ -233,6 +241,7 @@ def batch_em(
     reg_covar: float,
     scheduler=None,
     on_iteration: IterationHook | None = None,
+    missing: bool = False,
 ) -> list[Run]:
     """Run batch EM for several initialisations at once, one data pass per iteration.
 
@@ -251,7 +260,8 @@ def batch_em(
         if not active:
             break
         start = time.perf_counter()
-        stats = estep_pass(blocks, [r.params for r in active], scheduler=scheduler)
+        stats = estep_pass(blocks, [r.params for r in active], scheduler=scheduler,
+                           missing=missing)
         still = []
         for run, st in zip(active, stats, strict=True):
             prev = run.lower_bound
@@ -401,7 +411,8 @@ def minibatch_em(
         totals = {g: [0.0, 0.0] for g in active}
         for pieces in epoch_plan(blocks.sizes, s.batch_size, rng):
             flat = [state.params for g in active for state in current[g]]
-            packets = iter(estep_pass(blocks, flat, scheduler, pieces=pieces))
+            packets = iter(estep_pass(blocks, flat, scheduler, pieces=pieces,
+                                      missing=s.marginalize))
             for g in active:
                 mine = [next(packets) for _ in current[g]]
                 state, packet = stepwise_step(current[g], mine, reg_covar=s.reg_covar,
@@ -524,7 +535,7 @@ def fit_groups(
         if s.max_iter > 0:
             batch_em(blocks, start, max_iter=s.max_iter,
                      tol=s.tol, reg_covar=s.reg_covar, scheduler=scheduler,
-                     on_iteration=on_iteration)
+                     on_iteration=on_iteration, missing=s.marginalize)
         # With no iterations scikit-learn keeps the last initialisation.
         fitted = [Fitted(runs[-1] if s.max_iter == 0 else best_run(runs), runs)
                   for runs in start]
@@ -536,7 +547,8 @@ def fit_groups(
                     f"after {r.n_iter} {'iterations' if f.state is None else 'passes'}, "
                     f"converged={r.converged}")
     if score:
-        totals = estep_pass(blocks, [f.best.params for f in fitted], scheduler=scheduler)
+        totals = estep_pass(blocks, [f.best.params for f in fitted], scheduler=scheduler,
+                            missing=s.marginalize)
         for f, st in zip(fitted, totals, strict=True):
             f.score = float(st.loglik / st.n)
     return fitted
@@ -554,8 +566,8 @@ def _minibatch(blocks, s: Settings, groups, states, scheduler, on_iteration, log
         for run in runs:
             run.converged, run.n_iter = False, 0
         batch_em(blocks, [[run] for run in runs], max_iter=s.polish_iter, tol=s.tol,
-                 reg_covar=s.reg_covar,
-                 scheduler=scheduler, on_iteration=on_iteration)
+                 reg_covar=s.reg_covar, scheduler=scheduler, on_iteration=on_iteration,
+                 missing=s.marginalize)
         polished = []
         for (state, run), n_epochs in zip(out, epochs, strict=True):
             run.n_iter += n_epochs
@@ -620,6 +632,10 @@ def fit_identity(blocks: Blocks, settings: Settings, groups: Sequence[Group],
     (first,) = blocks.compute(blocks.delayed[0], n_reads=1, scheduler=scheduler)
     digest = hashlib.sha256(np.ascontiguousarray(first[:1000]).tobytes())
     digest.update(repr(blocks.sizes).encode())
+    for what, keys in sorted(blocks.side.items()):  # the weights and labels are data too
+        (part,) = compute(Delayed(keys[0], blocks.graph), scheduler=scheduler)
+        digest.update(what.encode() + np.ascontiguousarray(part[:1000]).tobytes())
+    digest.update(repr(blocks.total_weight).encode())
     named = {f.name: getattr(settings, f.name) for f in fields(settings)
              if f.name not in _COSMETIC}
     named["groups"] = [[g.n_components, g.n_init, _plain(g.random_state), g.covariance_type]

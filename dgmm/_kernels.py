@@ -171,13 +171,20 @@ def _weighted_log_prob_t(b: CentredBlock, scorer: Scorer) -> np.ndarray:
 # --------------------------------------------------------------------------
 
 
-def _resp_t(b: CentredBlock, scorer: Scorer):
+def _resp_t(b: CentredBlock, scorer: Scorer, label: np.ndarray | None = None):
     """Per-row log-likelihood (n,) and responsibilities (K, n), by log-sum-exp.
 
     One exp per entry: the exponentials shifted by the row maximum give both
-    the normaliser and, divided by it, the responsibilities.
+    the normaliser and, divided by it, the responsibilities. Rows whose
+    ``label`` is a component (>= 0) get that one-hot responsibility and the
+    complete-data log-likelihood ``log w_y + log N(x | y)``.
     """
     a = _weighted_log_prob_t(b, scorer)
+    known = None
+    if label is not None:
+        known = np.flatnonzero(label >= 0)
+        known_label = label[known]
+        known_loglik = a[known_label, known]
     amax = a.max(axis=0)
     amax[~np.isfinite(amax)] = 0.0
     a -= amax
@@ -187,6 +194,10 @@ def _resp_t(b: CentredBlock, scorer: Scorer):
         log_norm = np.log(total)
         resp /= total
     log_norm += amax
+    if known is not None and known.size:
+        resp[:, known] = 0.0
+        resp[known_label, known] = 1.0
+        log_norm[known] = known_loglik
     return log_norm, resp
 
 
@@ -208,12 +219,12 @@ def check_finite_block(X: np.ndarray, row_offset: int = 0) -> None:
         )
 
 
-def _checked_resp_t(X, scorer: Scorer, row_offset: int):
+def _checked_resp_t(X, scorer: Scorer, row_offset: int, label: np.ndarray | None = None):
     # Non-finite input is detected from the result (free on clean data), so the
     # arithmetic on it must not warn first.
     with np.errstate(invalid="ignore", over="ignore"):
         b = scorer.block(X)
-        log_norm, resp = _resp_t(b, scorer)
+        log_norm, resp = _resp_t(b, scorer, label)
     if not np.isfinite(log_norm).all():
         check_finite_block(X, row_offset)
         raise FloatingPointError(
@@ -318,24 +329,29 @@ def estep_stats(
     params: Params,
     sample_weight: np.ndarray | None = None,
     row_offset: int = 0,
+    label: np.ndarray | None = None,
+    missing: bool = False,
 ) -> SuffStats:
     """One E-step over a block: its statistics about the current means, plus log-likelihood.
 
     ``sample_weight`` (n,) multiplies each row's responsibilities and
-    log-likelihood. A non-finite value in the block raises ``ValueError``
-    naming its row. The block is processed in sub-blocks of ``SUB_ROWS``.
+    log-likelihood. ``label`` (n,) fixes the responsibilities of rows whose
+    component is known (>= 0; -1: unknown) to one-hot. A non-finite value in
+    the block raises ``ValueError`` naming its row. The block is processed in
+    sub-blocks of ``SUB_ROWS``.
     """
     scorer = Scorer.of(params)
     total = None
     for start, sl in sub_blocks(len(X)):
         w = None if sample_weight is None else sample_weight[sl]
-        st = _estep_sub(X[sl], scorer, w, row_offset + start)
+        lab = None if label is None else label[sl]
+        st = _estep_sub(X[sl], scorer, w, lab, row_offset + start)
         total = st if total is None else total + st
     return total
 
 
-def _estep_sub(X, scorer: Scorer, sample_weight, row_offset: int) -> SuffStats:
-    block, log_norm, resp = _checked_resp_t(X, scorer, row_offset)
+def _estep_sub(X, scorer: Scorer, sample_weight, label, row_offset: int) -> SuffStats:
+    block, log_norm, resp = _checked_resp_t(X, scorer, row_offset, label)
     params = scorer.params
     if sample_weight is not None:
         resp *= sample_weight[None, :]
