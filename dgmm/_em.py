@@ -19,12 +19,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
+from dask.delayed import Delayed
 from sklearn.utils import check_random_state
 
 from dgmm import _init
 from dgmm import _kernels as kernels
-from dask.delayed import Delayed
-
 from dgmm._passes import Blocks, compute, estep_pass
 from dgmm._stats import SuffStats
 

@@ -253,8 +253,8 @@ def row_data(
         got = dict(zip(names, dask.compute(*checks.values(), scheduler=scheduler), strict=True))
     if got.get("w_bad"):
         i = int(got["w_first"])
-        value = w[i].compute(scheduler=scheduler)
-        raise ValueError(f"sample_weight must be finite and non-negative; row {i} has {value!r}")
+        value = float(w[i].compute(scheduler=scheduler))
+        raise ValueError(f"sample_weight must be finite and non-negative; row {i} has {value}")
     if w is not None and not got["w_sum"] > 0:
         raise ValueError("sample_weight must have a positive sum; every weight is zero")
     if got.get("lab_nonint"):

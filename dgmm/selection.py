@@ -15,9 +15,8 @@ from dataclasses import dataclass
 
 from sklearn.exceptions import ConvergenceWarning
 
-from dgmm import _em
+from dgmm import _em, io
 from dgmm import _kernels as kernels
-from dgmm import io
 from dgmm._passes import scheduler_for
 from dgmm.io import as_dask_array
 from dgmm.mixture import GaussianMixture, _check_n_samples, _fit_groups
