@@ -194,6 +194,8 @@ def initial_runs(
 
     Each group draws its seeds from its own ``check_random_state(random_state)``
     exactly as a lone estimator does, so a group starts where such a fit would.
+    With ``settings.missing == 'marginalize'`` one more pass finds the
+    observed means that stand in for missing values during initialisation.
     """
     rngs = [check_random_state(g.random_state) for g in groups]
     if init.complete:
@@ -208,7 +210,9 @@ def initial_runs(
         )
         starts += [_init.Start(g.n_components, seed, g.covariance_type) for seed in seeds]
         start_rngs += [rng] * g.n_init
-    stats = _init.initial_stats(blocks, settings.init_params, starts, start_rngs, scheduler)
+    fill = _init.observed_means(blocks, scheduler) if settings.marginalize else None
+    with blocks.filled(fill):
+        stats = _init.initial_stats(blocks, settings.init_params, starts, start_rngs, scheduler)
     runs = iter([initial_run(st, settings, st.covariance_type, init) for st in stats])
     return [[next(runs) for _ in range(g.n_init)] for g in groups]
 

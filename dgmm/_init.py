@@ -61,7 +61,7 @@ def read_rows(blocks: Blocks, rows: np.ndarray, scheduler=None) -> np.ndarray:
     needed = sorted(set(which.tolist()))
     fetched = blocks.compute(*[blocks.delayed[b] for b in needed], n_reads=len(needed),
                              scheduler=scheduler)
-    by_block = dict(zip(needed, fetched, strict=True))
+    by_block = {b: blocks.fill_nan(block) for b, block in zip(needed, fetched, strict=True)}
     out = np.stack([
         np.asarray(by_block[b][r - starts[b]], dtype=np.float64)
         for r, b in zip(rows, which, strict=True)
@@ -376,6 +376,35 @@ def init_kmeans(
     by_key = dict(zip(keys, centers, strict=True))
     return block_pass(blocks, _hard_block, [by_key[k, s] for k, s, _ in starts],
                       [start.covariance_type for start in starts], scheduler=scheduler)
+
+
+def _observed_block(block, row_offset, index, weight=None, label=None):
+    seen = ~np.isnan(block)
+    if np.isinf(block).any():
+        kernels.check_finite_block(np.where(seen, block, 0.0), row_offset)
+    w = np.ones(len(block)) if weight is None else weight
+    return np.stack([seen.sum(axis=0), w @ seen, w @ np.where(seen, block, 0.0)])
+
+
+def _sum(*parts):
+    return np.sum(parts, axis=0)
+
+
+def observed_means(blocks: Blocks, scheduler=None) -> np.ndarray | None:
+    """Per-feature (weighted) means of the observed values in one pass; None if none is missing.
+
+    Initialisation with missing values sees each NaN as its feature's
+    observed mean (mean imputation, for the start only: EM then treats the
+    rows through their observed coordinates).
+    """
+    counts, weights, sums = block_pass(blocks, _observed_block, combine=_sum,
+                                       scheduler=scheduler)
+    if (counts == blocks.n_rows).all():
+        return None
+    if (weights == 0).any():
+        empty = np.flatnonzero(weights == 0).tolist()
+        raise ValueError(f"Feature(s) {empty} of X have no observed value; remove them")
+    return sums / weights
 
 
 def initial_stats(

@@ -118,6 +118,9 @@ class Blocks:
     total_weight : float
         Sum of the sample weights (the row count without weights): the
         weighted size of the data.
+    fill : ndarray of shape (n_features,), optional
+        While set (:meth:`filled`), every pass sees NaN entries as these
+        values: how initialisation treats missing values.
     block_reads : int
         Blocks read so far by the passes over these blocks (a pass restricted
         to pieces reads each block it touches once per piece).
@@ -132,6 +135,7 @@ class Blocks:
     side: dict[str, list] = field(default_factory=dict)
     total_weight: float = 0.0
     block_reads: int = 0
+    fill: np.ndarray | None = None
 
     def __post_init__(self):
         if "weight" not in self.side:
@@ -147,6 +151,19 @@ class Blocks:
         out = compute(*objs, scheduler=scheduler)
         self.block_reads += n_reads
         return out
+
+    @contextlib.contextmanager
+    def filled(self, values: np.ndarray | None):
+        """Passes inside the block see NaN entries as ``values`` (None: unchanged)."""
+        self.fill = values
+        try:
+            yield self
+        finally:
+            self.fill = None
+
+    def fill_nan(self, block: np.ndarray) -> np.ndarray:
+        """``block`` with NaN entries replaced by :attr:`fill` (unchanged if unset)."""
+        return _filled(block, self.fill)
 
     @property
     def sizes(self) -> list[int]:
@@ -191,11 +208,17 @@ def _sum_group(*packets):
     return tree_sum(list(packets))
 
 
-def _apply(fn, args, row_offset, index, start, stop, names, block, *parts):
+def _filled(block: np.ndarray, fill: np.ndarray | None) -> np.ndarray:
+    if fill is None:
+        return block
+    return np.where(np.isnan(block), fill.astype(block.dtype), block)
+
+
+def _apply(fn, args, row_offset, index, start, stop, names, fill, block, *parts):
     # The side arrays arrive positionally (``names`` says which): dask resolves
     # task references in positional arguments.
     extra = {k: v[start:stop] for k, v in zip(names, parts, strict=True)}
-    return fn(block[start:stop], row_offset + start, index, *args, **extra)
+    return fn(_filled(block[start:stop], fill), row_offset + start, index, *args, **extra)
 
 
 def _node(graph: dict, key):
@@ -231,7 +254,7 @@ def pass_graph(
         raise ValueError(f"dask config dgmm.split-every must be >= 2; got {split_every}")
     if pieces is None:
         pieces = [(b, 0, None) for b in range(len(blocks.keys))]
-    name = f"dgmm-pass-{tokenize(blocks.name, fn, args, combine, pieces)}"
+    name = f"dgmm-pass-{tokenize(blocks.name, fn, args, combine, pieces, blocks.fill)}"
     args_key = f"{name}-args"
     layer = {args_key: DataNode(args_key, args)}
     args_ref = TaskRef(args_key)
@@ -243,7 +266,7 @@ def pass_graph(
         parts = [_node(blocks.graph, keys[b]) for keys in blocks.side.values()]
         key = (name, 0, i)
         layer[key] = Task(key, _apply, fn, args_ref, blocks.offsets[b], b, start, stop,
-                          tuple(blocks.side), block, *parts)
+                          tuple(blocks.side), blocks.fill, block, *parts)
         level.append(key)
     depth = 0
     while len(level) > 1:

@@ -558,12 +558,12 @@ def _regular_rows(X: da.Array) -> da.Array:
     return X.rechunk({0: max(rows)})
 
 
-def _write_block(block, row_offset, index, params, arrays, whats, writers, threshold):
+def _write_block(block, row_offset, index, params, arrays, whats, writers, threshold, missing):
     with writers.running():
         flag = threshold is not None
         computed = (*whats, "log_density") if flag and "log_density" not in whats else whats
-        outputs = dict(zip(computed, kernels.per_row_outputs(block, params, computed, row_offset),
-                           strict=True))
+        found = kernels.per_row_outputs(block, params, computed, row_offset, missing)
+        outputs = dict(zip(computed, found, strict=True))
         if flag:
             outputs["outlier"] = outputs["log_density"] < threshold
         stop = row_offset + len(block)
@@ -678,8 +678,9 @@ def write_predictions(
         params = kernels.Params(model.covariance_type, model.weights_, model.means_,
                                 model.precisions_cholesky_)
         with blas_guard(scheduler):
+            missing = getattr(model, "missing", "error") == "marginalize"
             written = block_pass(as_blocks(X), _write_block, params, arrays, whats, writers,
-                                 outlier_threshold, scheduler=scheduler)
+                                 outlier_threshold, missing, scheduler=scheduler)
         if written != n:  # every row block must have reported its rows
             raise RuntimeError(f"wrote {written} of {n} rows to {tmp}")
     return zarr.open_group(str(target), mode="r")

@@ -553,6 +553,11 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         return kernels.Params(self.covariance_type, self.weights_, self.means_,
                               self.precisions_cholesky_)
 
+    @property
+    def _marginalize(self) -> bool:
+        """Whether rows with NaN are evaluated through their observed features."""
+        return self.missing == "marginalize"
+
     def _covariances64(self) -> np.ndarray:
         return np.asarray(self.covariances_, dtype=np.float64)
 
@@ -574,11 +579,12 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             dtype = np.dtype(float_dtype or io.result_dtype(Xd.dtype))
         if what == "proba":
             out = Xd.map_blocks(
-                _predict_block, params, what, dtype, dtype=dtype,
+                _predict_block, params, what, dtype, self._marginalize, dtype=dtype,
                 chunks=(Xd.chunks[0], (self.n_components,)),
             )
         else:
-            out = Xd.map_blocks(_predict_block, params, what, dtype, drop_axis=1, dtype=dtype)
+            out = Xd.map_blocks(_predict_block, params, what, dtype, self._marginalize,
+                                drop_axis=1, dtype=dtype)
         if lazy:
             return out
         with blas_guard("threads"):
@@ -675,9 +681,10 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         return X, np.repeat(np.arange(self.n_components), counts)
 
 
-def _predict_block(block, params, what, dtype, block_info=None):
+def _predict_block(block, params, what, dtype, missing, block_info=None):
     offset = block_info[0]["array-location"][0][0] if block_info else 0
-    return kernels.predict_block(block, params, what, row_offset=offset).astype(dtype, copy=False)
+    out = kernels.predict_block(block, params, what, row_offset=offset, missing=missing)
+    return out.astype(dtype, copy=False)
 
 
 # Fitted attributes every GaussianMixture model file must hold (a model built by

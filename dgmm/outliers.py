@@ -223,24 +223,25 @@ class Candidates:
 # --------------------------------------------------------------------------
 
 
-def _scores(rows, params, row_offset) -> np.ndarray:
-    return kernels.per_row_outputs(rows, params, ("log_density",), row_offset)[0]
+def _scores(rows, params, row_offset, missing) -> np.ndarray:
+    return kernels.per_row_outputs(rows, params, ("log_density",), row_offset, missing)[0]
 
 
-def _histogram_block(rows, row_offset, index, params, shift, weight=None) -> KeyHistogram:
-    return KeyHistogram.of(_scores(rows, params, row_offset), shift, weight)
+def _histogram_block(rows, row_offset, index, params, missing, shift,
+                     weight=None) -> KeyHistogram:
+    return KeyHistogram.of(_scores(rows, params, row_offset, missing), shift, weight)
 
 
-def _candidates_block(rows, row_offset, index, params, shift, bin_, need,
+def _candidates_block(rows, row_offset, index, params, missing, shift, bin_, need,
                       from_bottom, weight=None) -> Candidates:
-    scores = _scores(rows, params, row_offset)
+    scores = _scores(rows, params, row_offset, missing)
     in_bin = bins_of(scores, shift) == np.uint64(bin_)
     return Candidates.of(scores[in_bin], need, from_bottom,
                          None if weight is None else weight[in_bin])
 
 
 def score_quantile(
-    X, params: kernels.Params, q: float, sample_weight=None
+    X, params: kernels.Params, q: float, sample_weight=None, missing: bool = False
 ) -> tuple[float, KeyHistogram]:
     """Exact ``np.quantile(scores, q, method='higher')`` of the log-densities of X's rows.
 
@@ -255,6 +256,8 @@ def score_quantile(
     params : Params
     q : float in [0, 1]
     sample_weight : array-like, dask array, zarr.Array or str of shape (n_samples,), optional
+    missing : bool, default=False
+        Score rows with NaN by the marginal density of their observed features.
 
     Returns
     -------
@@ -267,7 +270,8 @@ def score_quantile(
     blocks = as_blocks(Xd, io.row_data(Xd.shape[0], sample_weight, scheduler=scheduler))
     with blas_guard(scheduler):
         shift = key_shift(blocks.n_rows)
-        hist = block_pass(blocks, _histogram_block, params, shift, combine=KeyHistogram.merge,
+        hist = block_pass(blocks, _histogram_block, params, missing, shift,
+                          combine=KeyHistogram.merge,
                           scheduler=scheduler)
         rank = target_rank(hist.n, q)
         if rank in (0, hist.n - 1):
@@ -277,8 +281,8 @@ def score_quantile(
         # Counting from the top relies on integer counts: weighted, count up.
         from_bottom = t < m - t or sample_weight is not None
         need = t if from_bottom else m - 1 - t
-        found = block_pass(blocks, _candidates_block, params, shift, bin_, need, from_bottom,
-                           combine=Candidates.merge, scheduler=scheduler)
+        found = block_pass(blocks, _candidates_block, params, missing, shift, bin_, need,
+                           from_bottom, combine=Candidates.merge, scheduler=scheduler)
     return found.select(), hist
 
 
@@ -369,7 +373,7 @@ class GaussianMixtureOutlierDetector(OutlierMixin, BaseEstimator):
             mixture = clone(mixture).fit(X, sample_weight=sample_weight)
         self.mixture_ = mixture
         self.threshold_, self.histogram_ = score_quantile(X, mixture._params(), float(c),
-                                                          sample_weight)
+                                                          sample_weight, mixture._marginalize)
         self.offset_ = self.threshold_
         self.n_features_in_ = mixture.n_features_in_
         return self

@@ -257,3 +257,115 @@ def test_no_warning_leaks_from_the_validation_pass(weighted):
         warnings.simplefilter("ignore", ConvergenceWarning)
         GaussianMixture(3, random_state=0, max_iter=3).fit(da.from_array(X, chunks=500),
                                                            sample_weight=w)
+
+
+# --------------------------------------------------------------------------
+# Missing values
+# --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def gappy():
+    """A mixture with 20% of entries removed completely at random (no empty row)."""
+    X, y, _ = mixture_data(n=3000, d=4, k=3, seed=1)
+    rng = np.random.default_rng(0)
+    Xm = X.copy()
+    Xm[rng.random(X.shape) < 0.2] = np.nan
+    empty = np.isnan(Xm).all(axis=1)
+    Xm[empty, 0] = X[empty, 0]
+    return X, Xm
+
+
+def parameter_error(model, reference) -> float:
+    """Max over components of |mean error| + |covariance error| (Frobenius), after matching.
+
+    Components are matched to the reference by their nearest means.
+    """
+    order = [int(np.argmin(((model.means_ - m) ** 2).sum(axis=1))) for m in reference.means_]
+    mean_err = np.linalg.norm(model.means_[order] - reference.means_, axis=1)
+    cov_err = np.linalg.norm(model.covariances_[order] - reference.covariances_, axis=(1, 2))
+    return float((mean_err + cov_err).max())
+
+
+def test_marginal_em_beats_deletion_and_mean_imputation(gappy):
+    # The truth: the fit on the complete data. Parameter error as defined above.
+    X, Xm = gappy
+    kw = dict(random_state=0)
+    truth = GaussianMixture(3, **kw).fit(X)
+    marginal = GaussianMixture(3, missing="marginalize", **kw).fit(Xm)
+    listwise = GaussianMixture(3, **kw).fit(Xm[~np.isnan(Xm).any(axis=1)])
+    imputed = GaussianMixture(3, **kw).fit(np.where(np.isnan(Xm), np.nanmean(Xm, axis=0), Xm))
+    err = parameter_error(marginal, truth)
+    assert err < parameter_error(listwise, truth)
+    assert err < parameter_error(imputed, truth)
+
+
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_marginalize_without_nan_is_the_ordinary_fit(covariance_type):
+    X, _, _ = mixture_data(n=1000, d=3, k=3, seed=4)
+    kw = dict(covariance_type=covariance_type, random_state=0)
+    a = GaussianMixture(3, missing="marginalize", **kw).fit(X)
+    assert_same_model(a, GaussianMixture(3, **kw).fit(X), rtol=0)
+
+
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+@pytest.mark.parametrize("kind", ["numpy", "dask-uneven", "zarr"])
+def test_predictions_on_rows_with_nan_are_the_marginal_densities(gappy, covariance_type, kind):
+    from scipy.stats import multivariate_normal
+
+    _, Xm = gappy
+    model = GaussianMixture(3, covariance_type=covariance_type, missing="marginalize",
+                            random_state=0, max_iter=5).fit(as_kind(Xm, kind))
+    covs = kernels_dense(model)
+    rows = [i for i in range(60) if np.isnan(Xm[i]).any()] + [i for i in range(5)]
+    expected = np.array([np.log(sum(
+        model.weights_[k] * multivariate_normal(model.means_[k][o], covs[k][np.ix_(o, o)]).pdf(
+            Xm[i][o]) for k in range(3))) for i in rows for o in [~np.isnan(Xm[i])]])
+    got = np.asarray(model.score_samples(as_kind(Xm, kind)))[rows]
+    np.testing.assert_allclose(got, expected, rtol=1e-10)
+    proba = np.asarray(model.predict_proba(Xm[rows]))
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-12)
+    np.testing.assert_array_equal(np.asarray(model.predict(Xm[rows])), proba.argmax(axis=1))
+
+
+def kernels_dense(model):
+    from dgmm._covariance import COVARIANCE
+
+    K, d = model.n_components, model.n_features_in_
+    return COVARIANCE[model.covariance_type].dense(model.covariances_, K, d)
+
+
+def test_nan_is_refused_by_default_and_an_empty_row_is_named(gappy):
+    _, Xm = gappy
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        GaussianMixture(3).fit(Xm)
+    empty = Xm.copy()
+    empty[123] = np.nan
+    with pytest.raises(ValueError, match="Row 123 of X has no observed value"):
+        GaussianMixture(3, missing="marginalize").fit(da.from_array(empty, chunks=100))
+
+
+def test_missing_values_in_minibatch_outliers_and_written_predictions(gappy, tmp_path):
+    _, Xm = gappy
+    model = GaussianMixture(3, missing="marginalize", algorithm="minibatch", batch_size=500,
+                            random_state=0).fit(Xm)
+    assert np.isfinite(model.means_).all()
+    det = GaussianMixtureOutlierDetector(model, contamination=0.05).fit(Xm)
+    assert det.threshold_ == np.quantile(model.score_samples(Xm), 0.05, method="higher")
+    group = dgmm.io.write_predictions(model, Xm, tmp_path / "p.zarr", log_density=True)
+    np.testing.assert_array_equal(group["log_density"][:], model.score_samples(Xm))
+
+
+def test_resume_with_missing_values(gappy, tmp_path):
+    _, Xm = gappy
+    kw = dict(missing="marginalize", random_state=0, tol=0, max_iter=5)
+    straight = GaussianMixture(3, **kw).fit(Xm)
+
+    def stop(info):
+        if info["iteration"] == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        GaussianMixture(3, **kw).fit(Xm, checkpoint=tmp_path / "c", callback=stop)
+    resumed = GaussianMixture(3, **kw).fit(Xm, checkpoint=tmp_path / "c", resume=True)
+    assert_same_model(resumed, straight, rtol=1e-12)
