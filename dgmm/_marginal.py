@@ -69,8 +69,8 @@ This module imports only NumPy, :mod:`dgmm._covariance` and
 #   Lam       precisions, (K, d, d) full, (1, d, d) tied
 #   W         Zt @ Lam_k, (K, n, d);  t  its missing entries, (K, n, r)
 #   midx      missing coordinates of each pattern, (G, r)
-#   C         Lambda_mm^-1 per pattern and component, (G, K or 1, r, r)
-#   hld_mm    sum log diag chol(Lambda_mm) = log det(Lambda_mm) / 2, (G, K or 1)
+#   C         Lambda_mm^-1 per component and pattern, (K or 1, G, r, r)
+#   hld_mm    sum log diag chol(Lambda_mm) = log det(Lambda_mm) / 2, (K or 1, G)
 #   logp      log w_k + log N(x_o | mu_k,o, Sigma_k,oo), component-major (K, n)
 # --------------------------------------------------------------------------
 
@@ -169,23 +169,60 @@ def _patterns(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _factor_missing(Lam: np.ndarray, miss: np.ndarray, r: int):
-    """``midx`` (G, r), ``hld_mm`` (G, Kf), ``C`` (G, Kf, r, r) of patterns with ``r`` missing."""
+    """``midx`` (G, r), ``hld_mm`` (Kf, G), ``C`` (Kf, G, r, r) of patterns with ``r`` missing."""
     G, Kf = miss.shape[0], Lam.shape[0]
     midx = np.nonzero(miss)[1].reshape(G, r)  # ascending within each row
     if r == 0:
-        return midx, np.zeros((G, Kf)), np.zeros((G, Kf, 0, 0))
-    A = Lam[:, midx[:, :, None], midx[:, None, :]].transpose(1, 0, 2, 3)
+        return midx, np.zeros((Kf, G)), np.zeros((Kf, G, 0, 0))
+    if r <= _SMALL_R:
+        # batch-last layout (r, r, Kf * G): the loops run over r, each step a
+        # vector operation over all patterns and components at once
+        A = Lam.transpose(1, 2, 0)[midx.T[:, None, :], midx.T[None, :, :]].reshape(r, r, -1)
+        L, Linv = _cholesky_inverse_small(A)
+        hld_mm = np.log(np.diagonal(L).T).sum(axis=0)
+        C = (Linv[:, :, None, :] * Linv[:, None, :, :]).sum(axis=0)  # L^-T L^-1
+        return (midx, hld_mm.reshape(G, Kf).T,
+                C.reshape(r, r, G, Kf).transpose(3, 2, 0, 1))
+    A = Lam[:, midx[:, :, None], midx[:, None, :]]  # (Kf, G, r, r)
     try:
         L = np.linalg.cholesky(A)
     except np.linalg.LinAlgError:
-        raise FloatingPointError(
-            "the precision of a component is numerically singular on the missing "
-            "coordinates of some rows; increase reg_covar or scale the input data."
-        ) from None
+        raise _singular_error() from None
     hld_mm = np.log(np.diagonal(L, axis1=2, axis2=3)).sum(axis=2)
     Linv = np.linalg.inv(L)
-    C = np.swapaxes(Linv, 2, 3) @ Linv  # Lambda_mm^-1, symmetric by construction
-    return midx, hld_mm, C
+    return midx, hld_mm, np.swapaxes(Linv, 2, 3) @ Linv  # Lambda_mm^-1 = L^-T L^-1
+
+
+# Up to this many missing coordinates the factorisations of a pattern group
+# run as vectorised loops over r (one LAPACK call per small matrix costs more
+# than its arithmetic); beyond, batched LAPACK.
+_SMALL_R = 8
+
+
+def _cholesky_inverse_small(A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Lower Cholesky factors ``L`` of ``A`` (r, r, B), batch last, and their inverses."""
+    r = A.shape[0]
+    L = np.zeros_like(A)
+    for j in range(r):  # column j of L (Cholesky-Banachiewicz)
+        Lj = L[j, :j]
+        pivot = A[j, j] - (Lj * Lj).sum(axis=0)
+        if not np.all(pivot > 0.0):  # also catches NaN
+            raise _singular_error()
+        L[j, j] = np.sqrt(pivot)
+        L[j + 1 :, j] = (A[j + 1 :, j] - (L[j + 1 :, :j] * Lj).sum(axis=1)) / L[j, j]
+    Linv = np.zeros_like(A)
+    for j in range(r):  # forward substitution, row j of L^-1
+        row = -(L[j, :j, None] * Linv[:j]).sum(axis=0)
+        row[j] += 1.0
+        Linv[j] = row / L[j, j]
+    return L, Linv
+
+
+def _singular_error() -> FloatingPointError:
+    return FloatingPointError(
+        "the precision of a component is numerically singular on the missing "
+        "coordinates of some rows; increase reg_covar or scale the input data."
+    )
 
 
 def _dense_parts(model: _Model, X: np.ndarray, mask: np.ndarray) -> Iterator[_Part]:
@@ -216,22 +253,25 @@ def _dense_parts(model: _Model, X: np.ndarray, mask: np.ndarray) -> Iterator[_Pa
 def _dense_part(rows, g, Z, mask, model, Lam, hld, M, midx, hld_mm, C, Kf) -> _Part:
     K, d = M.shape
     nb, r = len(rows), midx.shape[1]
-    Zt = Z[rows][None, :, :] - (~mask[rows])[None, :, :] * M[:, None, :]
+    Zt = np.empty((K, nb, d))
+    np.multiply((~mask[rows])[None, :, :], M[:, None, :], out=Zt)
+    np.subtract(Z[rows][None, :, :], Zt, out=Zt)
     W = Zt @ Lam
     quad = np.einsum("knd,knd->kn", Zt, W)
     at = np.arange(nb)[:, None]
     mi = midx[g]  # (nb, r)
     t = W[:, at, mi]  # (K, nb, r)
-    Cn = np.broadcast_to(C[g], (nb, K, r, r))
-    u = np.einsum("nkij,knj->kni", Cn, t)  # C t = -(E[x_m | x_o] - mu_m)
+    u = np.zeros((K, nb, r))  # C t = -(E[x_m | x_o] - mu_m); a loop over r beats a reduction
+    for j in range(r):  # along a short axis
+        u += C[..., j][:, g] * t[:, :, j, None]
     quad -= np.einsum("kni,kni->kn", t, u)
     logp = (hld - 0.5 * (d - r) * _LOG_2PI + model.log_w)[:, None] - 0.5 * quad
-    logp -= np.broadcast_to(hld_mm[g].T, (K, nb))
+    logp -= hld_mm[:, g]
 
     def moments(R: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         D = Zt
         D[:, at, mi] = -u  # x_hat - c_k
-        S = np.einsum("kn,knd->kd", R, D)
+        S = (R[:, None, :] @ D)[:, 0]
         Q = np.swapaxes(D * R[:, :, None], 1, 2) @ D
         if r:
             # (sum of r_nk over each pattern's rows) * C, scattered into the missing block
@@ -239,7 +279,7 @@ def _dense_part(rows, g, Z, mask, model, Lam, hld, M, midx, hld_mm, C, Kf) -> _P
             G = g[-1] - g0 + 1
             key = ((g - g0)[:, None] * K + np.arange(K)).ravel()
             Rg = np.bincount(key, weights=R.T.ravel(), minlength=G * K).reshape(G, K)
-            Cw = Rg[:, :, None, None] * C[g0 : g0 + G]
+            Cw = Rg[:, :, None, None] * np.swapaxes(C[:, g0 : g0 + G], 0, 1)
             mg = midx[g0 : g0 + G]
             flat = ((np.arange(K)[None, :, None, None] * d + mg[:, None, :, None]) * d
                     + mg[:, None, None, :])
