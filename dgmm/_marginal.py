@@ -66,11 +66,13 @@ This module imports only NumPy, :mod:`dgmm._covariance` and
 #   Zt        o * (z - m_k) per component, (K, n, d): deviations from the
 #             means with zeros at missing coordinates; after the E-step the
 #             missing entries receive the conditional means (then x_hat - c_k)
-#   Lam       precisions, (K, d, d) full, (1, d, d) tied
+#   Lam       precisions, (Kf, d, d): Kf = K for full, 1 for tied
 #   W         Zt @ Lam_k, (K, n, d);  t  its missing entries, (K, n, r)
 #   midx      missing coordinates of each pattern, (G, r)
-#   C         Lambda_mm^-1 per component and pattern, (K or 1, G, r, r)
-#   hld_mm    sum log diag chol(Lambda_mm) = log det(Lambda_mm) / 2, (K or 1, G)
+#   G, r      patterns in a group, missing coordinates of each
+#   C         Lambda_mm^-1 per component and pattern, (Kf, G, r, r)
+#   hld_mm    sum log diag chol(Lambda_mm) = log det(Lambda_mm) / 2, (Kf, G)
+#   hld       log|det U_k| = log det(Lambda_k) / 2, (K,)
 #   logp      log w_k + log N(x_o | mu_k,o, Sigma_k,oo), component-major (K, n)
 # --------------------------------------------------------------------------
 
@@ -91,6 +93,11 @@ _LOG_2PI = np.log(2.0 * np.pi)
 # bounded for many components, many features or many missing values.
 SUB_ROWS = 2048
 _WORK_ENTRIES = 1 << 21
+
+# Up to this many missing coordinates the factorisations of a pattern group
+# run as vectorised loops over r (one LAPACK call per small matrix costs more
+# than its arithmetic); beyond, batched LAPACK.
+_SMALL_R = 8
 
 
 @dataclass(frozen=True)
@@ -193,12 +200,6 @@ def _factor_missing(Lam: np.ndarray, miss: np.ndarray, r: int):
     return midx, hld_mm, np.swapaxes(Linv, 2, 3) @ Linv  # Lambda_mm^-1 = L^-T L^-1
 
 
-# Up to this many missing coordinates the factorisations of a pattern group
-# run as vectorised loops over r (one LAPACK call per small matrix costs more
-# than its arithmetic); beyond, batched LAPACK.
-_SMALL_R = 8
-
-
 def _cholesky_inverse_small(A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Lower Cholesky factors ``L`` of ``A`` (r, r, B), batch last, and their inverses."""
     r = A.shape[0]
@@ -229,7 +230,6 @@ def _dense_parts(model: _Model, X: np.ndarray, mask: np.ndarray) -> Iterator[_Pa
     K, d = model.means.shape
     kind = COVARIANCE[model.covariance_type]
     Lam = kind.precisions(model.U).reshape(-1, d, d)  # full (K, d, d), tied (1, d, d)
-    Kf = Lam.shape[0]
     hld = np.broadcast_to(kind.log_det(model.U, d), (K,))
     M = model.M
     Z = _centred(X, mask, model.center)
@@ -247,10 +247,10 @@ def _dense_parts(model: _Model, X: np.ndarray, mask: np.ndarray) -> Iterator[_Pa
         step = max(1, min(SUB_ROWS, _WORK_ENTRIES // (K * max(d, r * r))))
         for start in range(0, len(rows), step):
             sl = slice(start, start + step)
-            yield _dense_part(rows[sl], g[sl], Z, mask, model, Lam, hld, M, midx, hld_mm, C, Kf)
+            yield _dense_part(rows[sl], g[sl], Z, mask, model, Lam, hld, M, midx, hld_mm, C)
 
 
-def _dense_part(rows, g, Z, mask, model, Lam, hld, M, midx, hld_mm, C, Kf) -> _Part:
+def _dense_part(rows, g, Z, mask, model, Lam, hld, M, midx, hld_mm, C) -> _Part:
     K, d = M.shape
     nb, r = len(rows), midx.shape[1]
     Zt = np.empty((K, nb, d))
@@ -268,7 +268,7 @@ def _dense_part(rows, g, Z, mask, model, Lam, hld, M, midx, hld_mm, C, Kf) -> _P
     logp = (hld - 0.5 * (d - r) * _LOG_2PI + model.log_w)[:, None] - 0.5 * quad
     logp -= hld_mm[:, g]
 
-    def moments(R: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def moments(R: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # once: it reuses Zt
         D = Zt
         D[:, at, mi] = -u  # x_hat - c_k
         S = (R[:, None, :] @ D)[:, 0]
