@@ -30,9 +30,12 @@ inverted:
   free of the cancellation in ``Sigma_mm - Sigma_mo Sigma_oo^-1 Sigma_om``);
 * ``E[x_m | x_o] - mu_m = -C t`` where ``t = (Lambda z)_m`` and ``z`` is the
   row's deviation from the mean with zeros at the missing coordinates;
-* the marginal squared Mahalanobis distance is ``z^T Lambda z - t^T C t``
-  (the Schur complement ``Sigma_oo^-1 = Lambda_oo - Lambda_om C Lambda_mo``
-  applied to ``z_o``);
+* the marginal squared Mahalanobis distance ``z_o^T Sigma_oo^-1 z_o`` is the
+  full one at the conditional mean, ``||U^T (x_hat - mu)||^2`` (``x_hat``
+  minimises the full distance over ``x_m``): computed through ``U`` as for a
+  complete row, it keeps the accuracy of the complete-data path, where the
+  Schur-complement form ``z^T Lambda z - t^T C t`` would cancel when the
+  precision is large (a missing coordinate nearly determined by observed ones);
 * ``log det Sigma_oo^-1 = log det Lambda - log det Lambda_mm``.
 
 Cost, per block. Rows are grouped by missingness pattern (``np.unique`` of the
@@ -68,11 +71,12 @@ This module imports only NumPy, :mod:`dgmm._covariance` and
 #
 #   mask      NaN mask of a block, (n, d); O its complement (observed), float
 #   Z         the block's rows minus the centre, zeros at missing coordinates
-#   Zt        o * (z - m_k) per component, (K, n, d): deviations from the
-#             means with zeros at missing coordinates; after the E-step the
-#             missing entries receive the conditional means (then x_hat - c_k)
+#   D         x_hat - c_k per component, (K, n, d): first o * (z - m_k), the
+#             deviations with zeros at the missing coordinates, from which the
+#             conditional means are regressed and then put in their place
 #   Lam       precisions, (Kf, d, d): Kf = K for full, 1 for tied
-#   W         Zt @ Lam_k, (K, n, d);  t  its missing entries, (K, n, r)
+#   t         (Lambda_k (o * (z - m_k)))_m, (K, n, r);  u = C t
+#   Uf, Y     U as (Kf, d, d), and D @ U_k, whose squared norms are the distances
 #   midx      missing coordinates of each pattern, (G, r)
 #   G, r      patterns in a group, missing coordinates of each
 #   C         Lambda_mm^-1 per component and pattern, laid out (r, Kf, G, r)
@@ -248,6 +252,7 @@ def _dense_parts(model: _Model, X: np.ndarray, mask: np.ndarray) -> Iterator[_Pa
     K, d = model.means.shape
     kind = COVARIANCE[model.covariance_type]
     Lam = kind.precisions(model.U).reshape(-1, d, d)  # full (K, d, d), tied (1, d, d)
+    Uf = model.U.reshape(-1, d, d)
     hld = np.broadcast_to(kind.log_det(model.U, d), (K,))
     M = model.M
     Z = _centred(X, mask, model.center)
@@ -265,30 +270,32 @@ def _dense_parts(model: _Model, X: np.ndarray, mask: np.ndarray) -> Iterator[_Pa
         step = max(1, min(SUB_ROWS, _WORK_ENTRIES // (K * max(d, r * r))))
         for start in range(0, len(rows), step):
             sl = slice(start, start + step)
-            yield _dense_part(rows[sl], g[sl], Z, mask, model, Lam, hld, M, midx, hld_mm, C)
+            yield _dense_part(rows[sl], g[sl], Z, model, Lam, Uf, hld, M, midx, hld_mm, C)
 
 
-def _dense_part(rows, g, Z, mask, model, Lam, hld, M, midx, hld_mm, C) -> _Part:
+def _dense_part(rows, g, Z, model, Lam, Uf, hld, M, midx, hld_mm, C) -> _Part:
     K, d = M.shape
     nb, r = len(rows), midx.shape[1]
     at = np.arange(nb)[:, None]
     mi = midx[g]  # (nb, r)
-    Zt = Z[rows][None, :, :] - M[:, None, :]
-    Zt[:, at, mi] = 0.0
-    W = Zt @ Lam
-    quad = np.einsum("knd,knd->kn", Zt, W)
-    t = W[:, at, mi]  # (K, nb, r)
-    Cg = C[:, :, g]  # (r, Kf, nb, r)
-    u = np.zeros((K, nb, r))  # C t = -(E[x_m | x_o] - mu_m); a loop over r beats a reduction
-    for j in range(r):  # along a short axis
-        u += Cg[j] * t[:, :, j, None]
-    quad -= np.einsum("kni,kni->kn", t, u)
+    D = Z[rows][None, :, :] - M[:, None, :]
+    D[:, at, mi] = 0.0
+    if r:
+        t = (D @ Lam)[:, at, mi]  # (Lambda z)_m, (K, nb, r)
+        Cg = C[:, :, g]  # (r, Kf, nb, r)
+        u = np.zeros((K, nb, r))  # C t; a loop over r beats a reduction along a short axis
+        for j in range(r):
+            u += Cg[j] * t[:, :, j, None]
+        D[:, at, mi] = -u  # E[x_m | x_o, k] - mu_k,m: D is now x_hat - c_k
+    # The marginal distance z_o^T Sigma_oo^-1 z_o is the full one at x_hat (x_hat
+    # minimises it over x_m): through U, as for complete rows, and not as the
+    # difference z^T Lambda z - t^T C t, which cancels when Lambda is large.
+    Y = D @ Uf
+    quad = np.einsum("knd,knd->kn", Y, Y)
     logp = (hld - 0.5 * (d - r) * _LOG_2PI + model.log_w)[:, None] - 0.5 * quad
     logp -= hld_mm[:, g]
 
-    def moments(R: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # once: it reuses Zt
-        D = Zt
-        D[:, at, mi] = -u  # x_hat - c_k
+    def moments(R: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         S = (R[:, None, :] @ D)[:, 0]
         Q = np.swapaxes(D * R[:, :, None], 1, 2) @ D
         if r:

@@ -256,6 +256,35 @@ def test_shifted_data_keep_their_digits(covariance_type):
     np.testing.assert_allclose(cov, ref_cov, rtol=1e-6)
 
 
+@pytest.mark.parametrize("covariance_type", ["full", "tied"])
+def test_nearly_determined_missing_coordinate(covariance_type):
+    """x1 = x0 + 1e-6 noise, x1 missing: the precision is ~1e12 but the marginal of
+    the observed coordinates is the identity; nothing cancels at the precision's scale."""
+    d, eps = 4, 1e-6
+    A = np.eye(d)
+    A[1, 0], A[1, 1] = 1.0, eps
+    cov = A @ A.T
+    k_cov = np.stack([cov, 2.0 * cov]) if covariance_type == "full" else cov
+    params = kernels.Params(covariance_type, np.array([0.4, 0.6]), np.array([[0.0] * d, [1.0] * d]),
+                            kernels.precision_cholesky(k_cov, covariance_type))
+    dense = dense_cov(k_cov, covariance_type, 2, d)
+    X = np.random.default_rng(0).normal(size=(100, d)) @ A.T
+    X[:, 1] = np.nan
+    X[:10, 3] = np.nan
+    (log_density,) = incomplete_outputs(X, covariance_type, params.weights, params.means,
+                                        params.precisions_cholesky, ("log_density",))
+    R, XH, CC, loglik = reference_moments(X, params, dense)
+    expected = np.array([logsumexp(np.log(params.weights) + [
+        gaussian_logpdf(x[~np.isnan(x)], params.means[k][~np.isnan(x)],
+                        dense[k][np.ix_(~np.isnan(x), ~np.isnan(x))]) for k in range(2)])
+        for x in X])
+    np.testing.assert_allclose(log_density, expected, rtol=1e-12)
+    _, means, covs, _ = kernels.m_step(call_stats(X, params), 0.0)
+    _, ref_means, ref_covs = reference_m_step(R, XH, CC, covariance_type)
+    np.testing.assert_allclose(means, ref_means, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(covs, ref_covs, rtol=1e-8, atol=1e-12)
+
+
 def test_errors_are_raised_not_nan():
     params, _, X = setup("full")
     args = ("full", params.weights, params.means, params.precisions_cholesky,
