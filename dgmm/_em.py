@@ -19,11 +19,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
+from dask.delayed import Delayed
 from sklearn.utils import check_random_state
 
 from dgmm import _init
 from dgmm import _kernels as kernels
-from dgmm._passes import Blocks, estep_pass
+from dgmm._passes import Blocks, compute, estep_pass
 from dgmm._stats import SuffStats
 
 ALGORITHMS = ("batch", "minibatch")
@@ -58,6 +59,12 @@ class Settings:
     shuffle: bool = True
     polish_iter: int = 0
     min_step_size: float = 0.0
+    missing: str = "error"
+
+    @property
+    def marginalize(self) -> bool:
+        """Whether rows with NaN enter through their observed coordinates."""
+        return self.missing == "marginalize"
 
     @classmethod
     def of(cls, params: Mapping) -> Settings:
@@ -192,6 +199,8 @@ def initial_runs(
 
     Each group draws its seeds from its own ``check_random_state(random_state)``
     exactly as a lone estimator does, so a group starts where such a fit would.
+    With ``settings.missing == 'marginalize'`` one more pass finds the
+    observed means that stand in for missing values during initialisation.
     """
     rngs = [check_random_state(g.random_state) for g in groups]
     if init.complete:
@@ -206,7 +215,9 @@ def initial_runs(
         )
         starts += [_init.Start(g.n_components, seed, g.covariance_type) for seed in seeds]
         start_rngs += [rng] * g.n_init
-    stats = _init.initial_stats(blocks, settings.init_params, starts, start_rngs, scheduler)
+    fill = _init.observed_means(blocks, scheduler) if settings.marginalize else None
+    with blocks.filled(fill):
+        stats = _init.initial_stats(blocks, settings.init_params, starts, start_rngs, scheduler)
     runs = iter([initial_run(st, settings, st.covariance_type, init) for st in stats])
     return [[next(runs) for _ in range(g.n_init)] for g in groups]
 
@@ -238,6 +249,7 @@ def batch_em(
     reg_covar: float,
     scheduler=None,
     on_iteration: IterationHook | None = None,
+    missing: bool = False,
 ) -> list[Run]:
     """Run batch EM for several initialisations at once, one data pass per iteration.
 
@@ -256,7 +268,8 @@ def batch_em(
         if not active:
             break
         start = time.perf_counter()
-        stats = estep_pass(blocks, [r.params for r in active], scheduler=scheduler)
+        stats = estep_pass(blocks, [r.params for r in active], scheduler=scheduler,
+                           missing=missing)
         still = []
         for run, st in zip(active, stats, strict=True):
             prev = run.lower_bound
@@ -351,23 +364,25 @@ def stepwise_step(
 
 
 def epoch_plan(
-    sizes: Sequence[int], batch_size: int, rng: np.random.Generator | None
+    sizes: Sequence[int], batch_size: int, rng: np.random.Generator | None,
+    contiguous: bool = False,
 ) -> list[list[tuple[int, int, int]]]:
     """The minibatches of one epoch, as lists of ``(block, start, stop)`` pieces.
 
     Blocks larger than ``batch_size`` are cut into equal slices of at most
-    ``batch_size`` rows; the pieces are shuffled by ``rng`` and grouped, in
-    that order, into about ``round(n_rows / batch_size)`` minibatches of about
-    equal row counts (a piece goes to the minibatch its middle row falls in).
-    Every row is in exactly one minibatch.
+    ``batch_size`` rows; the pieces are shuffled by ``rng`` (kept in order if
+    ``None``) and grouped, in that order, into about ``round(n_rows /
+    batch_size)`` minibatches of about equal row counts (a piece goes to the
+    minibatch its middle row falls in). Every row is in exactly one minibatch.
 
-    In storage order (``rng`` None) the minibatches are the consecutive row
-    ranges ``[j n / m, (j + 1) n / m)`` (integer division) of the ``n`` rows,
-    ``m = max(1, round(n / batch_size))``, whatever the blocks: the same rows
-    in blocks of any sizes (a NumPy array, a dask array, a Zarr store) give
-    the same minibatches, each made of the pieces of the blocks it spans.
+    ``contiguous`` (storage order; ``rng`` is then ignored): the minibatches
+    are the consecutive row ranges ``[j n / m, (j + 1) n / m)`` (integer
+    division) of the ``n`` rows, ``m = max(1, round(n / batch_size))``,
+    whatever the blocks: the same rows in blocks of any sizes (a NumPy array,
+    a dask array, a Zarr store) give the same minibatches, each made of the
+    pieces of the blocks it spans (what ``partial_fit`` steps through).
     """
-    if rng is None:
+    if contiguous:
         return _row_plan(sizes, batch_size)
     pieces = []
     for b, n in enumerate(sizes):
@@ -414,6 +429,7 @@ def minibatch_em(
     scheduler=None,
     log: Callable[[str], None] | None = None,
     on_step: StepHook | None = None,
+    contiguous: bool = False,
 ) -> list[tuple[OnlineState, Run]]:
     """Stepwise EM over the row blocks, an epoch (a full pass) at a time.
 
@@ -423,7 +439,9 @@ def minibatch_em(
     first minibatch only. An epoch's log-likelihood is the mean over its rows
     under the parameters in force when each row was visited; a group stops
     after ``max_iter`` epochs or when that changes by less than ``tol``.
-    ``rng`` shuffles the pieces of every epoch (storage order if None).
+    ``rng`` shuffles the pieces of every epoch (storage order if None);
+    ``contiguous`` makes the minibatches consecutive row ranges whatever the
+    blocks (see :func:`epoch_plan`).
 
     Returns, per group, the final state and a :class:`Run` with one
     ``lower_bounds`` entry per epoch (``n_iter`` epochs).
@@ -435,9 +453,10 @@ def minibatch_em(
     t_last = time.perf_counter()
     for epoch in range(1, s.max_iter + 1):
         totals = {g: [0.0, 0.0] for g in active}
-        for pieces in epoch_plan(blocks.sizes, s.batch_size, rng):
+        for pieces in epoch_plan(blocks.sizes, s.batch_size, rng, contiguous):
             flat = [state.params for g in active for state in current[g]]
-            packets = iter(estep_pass(blocks, flat, scheduler, pieces=pieces))
+            packets = iter(estep_pass(blocks, flat, scheduler, pieces=pieces,
+                                      missing=s.marginalize))
             for g in active:
                 mine = [next(packets) for _ in current[g]]
                 state, packet = stepwise_step(current[g], mine, reg_covar=s.reg_covar,
@@ -561,7 +580,7 @@ def fit_groups(
         if s.max_iter > 0:
             batch_em(blocks, start, max_iter=s.max_iter,
                      tol=s.tol, reg_covar=s.reg_covar, scheduler=scheduler,
-                     on_iteration=on_iteration)
+                     on_iteration=on_iteration, missing=s.marginalize)
         # With no iterations scikit-learn keeps the last initialisation.
         fitted = [Fitted(runs[-1] if s.max_iter == 0 else best_run(runs), runs)
                   for runs in start]
@@ -573,7 +592,8 @@ def fit_groups(
                     f"after {r.n_iter} {'iterations' if f.state is None else 'passes'}, "
                     f"converged={r.converged}")
     if score:
-        totals = estep_pass(blocks, [f.best.params for f in fitted], scheduler=scheduler)
+        totals = estep_pass(blocks, [f.best.params for f in fitted], scheduler=scheduler,
+                            missing=s.marginalize)
         for f, st in zip(fitted, totals, strict=True):
             f.score = float(st.loglik / st.n)
     return fitted
@@ -591,8 +611,8 @@ def _minibatch(blocks, s: Settings, groups, states, scheduler, on_iteration, log
         for run in runs:
             run.converged, run.n_iter = False, 0
         batch_em(blocks, [[run] for run in runs], max_iter=s.polish_iter, tol=s.tol,
-                 reg_covar=s.reg_covar,
-                 scheduler=scheduler, on_iteration=on_iteration)
+                 reg_covar=s.reg_covar, scheduler=scheduler, on_iteration=on_iteration,
+                 missing=s.marginalize)
         polished = []
         for (state, run), n_epochs in zip(out, epochs, strict=True):
             run.n_iter += n_epochs
@@ -657,6 +677,10 @@ def fit_identity(blocks: Blocks, settings: Settings, groups: Sequence[Group],
     (first,) = blocks.compute(blocks.delayed[0], n_reads=1, scheduler=scheduler)
     digest = hashlib.sha256(np.ascontiguousarray(first[:1000]).tobytes())
     digest.update(repr(blocks.sizes).encode())
+    for what, keys in sorted(blocks.side.items()):  # the weights and labels are data too
+        (part,) = compute(Delayed(keys[0], blocks.graph), scheduler=scheduler)
+        digest.update(what.encode() + np.ascontiguousarray(part[:1000]).tobytes())
+    digest.update(repr(blocks.total_weight).encode())
     named = {f.name: getattr(settings, f.name) for f in fields(settings)
              if f.name not in _COSMETIC}
     named["groups"] = [[g.n_components, g.n_init, _plain(g.random_state), g.covariance_type]

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dgmm import _marginal
 from dgmm._covariance import COVARIANCE, CentredBlock
 from dgmm._covariance import COVARIANCE_TYPES as COVARIANCE_TYPES  # read from here by the CLI
 from dgmm._stats import SuffStats
@@ -171,13 +172,20 @@ def _weighted_log_prob_t(b: CentredBlock, scorer: Scorer) -> np.ndarray:
 # --------------------------------------------------------------------------
 
 
-def _resp_t(b: CentredBlock, scorer: Scorer):
+def _resp_t(b: CentredBlock, scorer: Scorer, label: np.ndarray | None = None):
     """Per-row log-likelihood (n,) and responsibilities (K, n), by log-sum-exp.
 
     One exp per entry: the exponentials shifted by the row maximum give both
-    the normaliser and, divided by it, the responsibilities.
+    the normaliser and, divided by it, the responsibilities. Rows whose
+    ``label`` is a component (>= 0) get that one-hot responsibility and the
+    complete-data log-likelihood ``log w_y + log N(x | y)``.
     """
     a = _weighted_log_prob_t(b, scorer)
+    known = None
+    if label is not None:
+        known = np.flatnonzero(label >= 0)
+        known_label = label[known]
+        known_loglik = a[known_label, known]
     amax = a.max(axis=0)
     amax[~np.isfinite(amax)] = 0.0
     a -= amax
@@ -187,6 +195,10 @@ def _resp_t(b: CentredBlock, scorer: Scorer):
         log_norm = np.log(total)
         resp /= total
     log_norm += amax
+    if known is not None and known.size:
+        resp[:, known] = 0.0
+        resp[known_label, known] = 1.0
+        log_norm[known] = known_loglik
     return log_norm, resp
 
 
@@ -208,12 +220,12 @@ def check_finite_block(X: np.ndarray, row_offset: int = 0) -> None:
         )
 
 
-def _checked_resp_t(X, scorer: Scorer, row_offset: int):
+def _checked_resp_t(X, scorer: Scorer, row_offset: int, label: np.ndarray | None = None):
     # Non-finite input is detected from the result (free on clean data), so the
     # arithmetic on it must not warn first.
     with np.errstate(invalid="ignore", over="ignore"):
         b = scorer.block(X)
-        log_norm, resp = _resp_t(b, scorer)
+        log_norm, resp = _resp_t(b, scorer, label)
     if not np.isfinite(log_norm).all():
         check_finite_block(X, row_offset)
         raise FloatingPointError(
@@ -243,24 +255,63 @@ PER_ROW_OUTPUTS = tuple(_PER_ROW)
 
 
 def per_row_outputs(
-    X: np.ndarray, params: Params, whats: tuple[str, ...], row_offset: int = 0
+    X: np.ndarray, params: Params, whats: tuple[str, ...], row_offset: int = 0,
+    missing: bool = False,
 ) -> list[np.ndarray]:
     """Several per-row outputs of one block from a single E-step.
 
     ``whats`` names outputs among 'labels' (n,), 'proba' (n, K) and
     'log_density' (n,); the block is processed in sub-blocks of ``SUB_ROWS``.
+    With ``missing``, rows with NaN are evaluated under the marginal
+    densities of their observed coordinates (:mod:`dgmm._marginal`).
     """
     scorer = Scorer.of(params)
     parts = []
     for start, sl in sub_blocks(len(X)):
-        _, log_norm, resp = _checked_resp_t(X[sl], scorer, row_offset + start)
-        parts.append([_PER_ROW[w](log_norm, resp) for w in whats])
+        sub, offset = X[sl], row_offset + start
+        gaps = incomplete_rows(sub, offset) if missing else None
+        if gaps is None:
+            _, log_norm, resp = _checked_resp_t(sub, scorer, offset)
+            parts.append([_PER_ROW[w](log_norm, resp) for w in whats])
+            continue
+        outs = [np.empty((len(sub), params.n_components) if w == "proba" else len(sub),
+                         dtype=np.int64 if w == "labels" else np.float64) for w in whats]
+        if not gaps.all():
+            _, log_norm, resp = _checked_resp_t(sub[~gaps], scorer, offset)
+            for out, w in zip(outs, whats, strict=True):
+                out[~gaps] = _PER_ROW[w](log_norm, resp)
+        p = params
+        found = _marginal.incomplete_outputs(sub[gaps], p.covariance_type, p.weights, p.means,
+                                             p.precisions_cholesky, whats, offset)
+        for out, value in zip(outs, found, strict=True):
+            out[gaps] = value
+        parts.append(outs)
     return [np.concatenate(p) for p in zip(*parts, strict=True)]
 
 
-def predict_block(X: np.ndarray, params: Params, what: str, row_offset: int = 0) -> np.ndarray:
+def predict_block(X: np.ndarray, params: Params, what: str, row_offset: int = 0,
+                  missing: bool = False) -> np.ndarray:
     """Per-row outputs for one block: 'labels', 'proba' or 'log_density'."""
-    return per_row_outputs(X, params, (what,), row_offset)[0]
+    return per_row_outputs(X, params, (what,), row_offset, missing)[0]
+
+
+def incomplete_rows(X: np.ndarray, row_offset: int = 0) -> np.ndarray | None:
+    """Which rows of a block have NaN (None if none), when missing values are allowed.
+
+    Raises ``ValueError`` naming the first infinite entry, or the first row
+    with no observed value.
+    """
+    nan = np.isnan(X)
+    if not nan.any():
+        return None
+    if np.isinf(X).any():
+        check_finite_block(np.where(nan, 0.0, X), row_offset)
+    empty = nan.all(axis=1)
+    if empty.any():
+        row = row_offset + int(np.argmax(empty))
+        raise ValueError(f"Row {row} of X has no observed value (every feature is NaN); "
+                         "remove it, since missing='marginalize' needs at least one.")
+    return nan.any(axis=1)
 
 
 # --------------------------------------------------------------------------
@@ -318,24 +369,53 @@ def estep_stats(
     params: Params,
     sample_weight: np.ndarray | None = None,
     row_offset: int = 0,
+    label: np.ndarray | None = None,
+    missing: bool = False,
 ) -> SuffStats:
     """One E-step over a block: its statistics about the current means, plus log-likelihood.
 
     ``sample_weight`` (n,) multiplies each row's responsibilities and
-    log-likelihood. A non-finite value in the block raises ``ValueError``
-    naming its row. The block is processed in sub-blocks of ``SUB_ROWS``.
+    log-likelihood. ``label`` (n,) fixes the responsibilities of rows whose
+    component is known (>= 0; -1: unknown) to one-hot. A non-finite value in
+    the block raises ``ValueError`` naming its row, except that with
+    ``missing`` rows with NaN enter through their observed coordinates (the
+    statistics of :mod:`dgmm._marginal`); complete rows cost what they always
+    do. The block is processed in sub-blocks of ``SUB_ROWS``.
     """
     scorer = Scorer.of(params)
     total = None
     for start, sl in sub_blocks(len(X)):
         w = None if sample_weight is None else sample_weight[sl]
-        st = _estep_sub(X[sl], scorer, w, row_offset + start)
+        lab = None if label is None else label[sl]
+        sub, offset = X[sl], row_offset + start
+        gaps = incomplete_rows(sub, offset) if missing else None
+        if gaps is None:
+            st = _estep_sub(sub, scorer, w, lab, offset)
+        else:
+            st = _estep_incomplete(sub, gaps, scorer, w, lab, offset)
         total = st if total is None else total + st
     return total
 
 
-def _estep_sub(X, scorer: Scorer, sample_weight, row_offset: int) -> SuffStats:
-    block, log_norm, resp = _checked_resp_t(X, scorer, row_offset)
+def _estep_incomplete(X, gaps, scorer: Scorer, sample_weight, label, row_offset) -> SuffStats:
+    """The packet of a sub-block with incomplete rows: complete ones as usual, the rest marginal."""
+    p = scorer.params
+
+    def part(rows):
+        return (None if sample_weight is None else sample_weight[rows],
+                None if label is None else label[rows])
+
+    w, lab = part(gaps)
+    st = _marginal.incomplete_stats(X[gaps], p.covariance_type, p.weights, p.means,
+                                    p.precisions_cholesky, scorer.center, w, lab, row_offset)
+    if not gaps.all():
+        w, lab = part(~gaps)
+        st = st + _estep_sub(X[~gaps], scorer, w, lab, row_offset)
+    return st
+
+
+def _estep_sub(X, scorer: Scorer, sample_weight, label, row_offset: int) -> SuffStats:
+    block, log_norm, resp = _checked_resp_t(X, scorer, row_offset, label)
     params = scorer.params
     if sample_weight is not None:
         resp *= sample_weight[None, :]

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Protocol
 
@@ -73,6 +73,28 @@ def scheduler_for(lazy: bool) -> str | None:
     return None if lazy else "threads"
 
 
+@dataclass(frozen=True)
+class RowData:
+    """Validated per-row arrays that travel with the rows of a fit (see :func:`as_blocks`).
+
+    Attributes
+    ----------
+    weight : dask array of shape (n,), optional
+        Non-negative finite sample weights.
+    label : dask array of int64, shape (n,), optional
+        Known component of a row, -1 where unknown.
+    total_weight : float
+        Sum of the weights (the row count without weights).
+    n_classes : int
+        One more than the largest known label (0 without labels).
+    """
+
+    weight: da.Array | None = None
+    label: da.Array | None = None
+    total_weight: float = 0.0
+    n_classes: int = 0
+
+
 @dataclass
 class Blocks:
     """The row blocks of a 2-D dask array, made once per fit.
@@ -90,6 +112,15 @@ class Blocks:
         Global index of the first row of each block.
     name : str
         Deterministic name of the array (its dask name).
+    side : dict
+        Per-row arrays that travel with the rows (``'weight'``, ``'label'``):
+        name -> key of each block's part in ``graph``, aligned with ``keys``.
+    total_weight : float
+        Sum of the sample weights (the row count without weights): the
+        weighted size of the data.
+    fill : ndarray of shape (n_features,), optional
+        While set (:meth:`filled`), every pass sees NaN entries as these
+        values: how initialisation treats missing values.
     block_reads : int
         Blocks read so far by the passes over these blocks (a pass restricted
         to pieces reads each block it touches once per piece).
@@ -101,7 +132,14 @@ class Blocks:
     n_rows: int
     n_features: int
     name: str
+    side: dict[str, list] = field(default_factory=dict)
+    total_weight: float = 0.0
     block_reads: int = 0
+    fill: np.ndarray | None = None
+
+    def __post_init__(self):
+        if "weight" not in self.side:
+            self.total_weight = float(self.n_rows)
 
     @property
     def n_passes(self) -> float:
@@ -114,6 +152,19 @@ class Blocks:
         self.block_reads += n_reads
         return out
 
+    @contextlib.contextmanager
+    def filled(self, values: np.ndarray | None):
+        """Passes inside the block see NaN entries as ``values`` (None: unchanged)."""
+        self.fill = values
+        try:
+            yield self
+        finally:
+            self.fill = None
+
+    def fill_nan(self, block: np.ndarray) -> np.ndarray:
+        """``block`` with NaN entries replaced by :attr:`fill` (unchanged if unset)."""
+        return _filled(block, self.fill)
+
     @property
     def sizes(self) -> list[int]:
         """Rows per block."""
@@ -125,23 +176,55 @@ class Blocks:
         return [Delayed(key, self.graph) for key in self.keys]
 
     @classmethod
-    def from_array(cls, X: da.Array) -> Blocks:
-        keys = list(flatten(X.__dask_keys__()))
-        raw = X.__dask_graph__()
-        graph = ensure_dict(X.__dask_optimize__(raw, keys))
-        # Blocks persisted on a distributed cluster are futures, which the
-        # optimisation culls as already computed: keep them as they are.
-        graph.update({k: raw[k] for k in keys if k not in graph})
+    def from_array(cls, X: da.Array, total_weight: float = 0.0,
+                   **side: da.Array | None) -> Blocks:
+        """Blocks of ``X``, with per-row ``side`` arrays (None: absent) cut into its row chunks."""
+        keys, graph = _materialise(X)
+        side_keys = {}
+        for what, arr in side.items():
+            if arr is None:
+                continue
+            arr = arr.rechunk((X.chunks[0],))
+            side_keys[what], part = _materialise(arr)
+            graph.update(part)
         offsets = np.concatenate([[0], np.cumsum(X.chunks[0])[:-1]]).astype(int).tolist()
-        return cls(graph, keys, offsets, int(X.shape[0]), int(X.shape[1]), X.name)
+        name = X.name if not side_keys else tokenize(X.name, *side_keys.values())
+        return cls(graph, keys, offsets, int(X.shape[0]), int(X.shape[1]), name, side_keys,
+                   total_weight)
+
+
+def _materialise(X: da.Array) -> tuple[list, dict]:
+    """The block keys of ``X`` and its optimised low-level graph."""
+    keys = list(flatten(X.__dask_keys__()))
+    raw = X.__dask_graph__()
+    graph = ensure_dict(X.__dask_optimize__(raw, keys))
+    # Blocks persisted on a distributed cluster are futures, which the
+    # optimisation culls as already computed: keep them as they are.
+    graph.update({k: raw[k] for k in keys if k not in graph})
+    return keys, graph
 
 
 def _sum_group(*packets):
     return tree_sum(list(packets))
 
 
-def _apply(fn, block, row_offset, index, args, start=0, stop=None):
-    return fn(block[start:stop], row_offset + start, index, *args)
+def _filled(block: np.ndarray, fill: np.ndarray | None) -> np.ndarray:
+    if fill is None:
+        return block
+    return np.where(np.isnan(block), fill.astype(block.dtype), block)
+
+
+def _apply(fn, args, row_offset, index, start, stop, names, fill, block, *parts):
+    # The side arrays arrive positionally (``names`` says which): dask resolves
+    # task references in positional arguments.
+    extra = {k: v[start:stop] for k, v in zip(names, parts, strict=True)}
+    return fn(_filled(block[start:stop], fill), row_offset + start, index, *args, **extra)
+
+
+def _node(graph: dict, key):
+    """A block's producing task, to fuse into the task that uses it (a reference otherwise)."""
+    node = graph[key]
+    return node if isinstance(node, (Task, DataNode)) else TaskRef(key)
 
 
 def pass_graph(
@@ -171,7 +254,7 @@ def pass_graph(
         raise ValueError(f"dask config dgmm.split-every must be >= 2; got {split_every}")
     if pieces is None:
         pieces = [(b, 0, None) for b in range(len(blocks.keys))]
-    name = f"dgmm-pass-{tokenize(blocks.name, fn, args, combine, pieces)}"
+    name = f"dgmm-pass-{tokenize(blocks.name, fn, args, combine, pieces, blocks.fill)}"
     args_key = f"{name}-args"
     layer = {args_key: DataNode(args_key, args)}
     args_ref = TaskRef(args_key)
@@ -179,10 +262,11 @@ def pass_graph(
     for i, (b, start, stop) in enumerate(pieces):
         # Producing a block (a read from the store) and using it are one task:
         # half the tasks per pass, and a block never moves between workers.
-        node = blocks.graph[blocks.keys[b]]
-        block = node if isinstance(node, (Task, DataNode)) else TaskRef(blocks.keys[b])
+        block = _node(blocks.graph, blocks.keys[b])
+        parts = [_node(blocks.graph, keys[b]) for keys in blocks.side.values()]
         key = (name, 0, i)
-        layer[key] = Task(key, _apply, fn, block, blocks.offsets[b], b, args_ref, start, stop)
+        layer[key] = Task(key, _apply, fn, args_ref, blocks.offsets[b], b, start, stop,
+                          tuple(blocks.side), blocks.fill, block, *parts)
         level.append(key)
     depth = 0
     while len(level) > 1:
@@ -200,8 +284,10 @@ def pass_graph(
     return Delayed(level[0], graph, layer=name)
 
 
-def _estep_block(block, row_offset, index, params_list):
-    return [kernels.estep_stats(block, p, row_offset=row_offset) for p in params_list]
+def _estep_block(block, row_offset, index, params_list, missing, weight=None, label=None):
+    return [kernels.estep_stats(block, p, sample_weight=weight, row_offset=row_offset,
+                                label=label, missing=missing)
+            for p in params_list]
 
 
 def _using_local_threads(scheduler) -> bool:
@@ -234,6 +320,7 @@ def estep_pass(
     params_list: Sequence[kernels.Params],
     scheduler=None,
     pieces: Sequence[tuple[int, int, int]] | None = None,
+    missing: bool = False,
 ) -> list[SuffStats]:
     """One pass over the data: summed statistics for each parameter set.
 
@@ -242,8 +329,10 @@ def estep_pass(
     graph once, as a single key. ``pieces``, triples ``(block index, start,
     stop)`` of rows within a block, restrict the pass to those rows (a
     minibatch); their packets are computed in parallel and tree-summed.
+    Sample weights and labels come with the blocks (:attr:`Blocks.side`);
+    ``missing`` lets rows with NaN enter through their observed coordinates.
     """
-    graph = pass_graph(blocks, _estep_block, (list(params_list),), pieces=pieces)
+    graph = pass_graph(blocks, _estep_block, (list(params_list), missing), pieces=pieces)
     n_reads = len(blocks.keys) if pieces is None else len(pieces)
     (total,) = blocks.compute(graph, n_reads=n_reads, scheduler=scheduler)
     return total
@@ -321,9 +410,11 @@ def apply_cache_policy(
     return X.persist(scheduler=scheduler) if persist else X
 
 
-def as_blocks(X: da.Array) -> Blocks:
-    """Blocks of ``X`` (rows chunked, one column chunk)."""
+def as_blocks(X: da.Array, rows: RowData | None = None) -> Blocks:
+    """Blocks of ``X`` (rows chunked, one column chunk), with its per-row side arrays."""
     if X.numblocks[1] != 1:
         X = X.rechunk({1: -1})
-    return Blocks.from_array(X)
+    if rows is None:
+        return Blocks.from_array(X)
+    return Blocks.from_array(X, rows.total_weight, weight=rows.weight, label=rows.label)
 

@@ -177,7 +177,20 @@ def _mixture_and_input(model, X):
     return model, X
 
 
-def _preprocess(X, standardize: bool, pca: int | None, quiet: bool):
+def _open_side(store: str, array: str | None, name: str | None, option: str):
+    """A per-row array named by --sample-weight/--labels: in STORE's group, or a path."""
+    if name is None:
+        return None
+    try:
+        v = io.open_array(store, name) if array is not None else io.open_array(name)
+    except ValueError as exc:
+        hint = "" if array is not None else (" (without --array, give a path to a Zarr "
+                                              "array; with --array, a name in STORE's group)")
+        raise CommandError(f"{option} {name}: {exc}{hint}") from None
+    return v
+
+
+def _preprocess(X, standardize: bool, pca: int | None, quiet: bool, sample_weight=None):
     """Preprocessing steps fitted on X in one pass, and X lazily transformed by them."""
     from dgmm.preprocessing import fit_preprocessing
 
@@ -186,7 +199,8 @@ def _preprocess(X, standardize: bool, pca: int | None, quiet: bool):
     if pca is not None and pca > X.shape[1]:
         raise CommandError(f"--pca {pca} exceeds the {X.shape[1]} features of the data")
     start = time.perf_counter()
-    steps = fit_preprocessing(X, standardize=standardize, n_components=pca)
+    steps = fit_preprocessing(X, standardize=standardize, n_components=pca,
+                              sample_weight=sample_weight)
     names = " and ".join("standardization" if name == "standardscaler" else
                          f"PCA to {pca} components" for name, _ in steps)
     _say(quiet, f"fitted {names} in one pass in {time.perf_counter() - start:.1f}s")
@@ -289,6 +303,18 @@ _pca = click.option(
          "given; the same one extra pass); saved in the model file.")
 
 
+_sample_weight = click.option(
+    "--sample-weight", "sample_weight", default=None, metavar="NAME",
+    help="Per-row weights: an array NAME in STORE's group (with --array), else a path.")
+_labels_opt = click.option(
+    "--labels", "labels", default=None, metavar="NAME",
+    help="Known component per row (-1: unknown), an array found as for --sample-weight.")
+_missing = click.option(
+    "--missing", type=click.Choice(["error", "marginalize"]), default="error",
+    show_default=True, help="Rows with NaN: refuse them, or fit them through their observed "
+                            "features.")
+
+
 _contamination = click.option("--contamination", type=click.FloatRange(0, 0.5, min_open=True),
                                default=None, help="Share of outliers in STORE, in (0, 0.5].")
 
@@ -350,6 +376,9 @@ def generate(out, n_samples, n_features, n_components, seed, chunk_rows, dtype, 
 @_batch_size
 @_standardize
 @_pca
+@_sample_weight
+@_labels_opt
+@_missing
 @click.option("--out", required=True, help="Model file to write (atomically).")
 @_overwrite("Replace an existing model file (never a directory).")
 @_cluster_opt
@@ -362,12 +391,14 @@ def generate(out, n_samples, n_features, n_components, seed, chunk_rows, dtype, 
 @_quiet
 @_verbose
 def fit(store, array, n_components, covariance_type, max_iter, tol, reg_covar, init_params,
-        n_init, seed, algorithm, batch_size, standardize, pca, out, overwrite, cluster_spec,
-        checkpoint, resume, plot_path, quiet, verbose):
+        n_init, seed, algorithm, batch_size, standardize, pca, sample_weight, labels, missing,
+        out, overwrite, cluster_spec, checkpoint, resume, plot_path, quiet, verbose):
     """Fit a mixture to the Zarr array STORE and save it to --out."""
     from dgmm import GaussianMixture
 
     X = _open_store(store, array)
+    weight = _open_side(store, array, sample_weight, "--sample-weight")
+    known = _open_side(store, array, labels, "--labels")
     if resume and checkpoint is None:
         raise CommandError("--resume needs --checkpoint DIR")
     _check_output(out, [store, checkpoint], overwrite=overwrite, kind="file")
@@ -383,11 +414,13 @@ def fit(store, array, n_components, covariance_type, max_iter, tol, reg_covar, i
         n_components, covariance_type=covariance_type, max_iter=max_iter, tol=tol,
         reg_covar=reg_covar, init_params=init_params, n_init=n_init, random_state=seed,
         algorithm=algorithm, batch_size=batch_size, verbose=1 if verbose else 0,
+        missing=missing,
     )
     start = time.perf_counter()
     with _cluster(cluster_spec, quiet):
-        steps, Xt = _preprocess(X, standardize, pca, quiet)
-        model.fit(Xt, checkpoint=checkpoint, resume=resume, callback=_progress(quiet))
+        steps, Xt = _preprocess(X, standardize, pca, quiet, weight)
+        model.fit(Xt, sample_weight=weight, labels=known, checkpoint=checkpoint, resume=resume,
+                  callback=_progress(quiet))
         model.provenance_ = _history_entry(None, "fit", X, store, array, (0, X.shape[0]))
         _save(steps, model, out, overwrite)
         _say(quiet, f"fitted {n_components} {covariance_type} components to {X.shape[0]} x "
@@ -516,6 +549,9 @@ def score(model_path, store, array, as_json, contamination, cluster_spec, quiet,
 @_batch_size
 @_standardize
 @_pca
+@_sample_weight
+@_labels_opt
+@_missing
 @click.option("--out", required=True, help="Model file for the best candidate.")
 @_overwrite("Replace an existing model file (never a directory).")
 @_plot_opt("the criteria against n_components")
@@ -523,25 +559,27 @@ def score(model_path, store, array, as_json, contamination, cluster_spec, quiet,
 @_quiet
 @_verbose
 def select(store, array, n_components, covariance_type, criterion, max_iter, tol, reg_covar,
-           init_params, n_init, seed, algorithm, batch_size, standardize, pca, out, overwrite,
-           plot_path, cluster_spec, quiet, verbose):
+           init_params, n_init, seed, algorithm, batch_size, standardize, pca, sample_weight,
+           labels, missing, out, overwrite, plot_path, cluster_spec, quiet, verbose):
     """Fit every candidate (components x covariance types, sharing data passes); save the best."""
     from dgmm import select_n_components
 
     candidates = _parse_components(n_components)
     types = _parse_covariance_types(covariance_type)
     X = _open_store(store, array)
+    weight = _open_side(store, array, sample_weight, "--sample-weight")
+    known = _open_side(store, array, labels, "--labels")
     _check_output(out, [store], overwrite=overwrite, kind="file")
     _check_plot(plot_path, [store, out], overwrite=overwrite)
     # The table below says which candidates did not converge, after the table.
     with _cluster(cluster_spec, quiet), warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        steps, Xt = _preprocess(X, standardize, pca, quiet)
+        steps, Xt = _preprocess(X, standardize, pca, quiet, weight)
         result = select_n_components(
             Xt, candidates, criterion=criterion, covariance_type=types,
             max_iter=max_iter, tol=tol, reg_covar=reg_covar, init_params=init_params,
             n_init=n_init, random_state=seed, algorithm=algorithm, batch_size=batch_size,
-            callback=_progress(quiet),
+            callback=_progress(quiet), sample_weight=weight, labels=known, missing=missing,
         )
     best, table = result
     best.provenance_ = _history_entry(None, "select", X, store, array, (0, X.shape[0]))

@@ -24,7 +24,8 @@ The measures, for ``n`` rows ``x_i`` and a mixture with weights ``w_k``:
 * **outlier fraction**: the share of rows whose log-density is below the
   model's ``outlier_threshold_`` (when it has one), against the
   contamination it was set at.
-* **feature means** of the new rows against the mixture mean ``m = sum_k w_k
+* **feature means** of the new rows (of their observed values, for a model
+  with ``missing='marginalize'``) against the mixture mean ``m = sum_k w_k
   mu_k``, also in units of the mixture's standard deviation per feature.
 """
 
@@ -55,8 +56,10 @@ class DriftPacket:
     below : int
         Rows whose log-density is below the threshold (0 without one).
     shifted_sum : ndarray of shape (d,)
-        Sum of ``x - center`` (float64, about the mixture mean, so data far
-        from the origin lose no precision).
+        Sum of the observed ``x - center`` (float64, about the mixture mean,
+        so data far from the origin lose no precision).
+    observed : ndarray of shape (d,)
+        Observed (not NaN) values per feature.
     """
 
     n_rows: int
@@ -64,19 +67,23 @@ class DriftPacket:
     occupancy: np.ndarray
     below: int
     shifted_sum: np.ndarray
+    observed: np.ndarray
 
     def __add__(self, other: DriftPacket) -> DriftPacket:
         return DriftPacket(self.n_rows + other.n_rows, self.loglik + other.loglik,
                            self.occupancy + other.occupancy, self.below + other.below,
-                           self.shifted_sum + other.shifted_sum)
+                           self.shifted_sum + other.shifted_sum,
+                           self.observed + other.observed)
 
 
-def _drift_block(rows, row_offset, index, params, threshold, center) -> DriftPacket:
+def _drift_block(rows, row_offset, index, params, missing, threshold, center) -> DriftPacket:
     log_density, proba = kernels.per_row_outputs(rows, params, ("log_density", "proba"),
-                                                 row_offset)
+                                                 row_offset, missing)
     below = 0 if threshold is None else int(np.count_nonzero(log_density < threshold))
-    shifted = np.subtract(rows, center, dtype=np.float64).sum(axis=0)
-    return DriftPacket(len(rows), float(log_density.sum()), proba.sum(axis=0), below, shifted)
+    shifted = np.subtract(rows, center, dtype=np.float64)
+    observed = ~np.isnan(shifted)  # rows with NaN reach here only with missing='marginalize'
+    return DriftPacket(len(rows), float(log_density.sum()), proba.sum(axis=0), below,
+                       np.where(observed, shifted, 0.0).sum(axis=0), observed.sum(axis=0))
 
 
 def mixture_moments(model) -> tuple[np.ndarray, np.ndarray]:
@@ -121,8 +128,8 @@ def drift_report(model, X) -> dict:
     center, variance = mixture_moments(model)
     scheduler = scheduler_for(lazy)
     with blas_guard(scheduler):
-        total = block_pass(as_blocks(Xd), _drift_block, model._params(), threshold, center,
-                           scheduler=scheduler)
+        total = block_pass(as_blocks(Xd), _drift_block, model._params(), model._marginalize,
+                           threshold, center, scheduler=scheduler)
     n = total.n_rows
     mean_loglik = total.loglik / n
     training = getattr(model, "lower_bound_", None)
@@ -131,7 +138,7 @@ def drift_report(model, X) -> dict:
     expected = n * weights
     chi_square = float(np.sum((total.occupancy - expected) ** 2 / expected))
     dof = len(weights) - 1
-    feature_means = center + total.shifted_sum / n
+    feature_means = center + total.shifted_sum / np.maximum(total.observed, 1)
     contamination = getattr(model, "outlier_contamination_", None)
     return {
         "n_rows": int(n),

@@ -26,7 +26,7 @@ from scipy import sparse
 from sklearn.utils.validation import check_is_fitted
 
 from dgmm import _kernels as kernels
-from dgmm._passes import as_blocks, blas_guard, block_pass, scheduler_for
+from dgmm._passes import RowData, as_blocks, blas_guard, block_pass, scheduler_for
 from dgmm._version import __version__
 
 # Row chunk for in-memory NumPy input: big enough that per-task overhead is
@@ -184,6 +184,94 @@ def as_dask_array(X, *, where: str = "X") -> tuple[da.Array, bool]:
     if X.numblocks[1] != 1:
         X = X.rechunk({1: -1})
     return X, lazy
+
+
+def _as_dask_vector(v, n_rows: int, where: str) -> da.Array:
+    """A per-row input (NumPy, dask, Zarr or a path to one) as a 1-D dask array of ``n_rows``."""
+    _refuse_sparse(v, where)
+    if isinstance(v, (str, os.PathLike)):
+        v = open_array(v)
+    if isinstance(v, zarr.Array):
+        v = da.from_zarr(v)
+    elif not isinstance(v, da.Array):
+        v = da.from_array(np.asarray(v))
+    if v.ndim == 2 and v.shape[1] == 1:
+        v = v[:, 0]
+    if v.ndim != 1 or v.shape[0] != n_rows:
+        raise ValueError(f"{where} must have one value per row of X, shape ({n_rows},); "
+                         f"got shape {v.shape}")
+    _check_dtype(v.dtype, where)
+    return v
+
+
+def row_data(
+    n_rows: int,
+    sample_weight=None,
+    labels=None,
+    n_components: int | None = None,
+    scheduler=None,
+) -> RowData | None:
+    """Validate sample weights and partial labels, in one small pass over them.
+
+    Parameters
+    ----------
+    n_rows : int
+        Rows of X; both arrays must have one entry per row.
+    sample_weight : array-like, dask array, zarr.Array or path, optional
+        Non-negative finite weights, not all zero.
+    labels : same kinds, optional
+        Integer component index for rows whose component is known, -1 for
+        the others; every index must be below ``n_components``.
+    n_components : int, optional
+        The (smallest) number of components the labels must fit.
+
+    Returns
+    -------
+    RowData, or None when neither is given.
+
+    Raises ``ValueError`` naming the first offending row before any data pass.
+    """
+    if sample_weight is None and labels is None:
+        return None
+    checks = {}
+    w = lab = None
+    if sample_weight is not None:
+        w = _as_dask_vector(sample_weight, n_rows, "sample_weight").astype(np.float64)
+        bad = ~da.isfinite(w) | (w < 0)
+        checks.update(w_bad=bad.any(), w_first=da.argmax(bad), w_sum=w.sum())
+    if labels is not None:
+        lab = _as_dask_vector(labels, n_rows, "labels")
+        if lab.dtype.kind == "f":
+            checks["lab_fraction"] = da.argmax(lab != da.floor(lab))
+            checks["lab_nonint"] = (lab != da.floor(lab)).any()
+        lab = lab.astype(np.int64)
+        high = np.iinfo(np.int64).max if n_components is None else n_components
+        bad = (lab < -1) | (lab >= high)
+        checks.update(l_bad=bad.any(), l_first=da.argmax(bad), l_max=lab.max())
+    names = list(checks)
+    with blas_guard(scheduler):
+        got = dict(zip(names, dask.compute(*checks.values(), scheduler=scheduler), strict=True))
+    if got.get("w_bad"):
+        i = int(got["w_first"])
+        value = float(w[i].compute(scheduler=scheduler))
+        raise ValueError(f"sample_weight must be finite and non-negative; row {i} has {value}")
+    if w is not None and not got["w_sum"] > 0:
+        raise ValueError("sample_weight must have a positive sum; every weight is zero")
+    if got.get("lab_nonint"):
+        i = int(got["lab_fraction"])
+        raise ValueError(f"labels must be integers (a component index, or -1 for unknown); "
+                         f"row {i} is not")
+    if got.get("l_bad"):
+        i = int(got["l_first"])
+        value = int(lab[i].compute(scheduler=scheduler))
+        allowed = "-1 or >= 0" if n_components is None else f"-1 .. {n_components - 1}"
+        raise ValueError(f"labels must be a component index in {allowed} (-1: unknown); "
+                         f"row {i} has {value}")
+    return RowData(
+        weight=w, label=lab,
+        total_weight=float(got["w_sum"]) if w is not None else float(n_rows),
+        n_classes=int(got["l_max"]) + 1 if lab is not None else 0,
+    )
 
 
 def result_dtype(dtype) -> np.dtype:
@@ -470,12 +558,12 @@ def _regular_rows(X: da.Array) -> da.Array:
     return X.rechunk({0: max(rows)})
 
 
-def _write_block(block, row_offset, index, params, arrays, whats, writers, threshold):
+def _write_block(block, row_offset, index, params, arrays, whats, writers, threshold, missing):
     with writers.running():
         flag = threshold is not None
         computed = (*whats, "log_density") if flag and "log_density" not in whats else whats
-        outputs = dict(zip(computed, kernels.per_row_outputs(block, params, computed, row_offset),
-                           strict=True))
+        found = kernels.per_row_outputs(block, params, computed, row_offset, missing)
+        outputs = dict(zip(computed, found, strict=True))
         if flag:
             outputs["outlier"] = outputs["log_density"] < threshold
         stop = row_offset + len(block)
@@ -590,8 +678,9 @@ def write_predictions(
         params = kernels.Params(model.covariance_type, model.weights_, model.means_,
                                 model.precisions_cholesky_)
         with blas_guard(scheduler):
+            missing = getattr(model, "missing", "error") == "marginalize"
             written = block_pass(as_blocks(X), _write_block, params, arrays, whats, writers,
-                                 outlier_threshold, scheduler=scheduler)
+                                 outlier_threshold, missing, scheduler=scheduler)
         if written != n:  # every row block must have reported its rows
             raise RuntimeError(f"wrote {written} of {n} rows to {tmp}")
     return zarr.open_group(str(target), mode="r")

@@ -33,6 +33,7 @@ from dgmm._passes import (
 from dgmm._stats import SuffStats
 from dgmm.io import SavedModel, as_dask_array, save_model
 
+MISSING = ("error", "marginalize")
 ONLINE_ATTRIBUTES = ("n_steps_", "n_samples_seen_", "step_size_", "running_stats_")
 
 
@@ -119,6 +120,15 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     polish_iter : int, default=0
         Full batch EM iterations run after the 'minibatch' epochs (stopping
         early on ``tol``), to polish the result.
+    missing : {'error', 'marginalize'}, default='error'
+        What rows with NaN do. 'error' refuses them with a message naming the
+        first one. 'marginalize' fits them through the marginal Gaussian of
+        their observed coordinates (EM for incomplete data, Ghahramani &
+        Jordan 1994) and lets ``predict``, ``predict_proba``,
+        ``score_samples`` and ``score`` evaluate them the same way; a row with
+        no observed value is an error. Complete rows cost what they always do;
+        each distinct pattern of missing coordinates within a chunk costs one
+        factorisation per component.
 
     Attributes
     ----------
@@ -200,6 +210,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         shuffle: bool = True,
         polish_iter: int = 0,
         min_step_size: float = 0.0,
+        missing: str = "error",
     ):
         self.n_components = n_components
         self.covariance_type = covariance_type
@@ -223,6 +234,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         self.shuffle = shuffle
         self.polish_iter = polish_iter
         self.min_step_size = min_step_size
+        self.missing = missing
 
     # ------------------------------------------------------------------
     # Validation
@@ -248,6 +260,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             raise ValueError(f"learning_decay must be a number in (0.5, 1]; got {decay!r}")
         if self.algorithm not in ALGORITHMS:
             raise ValueError(f"algorithm must be one of {list(ALGORITHMS)}; got {self.algorithm!r}")
+        if self.missing not in MISSING:
+            raise ValueError(f"missing must be one of {list(MISSING)}; got {self.missing!r}")
         if not isinstance(self.shuffle, (bool, np.bool_)):
             raise ValueError(f"shuffle must be True or False; got {self.shuffle!r}")
         if self.covariance_type not in kernels.COVARIANCE_TYPES:
@@ -299,7 +313,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     # Fitting
     # ------------------------------------------------------------------
 
-    def fit(self, X, y=None, *, callback=None, checkpoint=None, resume=False) -> GaussianMixture:
+    def fit(self, X, y=None, *, sample_weight=None, labels=None, callback=None,
+            checkpoint=None, resume=False) -> GaussianMixture:
         """Estimate the parameters with EM, ``n_init`` times, keeping the best.
 
         Parameters
@@ -308,7 +323,18 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             The data; a string is a path or URL to a Zarr array.
         y : Ignored
             Accepted so that scikit-learn pipelines and model selection work;
-            ``fit`` never uses labels.
+            ``fit`` never uses ``y`` (known components go in ``labels``).
+        sample_weight : array-like, dask array, zarr.Array or str of shape (n_samples,), optional
+            Non-negative weight of every row: it scales the row's
+            responsibilities in the statistics, so integer weights give the
+            model of repeated rows and a zero weight removes the row. The
+            lower bound is the weighted mean log-likelihood.
+        labels : array-like, dask array, zarr.Array or str of shape (n_samples,), optional
+            Partially labelled data: the component of rows whose component is
+            known (0 .. n_components-1), -1 for the others. Known rows have
+            fixed one-hot responsibilities; the k-means initialisation starts
+            from their class means. Opt-in, so pipelines passing ``y`` keep
+            the unsupervised fit.
         callback : callable, optional
             Called after every batch EM pass with a dict: ``iteration``,
             ``lower_bound`` (best over restarts), ``change`` (of that since
@@ -332,6 +358,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         n, d = Xd.shape
         self._check_parameters(d)
         _check_n_samples(n, self.n_components)
+        rows = io.row_data(n, sample_weight, labels, self.n_components, scheduler_for(lazy))
         settings = _em.Settings.of(self.get_params())
         warm = self.warm_start and hasattr(self, "means_")
         start = stream = None
@@ -343,7 +370,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         (fitted,), _ = _fit_groups(
             Xd, lazy, settings, [self._group()], cache=self.cache, init=self._initial_params(),
             start=start, stream=stream, checkpoint=checkpoint, resume=resume,
-            callback=callback, log=self._log, source=X,
+            callback=callback, log=self._log, source=X, rows=rows,
         )
         self._set_fitted(fitted, n_features=d, dtype=Xd.dtype, n_samples=n)
         self._warn_not_converged(stacklevel=2)
@@ -384,14 +411,15 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                 stacklevel=stacklevel + 1,
             )
 
-    def partial_fit(self, X, y=None) -> GaussianMixture:
+    def partial_fit(self, X, y=None, *, sample_weight=None, labels=None) -> GaussianMixture:
         """Stepwise-EM updates from new rows, one step per minibatch of ``batch_size`` rows.
 
-        The rows are cut into minibatches of about ``batch_size`` rows in
-        storage order (as one unshuffled epoch of ``algorithm='minibatch'``:
-        ``max(1, round(n_rows / batch_size))`` of them), so a batch of at most
-        about ``batch_size`` rows is one step, and a dask array or a Zarr
-        store of any size is streamed minibatch by minibatch. Each step is
+        The rows are cut into ``m = max(1, round(n_rows / batch_size))``
+        minibatches of consecutive rows in storage order, ``[j n_rows / m, (j
+        + 1) n_rows / m)``, whatever the chunking (NumPy rows, a dask array or
+        a Zarr store of the same rows take the same steps), so a batch of at
+        most about ``batch_size`` rows is one step, and a store of any size
+        is streamed minibatch by minibatch. Each step is
         the E-step of the minibatch under the current model, blended into the
         running normalised statistics with step size ``rho_t = max((t +
         learning_offset) ** -learning_decay, min_step_size)``, and an M-step.
@@ -418,6 +446,10 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             New rows, from any source (a generator, a message queue, rows
             appended to a Zarr store: ``da.from_zarr(store)[start:stop]``).
         y : Ignored
+        sample_weight, labels : optional
+            Per-row weights and known components (-1: unknown) of the batch,
+            as in :meth:`fit`. Each step is its weighted minibatch's,
+            normalised by the minibatch's total weight.
 
         Returns
         -------
@@ -434,10 +466,10 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                 f"The first batch initialises the model and needs n_samples >= n_components; "
                 f"got n_components = {self.n_components}, n_samples = {n}"
             )
-        # One unshuffled epoch of the minibatch driver: the steps of fit(algorithm='minibatch').
+        # One epoch of the minibatch driver, over consecutive row ranges.
         settings = replace(_em.Settings.of(self.get_params()), max_iter=1)
         scheduler = scheduler_for(lazy)
-        blocks = as_blocks(Xd)
+        blocks = as_blocks(Xd, io.row_data(n, sample_weight, labels, self.n_components, scheduler))
         with blas_guard(scheduler):
             if fitted:
                 states = [self._online_state()]
@@ -447,7 +479,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                 states = [_em.OnlineState.from_params(r.params, r.covariances, self.reg_covar)
                           for r in runs]
             ((state, run),) = _em.minibatch_em(blocks, [states], settings, rng=None,
-                                               scheduler=scheduler)
+                                               scheduler=scheduler, contiguous=True)
         # Only now, with every check passed, does the model change.
         self._set_params(state.params, state.covariances, n_features=d, dtype=Xd.dtype)
         self._set_online_state(state)
@@ -567,6 +599,11 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         return kernels.Params(self.covariance_type, self.weights_, self.means_,
                               self.precisions_cholesky_)
 
+    @property
+    def _marginalize(self) -> bool:
+        """Whether rows with NaN are evaluated through their observed features."""
+        return self.missing == "marginalize"
+
     def _covariances64(self) -> np.ndarray:
         return np.asarray(self.covariances_, dtype=np.float64)
 
@@ -588,11 +625,12 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             dtype = np.dtype(float_dtype or io.result_dtype(Xd.dtype))
         if what == "proba":
             out = Xd.map_blocks(
-                _predict_block, params, what, dtype, dtype=dtype,
+                _predict_block, params, what, dtype, self._marginalize, dtype=dtype,
                 chunks=(Xd.chunks[0], (self.n_components,)),
             )
         else:
-            out = Xd.map_blocks(_predict_block, params, what, dtype, drop_axis=1, dtype=dtype)
+            out = Xd.map_blocks(_predict_block, params, what, dtype, self._marginalize,
+                                drop_axis=1, dtype=dtype)
         if lazy:
             return out
         with blas_guard("threads"):
@@ -616,36 +654,51 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         """
         return self._per_row(X, "log_density")
 
-    def score(self, X, y=None) -> float:
-        """Mean log-likelihood per row (a float, computed even for lazy input)."""
-        return self._mean_log_likelihood(X)[0]
+    def score(self, X, y=None, sample_weight=None) -> float:
+        """Mean log-likelihood per row (a float, computed even for lazy input).
 
-    def _mean_log_likelihood(self, X) -> tuple[float, int]:
-        """Mean log-likelihood per row, summed in float64 whatever X's dtype, and the row count."""
+        With ``sample_weight``, the weighted mean.
+        """
+        return self._mean_log_likelihood(X, sample_weight)[0]
+
+    def _mean_log_likelihood(self, X, sample_weight=None) -> tuple[float, float]:
+        """Mean log-likelihood per row, summed in float64 whatever X's dtype, and the row count.
+
+        With ``sample_weight``: the weighted mean and the total weight.
+        """
         scores = self._per_row(X, "log_density", float_dtype=np.float64)
-        mean = scores.mean()
-        return float(mean.compute() if hasattr(mean, "compute") else mean), int(scores.shape[0])
+        lazy = hasattr(scores, "compute")
+        n = int(scores.shape[0])
+        if sample_weight is None:
+            mean = scores.mean()
+            return float(mean.compute() if lazy else mean), n
+        rows = io.row_data(n, sample_weight, scheduler=scheduler_for(lazy))
+        w = rows.weight.rechunk(scores.chunks) if lazy else rows.weight.compute()
+        total = (scores * w).sum()
+        total = total.compute() if lazy else total
+        return float(total / rows.total_weight), rows.total_weight
 
     def _n_parameters(self) -> int:
         return kernels.n_parameters(self.n_components, self.n_features_in_, self.covariance_type)
 
-    def criteria(self, mean_log_likelihood: float, n_samples: int) -> dict[str, float]:
+    def criteria(self, mean_log_likelihood: float, n_samples: float) -> dict[str, float]:
         """BIC and AIC from a mean log-likelihood already computed on ``n_samples`` rows.
 
         Lets callers that scored the data once (a CLI job, a model sweep) get
-        both criteria without another pass.
+        both criteria without another pass. With sample weights, ``n_samples``
+        is the total weight.
         """
         total = -2.0 * mean_log_likelihood * n_samples
         p = self._n_parameters()
         return {"bic": float(total + p * np.log(n_samples)), "aic": float(total + 2.0 * p)}
 
-    def bic(self, X) -> float:
-        """Bayesian information criterion on X (lower is better)."""
-        return self.criteria(*self._mean_log_likelihood(X))["bic"]
+    def bic(self, X, sample_weight=None) -> float:
+        """Bayesian information criterion on X (lower is better); weighted count with weights."""
+        return self.criteria(*self._mean_log_likelihood(X, sample_weight))["bic"]
 
-    def aic(self, X) -> float:
+    def aic(self, X, sample_weight=None) -> float:
         """Akaike information criterion on X (lower is better)."""
-        return self.criteria(*self._mean_log_likelihood(X))["aic"]
+        return self.criteria(*self._mean_log_likelihood(X, sample_weight))["aic"]
 
     def sample(self, n_samples: int = 1):
         """Draw samples from the fitted mixture.
@@ -674,9 +727,10 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         return X, np.repeat(np.arange(self.n_components), counts)
 
 
-def _predict_block(block, params, what, dtype, block_info=None):
+def _predict_block(block, params, what, dtype, missing, block_info=None):
     offset = block_info[0]["array-location"][0][0] if block_info else 0
-    return kernels.predict_block(block, params, what, row_offset=offset).astype(dtype, copy=False)
+    out = kernels.predict_block(block, params, what, row_offset=offset, missing=missing)
+    return out.astype(dtype, copy=False)
 
 
 # Fitted attributes every GaussianMixture model file must hold (a model built by
@@ -701,14 +755,16 @@ def _fit_groups(
     log=None,
     score: bool = False,
     source=None,
+    rows=None,
 ) -> tuple[list[_em.Fitted], float]:
     """What every fit does around the one driver: cache, checkpoints, progress.
 
     ``fit`` and :func:`~dgmm.select_n_components` both come through here, so
     the cache policy, checkpoints, resume, verbosity and callbacks behave the
     same in both. ``source`` is the input as the user gave it (a checkpoint
-    may not be written into it). Returns the driver's result and the data
-    passes it made (counted by the pass engine).
+    may not be written into it); ``rows`` the validated sample weights and
+    labels (:func:`dgmm.io.row_data`). Returns the driver's result and the
+    data passes it made (counted by the pass engine).
     """
     if checkpoint is not None:
         if settings.algorithm != "batch":
@@ -722,7 +778,7 @@ def _fit_groups(
     scheduler = scheduler_for(lazy)
     if lazy:
         Xd = apply_cache_policy(Xd, cache, scheduler, log=log if settings.verbose >= 1 else None)
-    blocks = as_blocks(Xd)
+    blocks = as_blocks(Xd, rows)
     save = None
     with blas_guard(scheduler):
         if checkpoint is not None:

@@ -51,6 +51,7 @@ from sklearn.base import BaseEstimator, OutlierMixin, clone
 from sklearn.utils.validation import check_is_fitted
 
 from dgmm import _kernels as kernels
+from dgmm import io
 from dgmm._passes import as_blocks, blas_guard, block_pass, scheduler_for
 from dgmm.io import as_dask_array
 from dgmm.mixture import GaussianMixture
@@ -110,8 +111,8 @@ class KeyHistogram:
     ----------
     bins : ndarray of uint64, shape (n_bins,)
         Occupied bins, ascending.
-    counts : ndarray of int64, shape (n_bins,)
-        Scores per bin.
+    counts : ndarray of int64 (float64 with sample weights), shape (n_bins,)
+        Scores per bin (their total weight with sample weights).
     low, high : float
         Smallest and largest score.
     shift : int
@@ -125,29 +126,39 @@ class KeyHistogram:
     shift: int
 
     @classmethod
-    def of(cls, scores: np.ndarray, shift: int) -> KeyHistogram:
-        bins, counts = np.unique(bins_of(scores, shift), return_counts=True)
-        return cls(bins, counts.astype(np.int64), float(scores.min()), float(scores.max()),
-                   shift)
+    def of(cls, scores: np.ndarray, shift: int, weight: np.ndarray | None = None) -> KeyHistogram:
+        if weight is None:
+            bins, counts = np.unique(bins_of(scores, shift), return_counts=True)
+            counts = counts.astype(np.int64)
+        else:  # rows of zero weight are not in the data
+            scores, weight = scores[weight > 0], weight[weight > 0]
+            bins, index = np.unique(bins_of(scores, shift), return_inverse=True)
+            counts = np.bincount(index, weights=weight, minlength=len(bins))
+        if not len(scores):
+            return cls(bins, counts, np.inf, -np.inf, shift)
+        return cls(bins, counts, float(scores.min()), float(scores.max()), shift)
 
     @classmethod
     def merge(cls, *parts: KeyHistogram) -> KeyHistogram:
         bins, index = np.unique(np.concatenate([p.bins for p in parts]), return_inverse=True)
-        counts = np.zeros(len(bins), dtype=np.int64)
-        np.add.at(counts, index, np.concatenate([p.counts for p in parts]))
+        weights = np.concatenate([p.counts for p in parts])
+        counts = np.zeros(len(bins), dtype=weights.dtype)
+        np.add.at(counts, index, weights)
         return cls(bins, counts, min(p.low for p in parts), max(p.high for p in parts),
                    parts[0].shift)
 
     @property
-    def n(self) -> int:
-        return int(self.counts.sum())
+    def n(self) -> int | float:
+        """Number of scores (their total weight with sample weights)."""
+        total = self.counts.sum()
+        return int(total) if self.counts.dtype.kind == "i" else float(total)
 
-    def locate(self, rank: int) -> tuple[int, int, int]:
+    def locate(self, rank: float) -> tuple[int, float, float]:
         """The bin holding the ``rank``-th smallest score, the scores below it, and its count."""
         cum = np.cumsum(self.counts)
         i = int(np.searchsorted(cum, rank, side="right"))
-        below = int(cum[i - 1]) if i else 0
-        return int(self.bins[i]), below, int(self.counts[i])
+        below = cum[i - 1] if i else 0
+        return int(self.bins[i]), below, self.counts[i]
 
     def lower_edges(self) -> np.ndarray:
         """The smallest score each bin can hold, clipped to [low, high] (for plotting)."""
@@ -181,15 +192,23 @@ class Candidates:
         return cls(values[keep], counts[keep], need, from_bottom)
 
     @classmethod
-    def of(cls, scores: np.ndarray, need: int, from_bottom: bool) -> Candidates:
-        values, counts = np.unique(scores, return_counts=True)
-        return cls.build(values, counts.astype(np.int64), need, from_bottom)
+    def of(cls, scores: np.ndarray, need: float, from_bottom: bool,
+           weight: np.ndarray | None = None) -> Candidates:
+        if weight is None:
+            values, counts = np.unique(scores, return_counts=True)
+            counts = counts.astype(np.int64)
+        else:
+            scores, weight = scores[weight > 0], weight[weight > 0]
+            values, index = np.unique(scores, return_inverse=True)
+            counts = np.bincount(index, weights=weight, minlength=len(values))
+        return cls.build(values, counts, need, from_bottom)
 
     @classmethod
     def merge(cls, *parts: Candidates) -> Candidates:
         values, index = np.unique(np.concatenate([p.values for p in parts]), return_inverse=True)
-        counts = np.zeros(len(values), dtype=np.int64)
-        np.add.at(counts, index, np.concatenate([p.counts for p in parts]))
+        weights = np.concatenate([p.counts for p in parts])
+        counts = np.zeros(len(values), dtype=weights.dtype)
+        np.add.at(counts, index, weights)
         return cls.build(values, counts, parts[0].need, parts[0].from_bottom)
 
     def select(self) -> float:
@@ -204,32 +223,41 @@ class Candidates:
 # --------------------------------------------------------------------------
 
 
-def _scores(rows, params, row_offset) -> np.ndarray:
-    return kernels.per_row_outputs(rows, params, ("log_density",), row_offset)[0]
+def _scores(rows, params, row_offset, missing) -> np.ndarray:
+    return kernels.per_row_outputs(rows, params, ("log_density",), row_offset, missing)[0]
 
 
-def _histogram_block(rows, row_offset, index, params, shift) -> KeyHistogram:
-    return KeyHistogram.of(_scores(rows, params, row_offset), shift)
+def _histogram_block(rows, row_offset, index, params, missing, shift,
+                     weight=None) -> KeyHistogram:
+    return KeyHistogram.of(_scores(rows, params, row_offset, missing), shift, weight)
 
 
-def _candidates_block(rows, row_offset, index, params, shift, bin_, need,
-                      from_bottom) -> Candidates:
-    scores = _scores(rows, params, row_offset)
-    in_bin = scores[bins_of(scores, shift) == np.uint64(bin_)]
-    return Candidates.of(in_bin, need, from_bottom)
+def _candidates_block(rows, row_offset, index, params, missing, shift, bin_, need,
+                      from_bottom, weight=None) -> Candidates:
+    scores = _scores(rows, params, row_offset, missing)
+    in_bin = bins_of(scores, shift) == np.uint64(bin_)
+    return Candidates.of(scores[in_bin], need, from_bottom,
+                         None if weight is None else weight[in_bin])
 
 
-def score_quantile(X, params: kernels.Params, q: float) -> tuple[float, KeyHistogram]:
+def score_quantile(
+    X, params: kernels.Params, q: float, sample_weight=None, missing: bool = False
+) -> tuple[float, KeyHistogram]:
     """Exact ``np.quantile(scores, q, method='higher')`` of the log-densities of X's rows.
 
     Two passes over X (one when the answer is the smallest or largest score);
-    memory as in the module docstring.
+    memory as in the module docstring. With ``sample_weight`` the quantile is
+    of the weighted scores: integer weights give the quantile of the repeated
+    rows, and rows of zero weight do not count.
 
     Parameters
     ----------
     X : array-like, dask array, zarr.Array or str of shape (n_samples, n_features)
     params : Params
     q : float in [0, 1]
+    sample_weight : array-like, dask array, zarr.Array or str of shape (n_samples,), optional
+    missing : bool, default=False
+        Score rows with NaN by the marginal density of their observed features.
 
     Returns
     -------
@@ -238,21 +266,23 @@ def score_quantile(X, params: kernels.Params, q: float) -> tuple[float, KeyHisto
         The first pass's histogram of the scores.
     """
     Xd, lazy = as_dask_array(X)
-    blocks = as_blocks(Xd)
     scheduler = scheduler_for(lazy)
+    blocks = as_blocks(Xd, io.row_data(Xd.shape[0], sample_weight, scheduler=scheduler))
     with blas_guard(scheduler):
         shift = key_shift(blocks.n_rows)
-        hist = block_pass(blocks, _histogram_block, params, shift, combine=KeyHistogram.merge,
+        hist = block_pass(blocks, _histogram_block, params, missing, shift,
+                          combine=KeyHistogram.merge,
                           scheduler=scheduler)
         rank = target_rank(hist.n, q)
         if rank in (0, hist.n - 1):
             return (hist.low if rank == 0 else hist.high), hist
         bin_, below, m = hist.locate(rank)
         t = rank - below
-        from_bottom = t < m - t
+        # Counting from the top relies on integer counts: weighted, count up.
+        from_bottom = t < m - t or sample_weight is not None
         need = t if from_bottom else m - 1 - t
-        found = block_pass(blocks, _candidates_block, params, shift, bin_, need, from_bottom,
-                           combine=Candidates.merge, scheduler=scheduler)
+        found = block_pass(blocks, _candidates_block, params, missing, shift, bin_, need,
+                           from_bottom, combine=Candidates.merge, scheduler=scheduler)
     return found.select(), hist
 
 
@@ -318,13 +348,16 @@ class GaussianMixtureOutlierDetector(OutlierMixin, BaseEstimator):
         self.mixture = mixture
         self.contamination = contamination
 
-    def fit(self, X, y=None) -> GaussianMixtureOutlierDetector:
+    def fit(self, X, y=None, sample_weight=None) -> GaussianMixtureOutlierDetector:
         """Fit the mixture if needed, then find the threshold (two passes over X).
 
         Parameters
         ----------
         X : array-like, dask array, zarr.Array or str of shape (n_samples, n_features)
         y : Ignored
+        sample_weight : array-like, dask array, zarr.Array or str of shape (n_samples,), optional
+            Row weights, for the mixture's fit and the threshold: the
+            ``contamination`` share of the total weight lies below it.
 
         Returns
         -------
@@ -337,9 +370,10 @@ class GaussianMixtureOutlierDetector(OutlierMixin, BaseEstimator):
         if hasattr(mixture, "means_"):
             mixture._check_fitted_features(as_dask_array(X)[0].shape[1])
         else:
-            mixture = clone(mixture).fit(X)
+            mixture = clone(mixture).fit(X, sample_weight=sample_weight)
         self.mixture_ = mixture
-        self.threshold_, self.histogram_ = score_quantile(X, mixture._params(), float(c))
+        self.threshold_, self.histogram_ = score_quantile(X, mixture._params(), float(c),
+                                                          sample_weight, mixture._marginalize)
         self.offset_ = self.threshold_
         self.n_features_in_ = mixture.n_features_in_
         return self

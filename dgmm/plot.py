@@ -126,7 +126,7 @@ def ellipses(model, X, features=(0, 1), n_points: int = 5000, ax=None, path=None
     check_is_fitted(model, "means_")
     Xd, lazy = as_dask_array(X)
     seed = check_random_state(random_state).randint(np.iinfo(np.int32).max)
-    sample = sample_rows(as_blocks(Xd), n_points, seed, scheduler_for(lazy))
+    sample = sample_rows(as_blocks(Xd), n_points, seed, scheduler_for(lazy)).rows
     labels = model.predict(sample)
     origin, axes, names = projection(sample, features)
     K, d = model.n_components, model.n_features_in_

@@ -59,23 +59,26 @@ class Moments:
                        self.scatter / np.outer(scale, scale))
 
 
-def _moments_block(rows: np.ndarray, row_offset: int, block_index: int, shift: np.ndarray):
+def _moments_block(rows: np.ndarray, row_offset: int, block_index: int, shift: np.ndarray,
+                   weight: np.ndarray | None = None):
     """The one-component 'full' packet of a block about ``shift`` (a :class:`BlockFn`)."""
     total = None
     for start, sl in kernels.sub_blocks(len(rows)):
         sub = rows[sl]
         kernels.check_finite_block(sub, row_offset + start)
-        packet = kernels.stats_from_resp(sub, np.ones((1, len(sub))), shift[None], shift, "full")
+        resp = np.ones((1, len(sub))) if weight is None else weight[None, sl]
+        packet = kernels.stats_from_resp(sub, resp, shift[None], shift, "full")
         total = packet if total is None else total + packet
     return total
 
 
-def moments(X) -> tuple[Moments, np.dtype, bool]:
+def moments(X, sample_weight=None) -> tuple[Moments, np.dtype, bool]:
     """Mean and scatter matrix of ``X`` in one streaming pass.
 
     The statistics are accumulated about the first row (shifted, so exact
     for data far from the origin). A non-finite value raises ``ValueError``
-    naming its row and column.
+    naming its row and column. With ``sample_weight`` they are weighted and
+    ``n_samples`` is the total weight (integer weights: repeated rows).
 
     Returns
     -------
@@ -86,15 +89,21 @@ def moments(X) -> tuple[Moments, np.dtype, bool]:
         Whether ``X`` was lazy (dask, Zarr).
     """
     Xd, lazy = io.as_dask_array(X)
-    blocks = as_blocks(Xd)
     scheduler = scheduler_for(lazy)
+    blocks = as_blocks(Xd, io.row_data(Xd.shape[0], sample_weight, scheduler=scheduler))
     shift = read_rows(blocks, np.array([0]), scheduler=scheduler)[0]
     with blas_guard(scheduler):
         packet = block_pass(blocks, _moments_block, shift, scheduler=scheduler)
     n = float(packet.nk[0])
     mean_shift = packet.sk[0] / n
     scatter = packet.qk[0] - n * np.outer(mean_shift, mean_shift)
-    return Moments(int(packet.n_rows), shift + mean_shift, scatter), Xd.dtype, lazy
+    n_samples = int(packet.n_rows) if sample_weight is None else _count(n)
+    return Moments(n_samples, shift + mean_shift, scatter), Xd.dtype, lazy
+
+
+def _count(total_weight: float) -> int | float:
+    """A total weight as an int when it is one (integer weights), else as it is."""
+    return int(total_weight) if float(total_weight).is_integer() else float(total_weight)
 
 
 # --------------------------------------------------------------------------
@@ -236,9 +245,9 @@ class StandardScaler(TransformerMixin, BaseEstimator):
         self.with_mean = with_mean
         self.with_std = with_std
 
-    def fit(self, X, y=None) -> StandardScaler:
-        """Compute the mean and standard deviation of X in one pass."""
-        m, _, _ = moments(X)
+    def fit(self, X, y=None, sample_weight=None) -> StandardScaler:
+        """Compute the (weighted) mean and standard deviation of X in one pass."""
+        m, _, _ = moments(X, sample_weight)
         return self._fit_moments(m, len(m.mean))
 
     def _fit_moments(self, m: Moments, n_features: int) -> StandardScaler:
@@ -246,7 +255,7 @@ class StandardScaler(TransformerMixin, BaseEstimator):
         self.mean_ = m.mean if (self.with_mean or self.with_std) else None
         self.var_ = var if self.with_std else None
         self.scale_ = safe_scale(var, m.mean, m.n_samples) if self.with_std else None
-        self.n_samples_seen_ = int(m.n_samples)
+        self.n_samples_seen_ = m.n_samples
         self.n_features_in_ = int(n_features)
         return self
 
@@ -350,11 +359,11 @@ class PCA(TransformerMixin, BaseEstimator):
             )
         return int(k)
 
-    def fit(self, X, y=None) -> PCA:
-        """Fit the principal axes of X from one pass over it."""
+    def fit(self, X, y=None, sample_weight=None) -> PCA:
+        """Fit the principal axes of X from one pass over it (weighted rows if given)."""
         Xd, _ = io.as_dask_array(X)
         self._check_n_components(*Xd.shape)
-        m, dtype, _ = moments(Xd)
+        m, dtype, _ = moments(Xd, sample_weight)
         return self._fit_moments(m, dtype)
 
     def _fit_moments(self, m: Moments, dtype) -> PCA:
@@ -362,7 +371,7 @@ class PCA(TransformerMixin, BaseEstimator):
         components, variance = principal_axes(m)
         out = io.result_dtype(dtype)
         self.n_components_ = k
-        self.n_samples_ = int(m.n_samples)
+        self.n_samples_ = m.n_samples
         self.n_features_in_ = len(m.mean)
         self.mean_ = m.mean.astype(out)
         self.components_ = components[:k].astype(out)
@@ -414,8 +423,8 @@ class PCA(TransformerMixin, BaseEstimator):
         return model
 
 
-def fit_preprocessing(X, *, standardize: bool = False, n_components: int | None = None
-                      ) -> list[tuple[str, StandardScaler | PCA]]:
+def fit_preprocessing(X, *, standardize: bool = False, n_components: int | None = None,
+                      sample_weight=None) -> list[tuple[str, StandardScaler | PCA]]:
     """A fitted scaler and/or PCA for ``X``, from ONE pass over it.
 
     PCA after standardising uses the covariance of the standardised data,
@@ -429,6 +438,8 @@ def fit_preprocessing(X, *, standardize: bool = False, n_components: int | None 
         Include a :class:`StandardScaler`.
     n_components : int or None, default=None
         Include a :class:`PCA` keeping that many components (None: no PCA).
+    sample_weight : optional
+        Per-row weights, as in :meth:`dgmm.GaussianMixture.fit`.
 
     Returns
     -------
@@ -443,7 +454,7 @@ def fit_preprocessing(X, *, standardize: bool = False, n_components: int | None 
     pca = None if n_components is None else PCA(n_components)
     if pca is not None:
         pca._check_n_components(*Xd.shape)
-    m, dtype, _ = moments(Xd)
+    m, dtype, _ = moments(Xd, sample_weight)
     if standardize:
         scaler = StandardScaler()._fit_moments(m, Xd.shape[1])
         steps.append(("standardscaler", scaler))

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 
 from sklearn.exceptions import ConvergenceWarning
 
-from dgmm import _em
+from dgmm import _em, io
 from dgmm import _kernels as kernels
+from dgmm._passes import scheduler_for
 from dgmm.io import as_dask_array
 from dgmm.mixture import GaussianMixture, _check_n_samples, _fit_groups
 
@@ -69,6 +70,8 @@ def select_n_components(
     *,
     covariance_type: str | Iterable[str] = "full",
     criterion: str = "bic",
+    sample_weight=None,
+    labels=None,
     callback=None,
     checkpoint=None,
     resume: bool = False,
@@ -95,6 +98,10 @@ def select_n_components(
         ``'spherical'``.
     criterion : {'bic', 'aic'}, default='bic'
         Lower is better.
+    sample_weight, labels : optional
+        As in :meth:`GaussianMixture.fit`. With weights the criteria use the
+        weighted log-likelihood and the total weight as the sample size;
+        labels must fit the smallest candidate.
     callback, checkpoint, resume
         As in :meth:`GaussianMixture.fit`; the checkpoint holds every
         candidate's runs.
@@ -145,11 +152,13 @@ def select_n_components(
     for m in models:
         m._check_parameters(d)
     _check_n_samples(n, candidates[-1])
+    rows = io.row_data(n, sample_weight, labels, candidates[0], scheduler_for(lazy))
+    size = n if rows is None else rows.total_weight
     proto = models[0]
     fitted, n_passes = _fit_groups(
         Xd, lazy, _em.Settings.of(proto.get_params()), [m._group() for m in models],
         cache=proto.cache, checkpoint=checkpoint, resume=resume, callback=callback,
-        log=proto._log, score=True, source=X,
+        log=proto._log, score=True, source=X, rows=rows,
     )
     table = []
     for model, f in zip(models, fitted, strict=True):
@@ -157,7 +166,7 @@ def select_n_components(
         table.append({
             "n_components": model.n_components,
             "covariance_type": model.covariance_type,
-            **model.criteria(f.score, n),
+            **model.criteria(f.score, size),
             "score": f.score,
             "n_iter": model.n_iter_,
             "converged": model.converged_,

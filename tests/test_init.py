@@ -120,14 +120,15 @@ def test_sample_kmeans_keeps_the_restart_of_lowest_inertia():
     singles = [inertia(_init.lloyd_iterations(
         X, _init.kmeans_plusplus(X, 6, np.random.default_rng([7, 1, r])), tol)[0])
         for r in range(5)]
-    best = _init.sample_kmeans(X, 6, seed=7, tol=tol, n_restarts=5)
+    sample = _init.Sample(X, np.full(len(X), -1), np.ones(len(X)))
+    best = _init.sample_kmeans(sample, 6, seed=7, tol=tol, n_restarts=5)
     np.testing.assert_allclose(inertia(best), min(singles), rtol=1e-10)
 
 
 def test_sample_rows_is_bounded_and_uniform():
     X = np.arange(100_000, dtype=float).reshape(-1, 1)
     blocks = as_blocks(da.from_array(X, chunks=7_000))
-    sample = _init.sample_rows(blocks, 5_000, seed=3)
+    sample = _init.sample_rows(blocks, 5_000, seed=3).rows
     assert 4_500 < len(sample) < 5_500
     assert abs(sample.mean() - X.mean()) < 0.03 * X.mean()
 

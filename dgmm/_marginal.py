@@ -1,0 +1,568 @@
+"""EM for rows with missing coordinates (Ghahramani & Jordan 1994), pure NumPy.
+
+A row whose missing coordinates ``m`` are NaN enters the E-step through the
+marginal Gaussian of its observed coordinates ``o``, and the statistics
+through the conditional moments of the missing ones given the observed ones,
+under each component ``k``::
+
+    r_nk   proportional to  w_k N(x_o | mu_k,o, Sigma_k,oo)
+    x_hat  = x with x_m replaced by E[x_m | x_o, k] = mu_k,m + Sigma_mo Sigma_oo^-1 (x_o - mu_o)
+    C_k    = Cov[x_m | x_o, k] = Sigma_mm - Sigma_mo Sigma_oo^-1 Sigma_om   (zero-padded to d x d)
+
+    N_k += sum_n r_nk,   S_k += sum_n r_nk (x_hat - c_k),
+    Q_k += sum_n r_nk (x_hat - c_k)(x_hat - c_k)^T + (sum_n r_nk) C_k,
+
+reduced to each covariance type's ``qk`` as the table's ``scatter`` reduces
+it (diag: the diagonal, spherical: its trace, tied: the sum over components
+about the common centre). The packet adds (``+``) to the one that
+:func:`dgmm._kernels.estep_stats` gives for the complete rows of a block under
+the same parameters, and :func:`dgmm._kernels.m_step` on the sum is the
+Ghahramani-Jordan M-step. Shifts are the current means (``c_k = mu_k``), so a
+missing coordinate's deviation ``x_hat - c_k`` is just its regression on the
+observed deviations, of the size of the data's spread, whatever the offset of
+the data.
+
+Full and tied covariances work from the precision ``Lambda = U U^T`` and
+never invert it whole; only its missing block ``Lambda_mm`` (r x r) is
+inverted:
+
+* ``C = Lambda_mm^-1`` (the conditional covariance, exactly symmetric and
+  free of the cancellation in ``Sigma_mm - Sigma_mo Sigma_oo^-1 Sigma_om``);
+* ``E[x_m | x_o] - mu_m = -C t`` where ``t = (Lambda z)_m`` and ``z`` is the
+  row's deviation from the mean with zeros at the missing coordinates;
+* the marginal squared Mahalanobis distance ``z_o^T Sigma_oo^-1 z_o`` is the
+  full one at the conditional mean, ``||U^T (x_hat - mu)||^2`` (``x_hat``
+  minimises the full distance over ``x_m``): computed through ``U`` as for a
+  complete row, it keeps the accuracy of the complete-data path, where the
+  Schur-complement form ``z^T Lambda z - t^T C t`` would cancel when the
+  precision is large (a missing coordinate nearly determined by observed ones);
+* ``log det Sigma_oo^-1 = log det Lambda - log det Lambda_mm``.
+
+Cost, per block. Rows are grouped by missingness pattern (``np.unique`` of the
+packed NaN masks). Each distinct pattern with ``r`` missing coordinates costs
+one inversion of ``Lambda_mm`` per component (tied: one in all), O(K r^3),
+batched over all the patterns with the same ``r`` (Gauss-Jordan sweeps
+vectorised over the patterns for r <= 8, batched LAPACK Cholesky beyond).
+This is cheaper than factorising ``Sigma_oo`` (O(K (d - r)^3)) when few
+values are missing, the common case. Each row then costs O(K d^2) as a
+complete row does (its product with ``Lambda_k``, its rank-one term of the
+scatter) plus O(K r^2) for its conditional moments, vectorised over all rows
+with the same ``r``. Diag and spherical covariances need no grouping at all:
+the missing coordinates are conditionally independent of the observed ones
+(``E[x_m] = mu_m``, ``C`` the missing variances), so the marginal densities
+and the statistics are masked versions of the complete-data products,
+O(n K d) per block. Measured (``benchmarks/bench_missing.py``, d=16, K=8,
+one BLAS thread): a pass with 5% of the rows incomplete costs about 1.3x a
+complete pass; with 20% of all entries missing (97% of rows incomplete),
+about 5x for full and 1.6x for diag covariances.
+
+Numerics: all arithmetic in float64 about the block centre; responsibilities
+by log-sum-exp; a non-finite result raises (``ValueError`` for infinite input,
+``FloatingPointError`` otherwise), never a silent NaN. A row with no observed
+value at all is valid here (its responsibilities are the weights); rejecting
+such rows is the caller's policy.
+
+This module imports only NumPy, :mod:`dgmm._covariance` and
+:mod:`dgmm._stats`, so :mod:`dgmm._kernels` can dispatch rows with NaN to it.
+"""
+
+# --------------------------------------------------------------------------
+# Local names (besides those of the glossary in :mod:`dgmm._covariance`):
+#
+#   mask      NaN mask of a block, (n, d); O its complement (observed), float
+#   Z         the block's rows minus the centre, zeros at missing coordinates
+#   D         x_hat - c_k per component, (K, n, d): first o * (z - m_k), the
+#             deviations with zeros at the missing coordinates, from which the
+#             conditional means are regressed and then put in their place
+#   Lam       precisions, (Kf, d, d): Kf = K for full, 1 for tied
+#   t         (Lambda_k (o * (z - m_k)))_m, (K, n, r);  u = C t
+#   Uf, Y     U as (Kf, d, d), and D @ U_k, whose squared norms are the distances
+#   midx      missing coordinates of each pattern, (G, r)
+#   G, r      patterns in a group, missing coordinates of each
+#   C         Lambda_mm^-1 per component and pattern, laid out (r, Kf, G, r)
+#   hld_mm    sum log diag chol(Lambda_mm) = log det(Lambda_mm) / 2, (Kf, G)
+#   hld       log|det U_k| = log det(Lambda_k) / 2, (K,)
+#   logp      log w_k + log N(x_o | mu_k,o, Sigma_k,oo), component-major (K, n)
+# --------------------------------------------------------------------------
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from dgmm._covariance import COVARIANCE
+from dgmm._stats import SuffStats
+
+_LOG_2PI = np.log(2.0 * np.pi)
+
+# Rows per sub-block, and a cap on the entries of the per-row work arrays
+# (deviations, and the gathered conditional covariances), so memory stays
+# bounded for many components, many features or many missing values.
+SUB_ROWS = 2048
+_WORK_ENTRIES = 1 << 21
+
+# Up to this many missing coordinates a pattern group is inverted by
+# Gauss-Jordan sweeps vectorised over its patterns (one LAPACK call per small
+# matrix costs more than its arithmetic); beyond, by batched LAPACK.
+_SMALL_R = 8
+
+
+@dataclass(frozen=True)
+class _Model:
+    """The parameters of one call, in float64, with the block centre."""
+
+    covariance_type: str
+    log_w: np.ndarray  # (K,)
+    means: np.ndarray  # (K, d)
+    U: np.ndarray
+    center: np.ndarray  # (d,)
+
+    @property
+    def M(self) -> np.ndarray:
+        return self.means - self.center
+
+    @classmethod
+    def of(cls, covariance_type, weights, means, precisions_cholesky, center) -> _Model:
+        if covariance_type not in COVARIANCE:
+            raise ValueError(f"unknown covariance_type {covariance_type!r}")
+        weights = np.asarray(weights, dtype=np.float64)
+        means = np.asarray(means, dtype=np.float64)
+        if center is None:  # as dgmm._kernels.center_of: a point near the data
+            center = weights @ means / weights.sum()
+        with np.errstate(divide="ignore"):  # a zero weight is a -inf log-weight, not an error
+            log_w = np.log(weights)
+        return cls(covariance_type, log_w, means,
+                   np.asarray(precisions_cholesky, dtype=np.float64),
+                   np.asarray(center, dtype=np.float64))
+
+
+@dataclass
+class _Part:
+    """The E-step of some rows of a block.
+
+    ``moments(R)`` gives, for responsibilities ``R`` (K, n_part) of these rows
+    (weighted, labels applied), ``S`` (K, d) about the shifts and the
+    per-component scatter about the shifts including the conditional
+    covariances: (K, d, d) for full and tied, its diagonal (K, d) for diag and
+    spherical.
+    """
+
+    rows: np.ndarray  # indices into the block, (n_part,)
+    logp: np.ndarray  # (K, n_part)
+    moments: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+def _centred(X: np.ndarray, mask: np.ndarray, center: np.ndarray) -> np.ndarray:
+    Z = np.empty(X.shape)
+    np.subtract(X, center, out=Z, casting="unsafe")  # float32 -> float64 here
+    Z[mask] = 0.0
+    return Z
+
+
+def _patterns(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct rows of ``mask`` (G, d) and each row's pattern index (n,).
+
+    Rows are packed to bits first: sorting one 64-bit key per row (up to 64
+    features) is far faster than ``np.unique(mask, axis=0)``.
+    """
+    n = mask.shape[0]
+    packed = np.packbits(mask, axis=1)
+    if packed.shape[1] <= 8:
+        buf = np.zeros((n, 8), dtype=np.uint8)
+        buf[:, : packed.shape[1]] = packed
+        _, first, inverse = np.unique(buf.view(np.uint64).ravel(), return_index=True,
+                                      return_inverse=True)
+    else:
+        _, first, inverse = np.unique(packed, axis=0, return_index=True, return_inverse=True)
+    return mask[first], inverse.reshape(-1)
+
+
+# --------------------------------------------------------------------------
+# Full and tied: per pattern factorisations of the missing block of the precision
+# --------------------------------------------------------------------------
+
+
+def _factor_missing(Lam: np.ndarray, miss: np.ndarray, r: int):
+    """What the rows of the patterns ``miss`` (G, d) with ``r`` missing values need.
+
+    Returns ``midx`` (G, r), ``hld_mm`` (Kf, G) and ``C`` laid out (r, Kf, G, r)
+    so that the per-row products gather contiguous rows of it.
+    """
+    G, Kf = miss.shape[0], Lam.shape[0]
+    midx = np.nonzero(miss)[1].reshape(G, r)  # ascending within each row
+    if r == 0:
+        return midx, np.zeros((Kf, G)), np.zeros((0, Kf, G, 0))
+    if r <= _SMALL_R:
+        # batch-last layout (r, r, G * Kf): r steps, each a vector operation over
+        # all the patterns and components of the group at once
+        LamT = np.ascontiguousarray(Lam.transpose(1, 2, 0))
+        A = LamT[midx.T[:, None, :], midx.T[None, :, :]].reshape(r, r, -1)
+        C, log_det = _sweep_inverse(A)
+        hld_mm = 0.5 * log_det.reshape(G, Kf).T
+        C = C.reshape(r, r, G, Kf).transpose(1, 3, 2, 0)
+    else:
+        A = Lam[:, midx[:, :, None], midx[:, None, :]]  # (Kf, G, r, r)
+        try:
+            L = np.linalg.cholesky(A)
+        except np.linalg.LinAlgError:
+            raise _singular_error() from None
+        hld_mm = np.log(np.diagonal(L, axis1=2, axis2=3)).sum(axis=2)
+        Linv = np.linalg.inv(L)
+        C = (np.swapaxes(Linv, 2, 3) @ Linv).transpose(3, 0, 1, 2)  # L^-T L^-1
+    return midx, hld_mm, np.ascontiguousarray(C)
+
+
+def _sweep_inverse(A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Inverses and log-determinants of SPD matrices ``A`` (r, r, B), batch last.
+
+    Gauss-Jordan elimination in place (the sweep operator of regression), in
+    the natural order: on a positive definite matrix its pivots are the
+    Schur complements, positive, so no pivoting is needed, and the inverse is
+    as accurate as one through a Cholesky factor. One rank-one update of all
+    matrices per step.
+    """
+    r = A.shape[0]
+    A = A.copy()
+    log_det = np.zeros(A.shape[2])
+    for k in range(r):
+        pivot = A[k, k].copy()
+        if not np.all(pivot > 0.0):  # also catches NaN
+            raise _singular_error()
+        log_det += np.log(pivot)
+        row = A[k].copy()  # A_kj = A_jk
+        col = row / pivot
+        A -= row[:, None, :] * col[None, :, :]
+        A[k] = col
+        A[:, k] = col
+        A[k, k] = -1.0 / pivot
+    A *= -1.0
+    return A, log_det
+
+
+def _singular_error() -> FloatingPointError:
+    return FloatingPointError(
+        "the precision of a component is numerically singular on the missing "
+        "coordinates of some rows; increase reg_covar or scale the input data."
+    )
+
+
+def _dense_parts(model: _Model, X: np.ndarray, mask: np.ndarray) -> Iterator[_Part]:
+    K, d = model.means.shape
+    kind = COVARIANCE[model.covariance_type]
+    Lam = kind.precisions(model.U).reshape(-1, d, d)  # full (K, d, d), tied (1, d, d)
+    Uf = model.U.reshape(-1, d, d)
+    hld = np.broadcast_to(kind.log_det(model.U, d), (K,))
+    M = model.M
+    Z = _centred(X, mask, model.center)
+    pats, inverse = _patterns(mask)
+    r_pat = pats.sum(axis=1)
+    r_row = r_pat[inverse]
+    local = np.empty(len(pats), dtype=np.intp)
+    for r in np.unique(r_pat).tolist():
+        group = np.flatnonzero(r_pat == r)
+        local[group] = np.arange(len(group))
+        rows = np.flatnonzero(r_row == r)
+        rows = rows[np.argsort(inverse[rows], kind="stable")]  # a pattern's rows together
+        g = local[inverse[rows]]
+        midx, hld_mm, C = _factor_missing(Lam, pats[group], r)
+        step = max(1, min(SUB_ROWS, _WORK_ENTRIES // (K * max(d, r * r))))
+        for start in range(0, len(rows), step):
+            sl = slice(start, start + step)
+            yield _dense_part(rows[sl], g[sl], Z, model, Lam, Uf, hld, M, midx, hld_mm, C)
+
+
+def _dense_part(rows, g, Z, model, Lam, Uf, hld, M, midx, hld_mm, C) -> _Part:
+    K, d = M.shape
+    nb, r = len(rows), midx.shape[1]
+    at = np.arange(nb)[:, None]
+    mi = midx[g]  # (nb, r)
+    D = Z[rows][None, :, :] - M[:, None, :]
+    D[:, at, mi] = 0.0
+    if r:
+        t = (D @ Lam)[:, at, mi]  # (Lambda z)_m, (K, nb, r)
+        Cg = C[:, :, g]  # (r, Kf, nb, r)
+        u = np.zeros((K, nb, r))  # C t; a loop over r beats a reduction along a short axis
+        for j in range(r):
+            u += Cg[j] * t[:, :, j, None]
+        D[:, at, mi] = -u  # E[x_m | x_o, k] - mu_k,m: D is now x_hat - c_k
+    # The marginal distance z_o^T Sigma_oo^-1 z_o is the full one at x_hat (x_hat
+    # minimises it over x_m): through U, as for complete rows, and not as the
+    # difference z^T Lambda z - t^T C t, which cancels when Lambda is large.
+    Y = D @ Uf
+    quad = np.einsum("knd,knd->kn", Y, Y)
+    logp = (hld - 0.5 * (d - r) * _LOG_2PI + model.log_w)[:, None] - 0.5 * quad
+    logp -= hld_mm[:, g]
+
+    def moments(R: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        S = (R[:, None, :] @ D)[:, 0]
+        Q = np.swapaxes(D * R[:, :, None], 1, 2) @ D
+        if r:
+            # (sum of r_nk over each pattern's rows) * C, scattered into the missing block
+            g0 = g[0]
+            G = g[-1] - g0 + 1
+            key = ((g - g0)[:, None] * K + np.arange(K)).ravel()
+            Rg = np.bincount(key, weights=R.T.ravel(), minlength=G * K).reshape(G, K)
+            Cw = Rg[:, :, None, None] * C[:, :, g0 : g0 + G].transpose(2, 1, 3, 0)
+            mg = midx[g0 : g0 + G]
+            flat = ((np.arange(K)[None, :, None, None] * d + mg[:, None, :, None]) * d
+                    + mg[:, None, None, :])
+            Q += np.bincount(flat.ravel(), weights=Cw.ravel(), minlength=K * d * d).reshape(
+                K, d, d)
+        return S, Q
+
+    return _Part(rows, logp, moments)
+
+
+# --------------------------------------------------------------------------
+# Diag and spherical: masked products, no grouping by pattern
+# --------------------------------------------------------------------------
+
+
+def _diag_parts(model: _Model, X: np.ndarray, mask: np.ndarray) -> Iterator[_Part]:
+    K, d = model.means.shape
+    kind = COVARIANCE[model.covariance_type]
+    Ud = np.broadcast_to(model.U.reshape(K, -1), (K, d))  # spherical: one value per component
+    P = kind.precisions(Ud)
+    logU = np.log(Ud)
+    M = model.M
+    PM = P * M
+    PMM = PM * M
+    Z = _centred(X, mask, model.center)
+    step = max(1, min(SUB_ROWS, _WORK_ENTRIES // (K + d)))
+    for start in range(0, X.shape[0], step):
+        sl = slice(start, start + step)
+        Zs = Z[sl]
+        O = (~mask[sl]).astype(np.float64)
+        Z2 = Zs * Zs
+        # sum_j o_j P_kj (z_j - m_kj)^2, expanded as the complete-data kernels do
+        quad = P @ Z2.T - 2.0 * PM @ Zs.T + PMM @ O.T
+        logp = logU @ O.T - 0.5 * quad
+        logp -= (0.5 * _LOG_2PI) * O.sum(axis=1)
+        logp += model.log_w[:, None]
+
+        def moments(R, Zs=Zs, Z2=Z2, O=O):
+            RZ = R @ Zs
+            RO = R @ O  # responsibility on observed coordinates, (K, d)
+            nk = R.sum(axis=1)
+            S = RZ - RO * M  # a missing coordinate's x_hat - c_k is 0
+            Q = R @ Z2 - 2.0 * M * RZ + M * M * RO + (nk[:, None] - RO) / P
+            return S, Q
+
+        yield _Part(np.arange(sl.start, min(sl.stop, X.shape[0])), logp, moments)
+
+
+# --------------------------------------------------------------------------
+# From per-component scatter to each type's qk
+# --------------------------------------------------------------------------
+
+
+def _keep(Q, S, nk, model: _Model) -> np.ndarray:
+    return Q
+
+
+def _about_center(Q, S, nk, model: _Model) -> np.ndarray:
+    # tied: sum_k of the scatter moved from c_k to the centre, by the table's re-shift
+    st = SuffStats("full", model.means, model.center, float(nk.sum()), nk, S, Q, 0.0, 0)
+    return COVARIANCE["full"].shift_scatter(st, model.center - model.means, model.center).sum(
+        axis=0)
+
+
+def _trace(Q, S, nk, model: _Model) -> np.ndarray:
+    return Q.sum(axis=1)  # spherical qk: the trace of the diag scatter, as the table's
+
+
+@dataclass(frozen=True)
+class _Route:
+    parts: Callable[[_Model, np.ndarray, np.ndarray], Iterator[_Part]]
+    dense: bool  # per-component scatter (K, d, d), else its diagonal (K, d)
+    reduce: Callable[..., np.ndarray]
+
+
+_ROUTES = {
+    "full": _Route(_dense_parts, True, _keep),
+    "tied": _Route(_dense_parts, True, _about_center),
+    "diag": _Route(_diag_parts, False, _keep),
+    "spherical": _Route(_diag_parts, False, _trace),
+}
+
+
+# --------------------------------------------------------------------------
+# E-step and entry points
+# --------------------------------------------------------------------------
+
+
+def _responsibilities(logp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row log-likelihood (n,) and responsibilities (K, n), by log-sum-exp."""
+    amax = logp.max(axis=0)
+    amax[~np.isfinite(amax)] = 0.0
+    resp = np.exp(logp - amax)
+    total = resp.sum(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):  # all -inf: caught by the caller
+        log_norm = np.log(total) + amax
+        resp /= total
+    return log_norm, resp
+
+
+def _check_input(X: np.ndarray, row_offset: int) -> None:
+    bad = np.isinf(X)
+    if bad.any():
+        row, col = np.argwhere(bad)[0]
+        raise ValueError(
+            f"Input X contains infinity (first at row {row_offset + int(row)}, column "
+            f"{int(col)}: {X[row, col]!r}). Remove or impute those values."
+        )
+
+
+def _check_finite(log_norm: np.ndarray, rows: np.ndarray, row_offset: int) -> None:
+    if not np.isfinite(log_norm).all():
+        row = row_offset + int(rows[np.flatnonzero(~np.isfinite(log_norm))[0]])
+        raise FloatingPointError(
+            f"Non-finite log-likelihood at row {row} (a row with missing values) with "
+            "finite data; increase reg_covar or scale the input data."
+        )
+
+
+def incomplete_stats(
+    X: np.ndarray,
+    covariance_type: str,
+    weights: np.ndarray,
+    means: np.ndarray,
+    precisions_cholesky: np.ndarray,
+    center: np.ndarray,
+    sample_weight: np.ndarray | None = None,
+    label: np.ndarray | None = None,
+    row_offset: int = 0,
+) -> SuffStats:
+    """Ghahramani-Jordan statistics of a block whose rows may have NaN coordinates.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n, d)
+        Rows with NaN at missing coordinates (float32 or float64).
+    covariance_type : {'full', 'tied', 'diag', 'spherical'}
+    weights : ndarray of shape (K,)
+    means : ndarray of shape (K, d)
+        Also the packet's shifts ``c_k``.
+    precisions_cholesky : ndarray
+        ``U`` with ``precision = U U^T``, shape as in scikit-learn.
+    center : ndarray of shape (d,)
+        The packet's common centre (that of the complete rows' packet it is
+        added to, :func:`dgmm._kernels.center_of`).
+    sample_weight : ndarray of shape (n,), optional
+        Multiplies each row's responsibilities and log-likelihood.
+    label : ndarray of shape (n,) of int, optional
+        ``label[i] >= 0`` fixes row ``i``'s responsibilities to that
+        component (one-hot; its log-likelihood term is
+        ``log w_y + log N(x_o | mu_y,o, Sigma_y,oo)``); -1 for the usual E-step.
+    row_offset : int
+        Index of the block's first row, for error messages.
+
+    Returns
+    -------
+    SuffStats
+        About ``shift=means`` and ``center``, so that it adds exactly to
+        :func:`dgmm._kernels.estep_stats` of the block's complete rows; ``n_rows``
+        is ``n``; ``loglik`` is ``sum_n w_n log sum_k w_k N(x_o | ...)``.
+
+    Raises
+    ------
+    ValueError
+        For an infinite entry or a label out of range, naming the row.
+    FloatingPointError
+        When a row's log-likelihood is not finite with finite data.
+    """
+    X = np.asarray(X)
+    _check_input(X, row_offset)
+    model = _Model.of(covariance_type, weights, means, precisions_cholesky, center)
+    K, d = model.means.shape
+    if label is not None:
+        label = np.asarray(label)
+        if np.any(label >= K) or np.any(label < -1):
+            row = int(np.flatnonzero((label >= K) | (label < -1))[0])
+            raise ValueError(f"label of row {row_offset + row} is {label[row]!r}; "
+                             f"expected -1 or a component in 0..{K - 1}")
+    route = _ROUTES[covariance_type]
+    mask = np.isnan(X)
+    nk, S, loglik = np.zeros(K), np.zeros((K, d)), 0.0
+    Q = np.zeros((K, d, d) if route.dense else (K, d))
+    for part in route.parts(model, X, mask):
+        log_norm, R = _responsibilities(part.logp)
+        if label is not None:
+            lab = label[part.rows]
+            fixed = np.flatnonzero(lab >= 0)
+            if fixed.size:
+                R[:, fixed] = 0.0
+                R[lab[fixed], fixed] = 1.0
+                log_norm[fixed] = part.logp[lab[fixed], fixed]
+        _check_finite(log_norm, part.rows, row_offset)
+        if sample_weight is not None:
+            w = np.asarray(sample_weight, dtype=np.float64)[part.rows]
+            R *= w
+            log_norm *= w
+        S_p, Q_p = part.moments(R)
+        nk += R.sum(axis=1)
+        S += S_p
+        Q += Q_p
+        loglik += float(log_norm.sum())
+    return SuffStats(
+        covariance_type=covariance_type,
+        shift=model.means,
+        center=model.center,
+        n=float(nk.sum()),
+        nk=nk,
+        sk=S,
+        qk=route.reduce(Q, S, nk, model),
+        loglik=loglik,
+        n_rows=int(X.shape[0]),
+    )
+
+
+_OUTPUTS = {
+    "labels": (lambda n, K: np.empty(n, dtype=np.intp), lambda log_norm, R: R.argmax(axis=0)),
+    "proba": (lambda n, K: np.empty((n, K)), lambda log_norm, R: R.T),
+    "log_density": (lambda n, K: np.empty(n), lambda log_norm, R: log_norm),
+}
+
+
+def incomplete_outputs(
+    X: np.ndarray,
+    covariance_type: str,
+    weights: np.ndarray,
+    means: np.ndarray,
+    precisions_cholesky: np.ndarray,
+    whats: tuple[str, ...],
+    row_offset: int = 0,
+) -> list[np.ndarray]:
+    """Per-row outputs of rows with NaN coordinates, from the marginal densities.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n, d)
+        Rows with NaN at missing coordinates.
+    covariance_type, weights, means, precisions_cholesky
+        The mixture, as for :func:`incomplete_stats`.
+    whats : tuple of str
+        Among 'labels' (n,), the argmax of the responsibilities; 'proba'
+        (n, K); 'log_density' (n,), ``log sum_k w_k N(x_o | mu_k,o, Sigma_k,oo)``
+        (as :func:`dgmm._kernels.per_row_outputs`).
+    row_offset : int
+        Index of the block's first row, for error messages.
+
+    Returns
+    -------
+    list of ndarray
+        One array per entry of ``whats``, rows in the order of ``X``.
+    """
+    X = np.asarray(X)
+    _check_input(X, row_offset)
+    model = _Model.of(covariance_type, weights, means, precisions_cholesky, None)
+    n, K = X.shape[0], model.means.shape[0]
+    outs = [_OUTPUTS[w][0](n, K) for w in whats]
+    for part in _ROUTES[covariance_type].parts(model, X, np.isnan(X)):
+        log_norm, R = _responsibilities(part.logp)
+        _check_finite(log_norm, part.rows, row_offset)
+        for out, w in zip(outs, whats, strict=True):
+            out[part.rows] = _OUTPUTS[w][1](log_norm, R)
+    return outs
