@@ -167,6 +167,21 @@ def test_twelve_components_through_the_cli_keep_what_the_data_need(tmp_path):
     np.testing.assert_allclose(scores["mean_log_likelihood"], model.score(X), rtol=1e-12)
 
 
+def test_plot_fades_switched_off_components(small):
+    pytest.importorskip("matplotlib")
+    from dgmm import plot
+
+    model = BayesianGaussianMixture(8, random_state=0, max_iter=200).fit(small)
+    inactive = int(np.sum(model.weights_ <= 0.01 / 8))
+    assert inactive > 0
+    fig = plot.ellipses(model, small, features=(0, 1), n_points=200)
+    alphas = [p.get_alpha() for p in fig.axes[0].patches]
+    assert alphas.count(plot.INACTIVE_ALPHA) == len(plot.SIGMAS) * inactive
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+
+
 def test_prior_options_need_bayesian(tmp_path):
     proc = _cli("fit", tmp_path / "none.zarr", "--n-components", 2, "--out", tmp_path / "m.npz",
                 "--weight-concentration-prior", 0.1, check=False)
