@@ -183,8 +183,10 @@ default='dirichlet_process'
         dof = self.degrees_of_freedom_prior
         if dof is not None and not (_is_number(dof) and dof > n_features - 1):
             # "should be greater than" is scikit-learn's wording
-            raise ValueError(f"degrees_of_freedom_prior: The parameter 'degrees_of_freedom_prior'"
-                             f" should be greater than {n_features - 1}, but got {dof!r}")
+            shown = f"{dof:.3f}" if _is_number(dof) else repr(dof)
+            raise ValueError(f"degrees_of_freedom_prior must be > n_features - 1: The parameter "
+                             f"'degrees_of_freedom_prior' should be greater than "
+                             f"{n_features - 1}, but got {shown}.")
         if self.mean_prior is not None:
             mean = np.asarray(self.mean_prior, dtype=np.float64)
             if mean.shape != (n_features,) or not np.isfinite(mean).all():
@@ -219,6 +221,10 @@ default='dirichlet_process'
             return
         n, d = Xd.shape
         k = self.n_components
+        if n < 2:
+            # "n_samples = 1" is among the phrases scikit-learn's checks look for
+            raise ValueError(f"Found array with n_samples = {n}; the variational mixture needs "
+                             "at least 2 rows (its default priors use the data's covariance)")
         data = None
         if self.mean_prior is None or self.covariance_prior is None:
             data, _, _ = moments(Xd)
