@@ -6,6 +6,10 @@ start, resume, the per-iteration hook); :class:`~dgmm.GaussianMixture` and
 :func:`~dgmm.select_n_components` both call it, so every parameter means the
 same everywhere. The loops below it (:func:`batch_em`, :func:`minibatch_em`)
 run any number of runs at once and share every data pass between them.
+What differs between models is the M-step each group carries
+(:class:`~dgmm._kernels.MStep`): EM's maximum-likelihood update
+(:data:`GAUSSIAN`) or the variational update of
+:class:`~dgmm.BayesianGaussianMixture`; the passes are the same.
 
 Nothing here reads or writes files: checkpoints and progress lines reach the
 caller through the per-iteration hook.

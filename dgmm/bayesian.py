@@ -17,6 +17,7 @@ from dataclasses import replace
 import numpy as np
 
 from dgmm import _em
+from dgmm import _kernels as kernels
 from dgmm import _variational as variational
 from dgmm._covariance import COVARIANCE
 from dgmm.mixture import GaussianMixture
@@ -277,7 +278,7 @@ default='dirichlet_process'
         self.mean_precision_ = post.mean_precision
         self.degrees_of_freedom_ = post.degrees_of_freedom
 
-    def _params(self):
+    def _params(self) -> kernels.Params:
         """The effective EM parameters of the variational E-step (what every pass uses)."""
         return variational.params_of(
             self.covariance_type, self.weight_concentration_prior_type,
