@@ -73,7 +73,8 @@ default='dirichlet_process'
     verbose_interval : int, default=10
     cache, algorithm, batch_size, learning_decay, learning_offset, shuffle, polish_iter, \
     missing, min_step_size
-        As in :class:`GaussianMixture` (``missing`` must be 'error' for now). With ``algorithm='minibatch'`` and in
+        As in :class:`GaussianMixture` (``missing`` must be 'error' for now).
+        With ``algorithm='minibatch'`` and in
         :meth:`partial_fit` the update is stochastic variational inference:
         the running normalised statistics, blended as in stepwise EM, are
         scaled to the data size (``partial_fit``: the rows seen so far)
