@@ -28,6 +28,7 @@ from sklearn.pipeline import Pipeline
 
 from dgmm import _init, io, provenance
 from dgmm import _kernels as kernels
+from dgmm._variational import PRIOR_TYPES as _BAYESIAN_PRIOR_TYPES
 from dgmm.mixture import ALGORITHMS
 from dgmm.models import load, save
 from dgmm.selection import CRITERIA
@@ -100,15 +101,15 @@ def _plain_warnings(quiet: bool):
     return show
 
 
-def _progress(quiet: bool):
-    """Per-iteration progress lines on stderr (None when quiet)."""
+def _progress(quiet: bool, what: str = "log-likelihood"):
+    """Per-iteration progress lines on stderr (None when quiet); ``what`` names the bound."""
     if quiet:
         return None
 
     def report(info: dict) -> None:
         change = f"{info['change']:+.3e}" if np.isfinite(info["change"]) else "-"
         click.echo(
-            f"iteration {info['iteration']:>4}  log-likelihood {info['lower_bound']:.6f}  "
+            f"iteration {info['iteration']:>4}  {what} {info['lower_bound']:.6f}  "
             f"change {change:>10}  {info['seconds']:.2f}s",
             err=True,
         )
@@ -388,13 +389,23 @@ def generate(out, n_samples, n_features, n_components, seed, chunk_rows, dtype, 
               help="Continue from the checkpoint in --checkpoint; a finished one is saved "
                    "again without any pass over the data.")
 @_plot_opt("the covariance ellipses over a sample of STORE and the lower bound per iteration")
+@click.option("--bayesian", is_flag=True,
+              help="Fit a variational Bayesian mixture: --n-components is then an upper "
+                   "bound, and the components the data do not need get weights near 0.")
+@click.option("--weight-concentration-prior-type", "prior_type",
+              type=click.Choice(_BAYESIAN_PRIOR_TYPES), default=_BAYESIAN_PRIOR_TYPES[0],
+              show_default=True, help="Prior on the weights (--bayesian).")
+@click.option("--weight-concentration-prior", "prior", type=click.FloatRange(min=0, min_open=True),
+              default=None, help="Concentration of the weight prior (--bayesian); smaller "
+                                 "values switch more components off [default: 1/K].")
 @_quiet
 @_verbose
 def fit(store, array, n_components, covariance_type, max_iter, tol, reg_covar, init_params,
         n_init, seed, algorithm, batch_size, standardize, pca, sample_weight, labels, missing,
-        out, overwrite, cluster_spec, checkpoint, resume, plot_path, quiet, verbose):
+        out, overwrite, cluster_spec, checkpoint, resume, plot_path, bayesian, prior_type, prior,
+        quiet, verbose):
     """Fit a mixture to the Zarr array STORE and save it to --out."""
-    from dgmm import GaussianMixture
+    from dgmm import BayesianGaussianMixture, GaussianMixture
 
     X = _open_store(store, array)
     weight = _open_side(store, array, sample_weight, "--sample-weight")
@@ -410,17 +421,22 @@ def fit(store, array, n_components, covariance_type, max_iter, tol, reg_covar, i
         if not resume and io.has_checkpoint(checkpoint):
             raise CommandError(f"{checkpoint} already holds a checkpoint; pass --resume to "
                                "continue it, or choose another --checkpoint directory")
-    model = GaussianMixture(
-        n_components, covariance_type=covariance_type, max_iter=max_iter, tol=tol,
+    if not bayesian and (prior is not None or prior_type != _BAYESIAN_PRIOR_TYPES[0]):
+        raise CommandError("--weight-concentration-prior(-type) needs --bayesian")
+    common = dict(
+        covariance_type=covariance_type, max_iter=max_iter, tol=tol,
         reg_covar=reg_covar, init_params=init_params, n_init=n_init, random_state=seed,
         algorithm=algorithm, batch_size=batch_size, verbose=1 if verbose else 0,
         missing=missing,
     )
+    model = (BayesianGaussianMixture(n_components, weight_concentration_prior_type=prior_type,
+                                     weight_concentration_prior=prior, **common)
+             if bayesian else GaussianMixture(n_components, **common))
     start = time.perf_counter()
     with _cluster(cluster_spec, quiet):
         steps, Xt = _preprocess(X, standardize, pca, quiet, weight)
         model.fit(Xt, sample_weight=weight, labels=known, checkpoint=checkpoint, resume=resume,
-                  callback=_progress(quiet))
+                  callback=_progress(quiet, "lower bound" if bayesian else "log-likelihood"))
         model.provenance_ = _history_entry(None, "fit", X, store, array, (0, X.shape[0]))
         _save(steps, model, out, overwrite)
         _say(quiet, f"fitted {n_components} {covariance_type} components to {X.shape[0]} x "
@@ -628,6 +644,15 @@ def info(model_path, verbose):
     click.echo(f"iterations        {model.n_iter_} (converged={model.converged_})")
     click.echo(f"lower bound       {model.lower_bound_:.6f}")
     order = np.argsort(model.weights_)[::-1]
+    if hasattr(model, "weight_concentration_"):
+        # a variational mixture switches components off rather than removing them
+        threshold = 1.0 / (100 * model.n_components)
+        effective = int(np.sum(model.weights_ > threshold))
+        click.echo(f"prior             {model.weight_concentration_prior_type}, concentration "
+                   f"{model.weight_concentration_prior_:g}")
+        click.echo(f"effective         {effective} of {model.n_components} components "
+                   f"(weight > 1/(100 K) = {threshold:.3g})")
+        order = [k for k in order if model.weights_[k] > threshold]
     click.echo("components by weight:")
     for k in order:
         means = np.array2string(model.means_[k][:6], separator=", ")

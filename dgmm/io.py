@@ -26,6 +26,7 @@ from scipy import sparse
 from sklearn.utils.validation import check_is_fitted
 
 from dgmm import _kernels as kernels
+from dgmm import _variational as variational
 from dgmm._passes import RowData, as_blocks, blas_guard, block_pass, scheduler_for
 from dgmm._version import __version__
 
@@ -675,8 +676,7 @@ def write_predictions(
         for name in names:
             shape, chunks, out_dtype = specs[name]
             arrays[name] = group.create_array(name, shape=shape, chunks=chunks, dtype=out_dtype)
-        params = kernels.Params(model.covariance_type, model.weights_, model.means_,
-                                model.precisions_cholesky_)
+        params = _e_step_params(model)
         with blas_guard(scheduler):
             missing = getattr(model, "missing", "error") == "marginalize"
             written = block_pass(as_blocks(X), _write_block, params, arrays, whats, writers,
@@ -684,6 +684,21 @@ def write_predictions(
         if written != n:  # every row block must have reported its rows
             raise RuntimeError(f"wrote {written} of {n} rows to {tmp}")
     return zarr.open_group(str(target), mode="r")
+
+
+def _e_step_params(model) -> kernels.Params:
+    """The parameters of a fitted mixture's E-step, from its attributes.
+
+    A variational mixture (it has ``weight_concentration_``) scores rows with
+    its effective parameters (:func:`dgmm._variational.params_of`).
+    """
+    if hasattr(model, "weight_concentration_"):
+        return variational.params_of(
+            model.covariance_type, model.weight_concentration_prior_type,
+            model.weight_concentration_, model.mean_precision_, model.means_,
+            model.degrees_of_freedom_, model.precisions_cholesky_)
+    return kernels.Params(model.covariance_type, model.weights_, model.means_,
+                          model.precisions_cholesky_)
 
 
 def _version() -> str:
@@ -729,6 +744,11 @@ def _encode_value(name: str, value) -> tuple[str, np.ndarray]:
     if isinstance(value, list) and all(isinstance(v, (int, float)) for v in value):
         return "list", np.asarray(value, dtype=np.float64 if any(
             isinstance(v, float) for v in value) else np.int64)
+    if (isinstance(value, tuple) and value and all(
+            isinstance(v, np.ndarray) and v.dtype.kind in "biuf" for v in value)
+            and len({v.shape for v in value}) == 1):
+        # e.g. the (a, b) Beta parameters of a Dirichlet process, stacked
+        return "tuple", np.stack(value)
     raise TypeError(
         f"Cannot save {name} of type {type(value).__name__}: model files "
         "hold numeric arrays, scalars and lists of numbers only"
@@ -740,6 +760,8 @@ def _decode_value(kind: str, value: np.ndarray):
         return value
     if kind == "list":
         return value.tolist()
+    if kind == "tuple":
+        return tuple(value)
     return _SCALARS[kind][0](value.item())
 
 
@@ -996,8 +1018,9 @@ def _read_fitted(npz, path, kinds: dict, prefix: str = "") -> dict:
     fitted = {}
     for name, kind in kinds.items():
         value = _read_member(npz, path, prefix + _FITTED + name)
-        if kind not in ("array", "list", *_SCALARS) or value.dtype.kind not in "biuf" or (
-            kind not in ("array", "list") and value.ndim != 0
+        arrays = ("array", "list", "tuple")
+        if kind not in (*arrays, *_SCALARS) or value.dtype.kind not in "biuf" or (
+            kind not in arrays and value.ndim != 0
         ):
             raise model_file_error(path, f"field {name!r} has unexpected kind {kind!r}")
         fitted[name] = _decode_value(kind, value)

@@ -361,12 +361,12 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         rows = io.row_data(n, sample_weight, labels, self.n_components, scheduler_for(lazy))
         settings = _em.Settings.of(self.get_params())
         warm = self.warm_start and hasattr(self, "means_")
+        self._prepare(Xd, lazy, fresh=not warm, online=False)
         start = stream = None
         if warm and self.algorithm == "minibatch":
             stream = [self._online_state()]
         elif warm:
-            start = [[_em.Run(self._params(), self._covariances64(),
-                              lower_bound=getattr(self, "lower_bound_", -np.inf))]]
+            start = [[self._warm_run()]]
         (fitted,), _ = _fit_groups(
             Xd, lazy, settings, [self._group()], cache=self.cache, init=self._initial_params(),
             start=start, stream=stream, checkpoint=checkpoint, resume=resume,
@@ -375,6 +375,17 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         self._set_fitted(fitted, n_features=d, dtype=Xd.dtype, n_samples=n)
         self._warn_not_converged(stacklevel=2)
         return self
+
+    def _prepare(self, Xd, lazy: bool, *, fresh: bool, online: bool) -> None:
+        """What a fit learns from the data before the driver runs (nothing for EM).
+
+        ``fresh``: not continuing a fitted model; ``online``: for :meth:`partial_fit`.
+        """
+
+    def _warm_run(self) -> _em.Run:
+        """The run a warm start continues: the fitted model."""
+        return _em.Run(self._params(), self._covariances64(),
+                       lower_bound=getattr(self, "lower_bound_", -np.inf))
 
     def _group(self) -> _em.Group:
         """What the driver fits for this estimator."""
@@ -471,20 +482,28 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         scheduler = scheduler_for(lazy)
         blocks = as_blocks(Xd, io.row_data(n, sample_weight, labels, self.n_components, scheduler))
         with blas_guard(scheduler):
+            self._prepare(Xd, lazy, fresh=not fitted, online=True)
+            group = self._group()
             if fitted:
                 states = [self._online_state()]
             else:
-                (runs,) = _em.initial_runs(blocks, settings, [self._group()],
+                (runs,) = _em.initial_runs(blocks, settings, [group],
                                            self._initial_params(), scheduler)
-                states = [_em.OnlineState.from_params(r.params, r.covariances, self.reg_covar)
+                states = [_em.OnlineState.from_params(r.params, r.covariances, self.reg_covar,
+                                                      posterior=r.posterior)
                           for r in runs]
             ((state, run),) = _em.minibatch_em(blocks, [states], settings, rng=None,
-                                               scheduler=scheduler, contiguous=True)
+                                               scheduler=scheduler, contiguous=True,
+                                               m_steps=[group.m_step])
         # Only now, with every check passed, does the model change.
-        self._set_params(state.params, state.covariances, n_features=d, dtype=Xd.dtype)
+        self._set_state(state, n_features=d, dtype=Xd.dtype)
         self._set_online_state(state)
         self.lower_bound_ = float(run.lower_bound)
         return self
+
+    def _set_state(self, state: _em.OnlineState, n_features: int, dtype) -> None:
+        """The fitted attributes from a stream's state (its parameters)."""
+        self._set_params(state.params, state.covariances, n_features=n_features, dtype=dtype)
 
     def _online_state(self) -> _em.OnlineState:
         """The stream state held in the fitted attributes.
@@ -785,8 +804,9 @@ def _fit_groups(
             identity = _em.fit_identity(blocks, settings, groups, scheduler)
             if resume and io.has_checkpoint(checkpoint):
                 records = io.read_checkpoint(checkpoint, identity)
-                start = [[_em.Run.from_record(r, group.covariance_type) for r in records
-                          if r["group"] == g] for g, group in enumerate(groups)]
+                start = [[_em.Run.from_record(r, group.covariance_type, group.m_step)
+                          for r in records if r["group"] == g]
+                         for g, group in enumerate(groups)]
                 stream = None
 
             def save(iteration: int, runs: list[list[_em.Run]]) -> None:
