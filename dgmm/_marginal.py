@@ -52,9 +52,10 @@ the missing coordinates are conditionally independent of the observed ones
 (``E[x_m] = mu_m``, ``C`` the missing variances), so the marginal densities
 and the statistics are masked versions of the complete-data products,
 O(n K d) per block. Measured (``benchmarks/bench_missing.py``, d=16, K=8,
-one BLAS thread): a pass with 5% of the rows incomplete costs about 1.3x a
-complete pass; with 20% of all entries missing (97% of rows incomplete),
-about 5x for full and 1.6x for diag covariances.
+N=1e6, one BLAS thread, on a shared and loaded machine): a pass with 5% of
+the rows incomplete costs 1.3-1.6x a complete pass for full and 1.1-1.3x for
+diag covariances; with 20% of all entries missing (97% of the rows
+incomplete, ~13000 patterns per 100k rows), 5-7x for full and 1.6x for diag.
 
 Numerics: all arithmetic in float64 about the block centre; responsibilities
 by log-sum-exp; a non-finite result raises (``ValueError`` for infinite input,
