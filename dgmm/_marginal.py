@@ -52,10 +52,16 @@ the missing coordinates are conditionally independent of the observed ones
 (``E[x_m] = mu_m``, ``C`` the missing variances), so the marginal densities
 and the statistics are masked versions of the complete-data products,
 O(n K d) per block. Measured (``benchmarks/bench_missing.py``, d=16, K=8,
-N=1e6, one BLAS thread, on a shared and loaded machine): a pass with 5% of
-the rows incomplete costs 1.3-1.6x a complete pass for full and 1.1-1.3x for
-diag covariances; with 20% of all entries missing (97% of the rows
-incomplete, ~13000 patterns per 100k rows), 5-7x for full and 1.6x for diag.
+N=1e6, blocks of 100k rows, one BLAS thread, on a shared and loaded
+machine): a pass with 5% of the rows incomplete costs 1.3-1.6x a complete
+pass for full and 1.1-1.3x for diag covariances; with 20% of all entries
+missing (97% of the rows incomplete, ~13000 patterns per 100k rows), 5-7x
+for full and 1.6-2x for diag.
+Call it once per block with all of the block's incomplete rows, not once per
+small sub-block: each group of patterns with the same ``r`` costs about a
+hundred NumPy calls whatever its size, so calls of ~100 incomplete rows pay
+them on few rows (5% of rows incomplete, full: 4x a complete pass when
+dispatched per 2048-row sub-block, against 1.4x per 100k-row block).
 
 Numerics: all arithmetic in float64 about the block centre; responsibilities
 by log-sum-exp; a non-finite result raises (``ValueError`` for infinite input,
