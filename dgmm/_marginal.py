@@ -42,7 +42,7 @@ Cost, per block. Rows are grouped by missingness pattern (``np.unique`` of the
 packed NaN masks). Each distinct pattern with ``r`` missing coordinates costs
 one inversion of ``Lambda_mm`` per component (tied: one in all), O(K r^3),
 batched over all the patterns with the same ``r`` (Gauss-Jordan sweeps
-vectorised over the patterns for r <= 8, batched LAPACK Cholesky beyond).
+vectorised over the patterns for r <= 12, batched LAPACK Cholesky beyond).
 This is cheaper than factorising ``Sigma_oo`` (O(K (d - r)^3)) when few
 values are missing, the common case. Each row then costs O(K d^2) as a
 complete row does (its product with ``Lambda_k``, its rank-one term of the
@@ -117,7 +117,7 @@ _GROUP_ROWS = 256
 # Up to this many missing coordinates a pattern group is inverted by
 # Gauss-Jordan sweeps vectorised over its patterns (one LAPACK call per small
 # matrix costs more than its arithmetic); beyond, by batched LAPACK.
-_SMALL_R = 8
+_SMALL_R = 12
 
 
 @dataclass(frozen=True)
@@ -198,7 +198,8 @@ def _patterns(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _factor_missing(Lam: np.ndarray, miss: np.ndarray, rp: int):
     """What the rows of a group of patterns ``miss`` (G, d), padded to ``rp`` missing, need.
 
-    ``Lam`` (Kf, d + 1, d + 1) carries the scratch coordinate ``d``. Returns
+    ``Lam`` is (Kf, d, d), or (Kf, d + 1, d + 1) with the scratch coordinate
+    ``d`` when some patterns have fewer than ``rp`` missing values. Returns
     ``midx`` (G, rp): each pattern's missing coordinates, ascending, then ``d``
     as padding; ``hld_mm`` (Kf, G); ``C`` laid out (rp, Kf, G, rp), so that the
     per-row products gather contiguous rows of it, with the identity on the
@@ -269,9 +270,10 @@ def _singular_error() -> FloatingPointError:
     )
 
 
-def _pad_matrix(A: np.ndarray) -> np.ndarray:
-    out = np.zeros(A.shape[:-2] + (A.shape[-2] + 1, A.shape[-1] + 1))
-    out[..., :-1, :-1] = A
+def _pad_last(A: np.ndarray, axes: int) -> np.ndarray:
+    """``A`` with one zero row/column appended along each of its last ``axes`` axes."""
+    out = np.zeros(A.shape[:-axes] + tuple(n + 1 for n in A.shape[-axes:]))
+    out[(..., *[slice(0, -1)] * axes)] = A
     return out
 
 
@@ -288,8 +290,12 @@ def _pattern_groups(r_pat: np.ndarray, rows_per_pattern: np.ndarray):
     values, first = np.unique(r_pat[order], return_index=True)
     counts = np.add.reduceat(rows_per_pattern[order], first)
     bounds = [*first.tolist(), len(order)]
+    values = values.tolist()
     begin, held = 0, 0
-    for i, r in enumerate(values.tolist()):
+    for i, r in enumerate(values):
+        if held and r > _SMALL_R >= values[i - 1]:  # sweeps and LAPACK in separate groups
+            yield values[i - 1], order[bounds[begin] : bounds[i]]
+            begin, held = i, 0
         held += counts[i]
         if held >= _GROUP_ROWS or i == len(values) - 1:
             yield r, order[bounds[begin] : bounds[i + 1]]
@@ -299,21 +305,24 @@ def _pattern_groups(r_pat: np.ndarray, rows_per_pattern: np.ndarray):
 def _dense_parts(model: _Model, X: np.ndarray, mask: np.ndarray) -> Iterator[_Part]:
     K, d = model.means.shape
     kind = COVARIANCE[model.covariance_type]
-    # One scratch coordinate (index d), zero in the rows, the means, U and the
-    # precision: the padding of patterns with fewer missing values than their
-    # group's rp points at it, where it is inert.
-    Lam = _pad_matrix(kind.precisions(model.U).reshape(-1, d, d))  # (Kf, d + 1, d + 1)
-    Uf = _pad_matrix(model.U.reshape(-1, d, d))
+    Lam = kind.precisions(model.U).reshape(-1, d, d)  # full (K, d, d), tied (1, d, d)
+    Uf = model.U.reshape(-1, d, d)
     hld = np.broadcast_to(kind.log_det(model.U, d), (K,))
-    M = np.zeros((K, d + 1))
-    M[:, :d] = model.M
-    Z = np.zeros((X.shape[0], d + 1))
-    Z[:, :d] = _centred(X, mask, model.center)
+    plain = (_centred(X, mask, model.center), model.M, Lam, Uf)
+    padded = None
     pats, inverse = _patterns(mask)
     r_pat = pats.sum(axis=1)
     local = np.empty(len(pats), dtype=np.intp)
     member = np.zeros(len(pats), dtype=bool)
     for rp, group in _pattern_groups(r_pat, np.bincount(inverse, minlength=len(pats))):
+        arrays = plain
+        if r_pat[group].min() < rp:
+            # One scratch coordinate (index d), zero in the rows, the means, U and
+            # the precision: the padding of patterns with fewer missing values than
+            # rp points at it, where it is inert.
+            if padded is None:
+                padded = tuple(_pad_last(a, n) for a, n in zip(plain, (1, 1, 2, 2), strict=True))
+            arrays = padded
         local[group] = np.arange(len(group))
         member[:] = False
         member[group] = True
@@ -321,18 +330,17 @@ def _dense_parts(model: _Model, X: np.ndarray, mask: np.ndarray) -> Iterator[_Pa
         g = local[inverse[rows]]
         together = np.argsort(g, kind="stable")  # a pattern's rows together, g ascending
         rows, g = rows[together], g[together]
-        midx, hld_mm, C = _factor_missing(Lam, pats[group], rp)
-        r_g = r_pat[group]
+        midx, hld_mm, C = _factor_missing(arrays[2], pats[group], rp)
         step = max(1, min(SUB_ROWS, _WORK_ENTRIES // (K * max(d, rp * rp))))
         for start in range(0, len(rows), step):
             sl = slice(start, start + step)
-            yield _dense_part(rows[sl], g[sl], Z, model, Lam, Uf, hld, M, midx, hld_mm, C,
-                              r_g)
+            yield _dense_part(rows[sl], g[sl], arrays, model, hld, midx, hld_mm, C,
+                              r_pat[group], d)
 
 
-def _dense_part(rows, g, Z, model, Lam, Uf, hld, M, midx, hld_mm, C, r_g) -> _Part:
+def _dense_part(rows, g, arrays, model, hld, midx, hld_mm, C, r_g, d) -> _Part:
+    Z, M, Lam, Uf = arrays  # with or without the scratch coordinate
     K, d1 = M.shape
-    d = d1 - 1
     nb, rp = len(rows), midx.shape[1]
     at = np.arange(nb)[:, None]
     mi = midx[g]  # (nb, rp)
