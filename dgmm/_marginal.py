@@ -42,7 +42,10 @@ Cost, per block. Rows are grouped by missingness pattern (``np.unique`` of the
 packed NaN masks). Each distinct pattern with ``r`` missing coordinates costs
 one inversion of ``Lambda_mm`` per component (tied: one in all), O(K r^3),
 batched over all the patterns with the same ``r`` (Gauss-Jordan sweeps
-vectorised over the patterns for r <= 12, batched LAPACK Cholesky beyond).
+vectorised over the patterns for r <= 12, batched LAPACK Cholesky beyond);
+values of ``r`` with few rows share a group, padded to its largest ``r``
+through an inert scratch coordinate, so that the fixed cost of a group (about
+a hundred NumPy calls) is not paid for a handful of rows.
 This is cheaper than factorising ``Sigma_oo`` (O(K (d - r)^3)) when few
 values are missing, the common case. Each row then costs O(K d^2) as a
 complete row does (its product with ``Lambda_k``, its rank-one term of the
@@ -52,16 +55,15 @@ the missing coordinates are conditionally independent of the observed ones
 (``E[x_m] = mu_m``, ``C`` the missing variances), so the marginal densities
 and the statistics are masked versions of the complete-data products,
 O(n K d) per block. Measured (``benchmarks/bench_missing.py``, d=16, K=8,
-N=1e6, blocks of 100k rows, one BLAS thread, on a shared and loaded
-machine): a pass with 5% of the rows incomplete costs 1.3-1.6x a complete
-pass for full and 1.1-1.3x for diag covariances; with 20% of all entries
+N=1e6, blocks of 100k rows, one BLAS thread, on a shared and loaded machine,
+so +-20%): a pass with 5% of the rows incomplete costs 1.3-1.6x a complete
+pass for full and at most 1.3x for diag covariances; with 20% of all entries
 missing (97% of the rows incomplete, ~13000 patterns per 100k rows), 5-7x
-for full and 1.6-2x for diag.
-Call it once per block with all of the block's incomplete rows, not once per
-small sub-block: each group of patterns with the same ``r`` costs about a
-hundred NumPy calls whatever its size, so calls of ~100 incomplete rows pay
-them on few rows (5% of rows incomplete, full: 4x a complete pass when
-dispatched per 2048-row sub-block, against 1.4x per 100k-row block).
+for full and 1.1-2x for diag. Call it once per block with all of the block's
+incomplete rows rather than once per small sub-block: the groups' fixed
+costs then fall on many rows (5% of rows incomplete, full: 3x a complete
+pass when dispatched per 2048-row sub-block, against 1.45x per 100k-row
+block).
 
 Numerics: all arithmetic in float64 about the block centre; responsibilities
 by log-sum-exp; a non-finite result raises (``ValueError`` for infinite input,
@@ -282,9 +284,10 @@ def _pattern_groups(r_pat: np.ndarray, rows_per_pattern: np.ndarray):
 
     Yields ``(rp, patterns)``: each group gathers the patterns of consecutive
     values of ``r`` until it holds ``_GROUP_ROWS`` rows, and is padded to its
-    largest ``r``, ``rp``. Each group costs a fixed number of NumPy calls, so a block
-    with few rows per ``r`` pays them a few times, not once per ``r``, while
-    the padding only ever applies to fewer than ``_GROUP_ROWS`` rows.
+    largest ``r``, ``rp``. Each group costs a fixed number of NumPy calls, so
+    a block with few rows per ``r`` pays them a few times, not once per ``r``,
+    while the padding only ever applies to fewer than ``_GROUP_ROWS`` rows.
+    Groups inverted by sweeps (``rp <= _SMALL_R``) and by LAPACK stay apart.
     """
     order = np.argsort(r_pat, kind="stable")
     values, first = np.unique(r_pat[order], return_index=True)
