@@ -363,6 +363,11 @@ def write_dataset(ds, out, inputs=(), *, overwrite: bool = False) -> None:
     """
     target = io.check_output_path(out, inputs, overwrite=overwrite, kind="store")
     ds = ds.assign_attrs(dgmm_version=__version__)
+    # Zarr needs equal chunks but the last: merge ragged dask chunks (rare) to the largest.
+    ragged = {dim: max(c) for dim, c in ds.chunks.items()
+              if len(set(c[:-1])) > 1 or c[-1] > c[0]}
+    if ragged:
+        ds = ds.chunk(ragged)
     lazy = any(isinstance(v.data, da.Array) for v in ds.variables.values())
     scheduler = scheduler_for(lazy)
     with io._atomic_path(target, overwrite, "store") as tmp, warnings.catch_warnings():
