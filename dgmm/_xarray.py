@@ -26,7 +26,9 @@ methods and never imports an estimator.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import re
 import sys
 import warnings
 from collections.abc import Sequence
@@ -122,6 +124,17 @@ class Grid:
         data = (full.data.rechunk(self.chunks) if isinstance(full.data, da.Array)
                 else da.from_array(np.asarray(full.data), chunks=self.chunks))
         return da.reshape_blockwise(data, (math.prod(self.shape),))
+
+    def point(self, row: int) -> dict:
+        """The sample-dimension index of a row (rows are block-major), as ``{dim: index}``."""
+        ends = np.cumsum(self.X.chunks[0])
+        block = int(np.searchsorted(ends, row, side="right"))
+        within = row - (int(ends[block - 1]) if block else 0)
+        grid_block = np.unravel_index(block, tuple(len(c) for c in self.chunks))
+        sizes = [c[b] for c, b in zip(self.chunks, grid_block, strict=True)]
+        local = np.unravel_index(within, sizes)
+        starts = [sum(c[:b]) for c, b in zip(self.chunks, grid_block, strict=True)]
+        return {dim: int(s + i) for dim, s, i in zip(self.dims, starts, local, strict=True)}
 
     def weight(self, sample_weight=None) -> da.Array:
         """Row weights: 0 for points with no observed feature, else 1 or ``sample_weight``."""
@@ -302,10 +315,25 @@ def fit(estimator, X, *, sample_weight=None, labels=None, features=None, feature
     with blas_guard(grid.scheduler):
         keep = keep.persist(scheduler=grid.scheduler)
     extra = {} if labels is None else {"labels": grid.labels(labels)}
-    estimator.fit(grid.X, sample_weight=keep.astype(np.float64), **extra, **kwargs)
+    with _rows_as_points(grid):
+        estimator.fit(grid.X, sample_weight=keep.astype(np.float64), **extra, **kwargs)
     if grid.feature_names is not None:
         estimator.feature_names_in_ = np.asarray(grid.feature_names, dtype=object)
     return estimator
+
+
+@contextlib.contextmanager
+def _rows_as_points(grid: Grid):
+    """Errors that name a row (a point missing some features) name the point too."""
+    try:
+        yield
+    except ValueError as exc:
+        found = re.search(r"\brow (\d+)", str(exc))
+        if found is None:
+            raise
+        index = grid.point(int(found.group(1)))
+        raise ValueError(f"{exc} Row {found.group(1)} is the point {index} (positions on the "
+                         "sample dimensions).") from None
 
 
 def check_names(estimator, grid: Grid) -> None:
@@ -326,13 +354,16 @@ def _grid_for(estimator, X) -> Grid:
 def per_row(estimator, X, method: str, name: str, fill, component: int | None = None):
     """``estimator.<method>`` of X's points as a DataArray on X's sample dimensions."""
     grid = _grid_for(estimator, X)
-    return grid.unstack(getattr(estimator, method)(grid.X), name, fill, component)
+    with _rows_as_points(grid):
+        rows = getattr(estimator, method)(grid.X)
+        return grid.unstack(rows, name, fill, component)
 
 
 def mean_score(estimator, X, method: str, sample_weight=None) -> float:
     """``score``, ``bic`` or ``aic`` over the points with an observed feature."""
     grid = _grid_for(estimator, X)
-    return getattr(estimator, method)(grid.X, sample_weight=grid.weight(sample_weight))
+    with _rows_as_points(grid):
+        return getattr(estimator, method)(grid.X, sample_weight=grid.weight(sample_weight))
 
 
 # --------------------------------------------------------------------------
