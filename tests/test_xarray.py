@@ -145,6 +145,17 @@ def test_a_dataarray_with_its_feature_dim_first_in_storage():
         GaussianMixture(2).fit(band, feature_dim="band")
 
 
+def test_a_dataarray_without_string_feature_names_sets_none():
+    ds = ocean()
+    bands = ds.to_dataarray("band").assign_coords(band=[1, 2])  # numbers, as scikit-learn
+    model = GaussianMixture(2, max_iter=2, random_state=0).fit(bands, feature_dim="band")
+    assert not hasattr(model, "feature_names_in_")
+    assert model.predict(bands.transpose("time", "lat", "lon", "band")).dims == (
+        "time", "lat", "lon")
+    with pytest.raises(ValueError, match=r"sample_dims \['time', 'lat'\] must be every"):
+        GaussianMixture(2).fit(bands, feature_dim="band", sample_dims=["time", "lat"])
+
+
 def test_points_missing_some_features_follow_the_missing_policy():
     ds = ocean()
     ds["PSAL"][0, 0, -1] = np.nan  # TEMP observed there
@@ -188,6 +199,9 @@ def test_outlier_detector_on_a_dataset_skips_land(ds, fitted):
     flags = det.predict(ds).values
     np.testing.assert_array_equal(flags, on_grid(ref.predict(X), mask, 0))
     assert list(det.feature_names_in_) == ["TEMP", "PSAL"]
+    margin = det.decision_function(ds)
+    assert margin.dims == ("time", "lat", "lon")
+    np.testing.assert_array_equal(np.isnan(margin.values), ~mask)
 
 
 def test_cli_fits_an_xarray_store_and_writes_labels_xarray_opens(ds, tmp_path):
