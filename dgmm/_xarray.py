@@ -229,7 +229,7 @@ def to_grid(obj, *, features: Sequence[str] | None = None, feature_dim: str | No
         if set(dims) != set(rest) or len(dims) != len(rest):
             raise ValueError(f"sample_dims {list(dims)} must be every dimension of X but the "
                              f"feature dimension {fdim!r}: {list(rest)}")
-        names = [v for v in obj[fdim].values.tolist()] if fdim in obj.coords else []
+        names = obj[fdim].values.tolist() if fdim in obj.coords else []
         datas = [obj.transpose(*dims, fdim).data]
         source = obj.drop_vars(fdim, errors="ignore")
     else:
