@@ -1050,6 +1050,25 @@ def write_checkpoint(directory: str | os.PathLike, records: list[dict], manifest
         (tmp / _MANIFEST).write_text(json.dumps(body, allow_nan=False, sort_keys=True))
 
 
+def checkpoint_manifest(directory: str | os.PathLike) -> dict:
+    """The manifest of the checkpoint in ``directory`` (what :func:`write_checkpoint` was given).
+
+    Raises
+    ------
+    ValueError
+        It is unreadable or not a dgmm checkpoint.
+    """
+    directory = Path(directory)
+    try:
+        body = json.loads((directory / _MANIFEST).read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"Unreadable checkpoint {directory}: {exc}") from exc
+    if not isinstance(body, dict) or body.get("format") != CHECKPOINT_FORMAT or not isinstance(
+            body.get("runs"), list):
+        raise ValueError(f"{directory} does not hold a dgmm checkpoint")
+    return body
+
+
 def read_checkpoint(directory: str | os.PathLike, manifest: dict) -> list[dict]:
     """The run records of a checkpoint, after checking it matches ``manifest``.
 
@@ -1060,13 +1079,7 @@ def read_checkpoint(directory: str | os.PathLike, manifest: dict) -> list[dict]:
         the message names the directory and the first field that differs.
     """
     directory = Path(directory)
-    try:
-        body = json.loads((directory / _MANIFEST).read_text())
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"Unreadable checkpoint {directory}: {exc}") from exc
-    if not isinstance(body, dict) or body.get("format") != CHECKPOINT_FORMAT or not isinstance(
-            body.get("runs"), list):
-        raise ValueError(f"{directory} does not hold a dgmm checkpoint")
+    body = checkpoint_manifest(directory)
     for key, expected in manifest.items():
         if body.get(key) != json.loads(json.dumps(expected)):
             raise ValueError(

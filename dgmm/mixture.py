@@ -736,9 +736,11 @@ def _fit_groups(
     save = None
     with blas_guard(scheduler):
         if checkpoint is not None:
-            identity = _em.fit_identity(blocks, settings, groups, scheduler)
+            identity = _em.fit_identity(blocks, settings, groups)
             if resume and io.has_checkpoint(checkpoint):
                 records = io.read_checkpoint(checkpoint, identity)
+                _em.check_same_data(io.checkpoint_manifest(checkpoint).get("content"), blocks,
+                                    str(checkpoint), scheduler)
                 start = [[_em.Run.from_record(r, group.covariance_type) for r in records
                           if r["group"] == g] for g, group in enumerate(groups)]
                 stream = None
@@ -746,7 +748,9 @@ def _fit_groups(
             def save(iteration: int, runs: list[list[_em.Run]]) -> None:
                 records = [{**r.to_record(), "group": g}
                            for g, group in enumerate(runs) for r in group]
-                io.write_checkpoint(checkpoint, records, {**identity, "iteration": iteration})
+                io.write_checkpoint(checkpoint, records, {
+                    **identity, "iteration": iteration,
+                    "content": _em.data_content(blocks, scheduler)})
 
         hook = _em.iteration_hook(settings, log, callback, save)
         fitted = _em.fit_groups(blocks, settings, groups, init=init, start=start, stream=stream,
