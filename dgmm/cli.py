@@ -25,7 +25,7 @@ import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.pipeline import Pipeline
 
-from dgmm import _init, io
+from dgmm import _init, _lock, io
 from dgmm import _kernels as kernels
 from dgmm.mixture import ALGORITHMS
 from dgmm.models import load, save
@@ -53,6 +53,9 @@ class _Cli(click.Group):
             sys.exit(exc.exit_code)
         except click.UsageError as exc:
             _error(exc.format_message(), exc.ctx.command_path if exc.ctx else "dgmm")
+            sys.exit(2)
+        except _lock.PathLockedError as exc:  # another run holds an output: a usage error
+            _error(str(exc), where)
             sys.exit(2)
         except click.Abort:
             _error("aborted")
@@ -149,6 +152,11 @@ def _check_output(path: str, inputs, *, overwrite: bool, kind: str) -> None:
         raise CommandError(f"{path} exists; pass --overwrite to replace it") from None
     except (ValueError, OSError) as exc:
         raise CommandError(_describe(exc)) from None
+
+
+def _hold(*paths: str | None) -> None:
+    """Lock the outputs this command writes until it ends: a second run on them is refused."""
+    click.get_current_context().with_resource(_lock.locked(*paths))
 
 
 def _load(model_path: str):
@@ -353,6 +361,7 @@ def generate(out, n_samples, n_features, n_components, seed, chunk_rows, dtype, 
     from dgmm.datasets import make_mixture_zarr
 
     _check_output(out, (), overwrite=overwrite, kind="store")
+    _hold(out)
     start = time.perf_counter()
     make_mixture_zarr(out, n_samples, n_features, n_components, seed=seed,
                       chunk_rows=chunk_rows, dtype=dtype, overwrite=overwrite)
@@ -406,9 +415,10 @@ def fit(store, array, n_components, covariance_type, max_iter, tol, reg_covar, i
         if algorithm != "batch":
             raise CommandError("--checkpoint is supported with --algorithm batch only")
         _check_output(checkpoint, [store], overwrite=True, kind="directory")
-        if not resume and io.has_checkpoint(checkpoint):
-            raise CommandError(f"{checkpoint} already holds a checkpoint; pass --resume to "
-                               "continue it, or choose another --checkpoint directory")
+    _hold(out, checkpoint, plot_path)
+    if checkpoint is not None and not resume and io.has_checkpoint(checkpoint):
+        raise CommandError(f"{checkpoint} already holds a checkpoint; pass --resume to "
+                           "continue it, or choose another --checkpoint directory")
     model = GaussianMixture(
         n_components, covariance_type=covariance_type, max_iter=max_iter, tol=tol,
         reg_covar=reg_covar, init_params=init_params, n_init=n_init, random_state=seed,
@@ -467,6 +477,7 @@ def predict(model_path, store, array, out, labels, proba, log_density, outliers,
         raise CommandError("--plot draws the outlier threshold: pass --outliers too")
     _check_output(out, [store, model_path], overwrite=overwrite, kind="store")
     _check_plot(plot_path, [store, model_path, out], overwrite=overwrite)
+    _hold(out, plot_path)
     start = time.perf_counter()
     with _cluster(cluster_spec, quiet):
         mixture, Xt = _mixture_and_input(model, X)
@@ -569,6 +580,7 @@ def select(store, array, n_components, covariance_type, criterion, max_iter, tol
     known = _open_side(store, array, labels, "--labels")
     _check_output(out, [store], overwrite=overwrite, kind="file")
     _check_plot(plot_path, [store, out], overwrite=overwrite)
+    _hold(out, plot_path)
     # The table below says which candidates did not converge, after the table.
     with _cluster(cluster_spec, quiet), warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)

@@ -18,7 +18,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
-from dgmm import _em, _init, io
+from dgmm import _em, _init, _lock, io
 from dgmm import _kernels as kernels
 from dgmm._covariance import COVARIANCE
 from dgmm._em import ALGORITHMS
@@ -693,6 +693,7 @@ _REQUIRED_FITTED = (
     "weights_", "means_", "covariances_", "precisions_", "precisions_cholesky_",
     "n_features_in_",
 )
+@_lock.holding("checkpoint")  # a second run on the checkpoint is refused until this one ends
 def _fit_groups(
     Xd,
     lazy: bool,
