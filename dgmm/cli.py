@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
+import signal
 import sys
 import tempfile
+import threading
 import time
 import traceback
 import warnings
@@ -44,8 +47,11 @@ class _Cli(click.Group):
         verbose = "--verbose" in args or "-v" in args
         quiet = "--quiet" in args or "-q" in args
         where = f"dgmm {args[0]}" if args and args[0] in self.commands else "dgmm"
+        if not verbose:  # their tracebacks would bury the one line that says what to do
+            for name in ("distributed", "asyncio"):
+                logging.getLogger(name).setLevel(logging.CRITICAL)
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), _sigterm_as_interrupt():
                 warnings.showwarning = _plain_warnings(quiet)
                 super().main(args=args, prog_name=prog_name or "dgmm", standalone_mode=False,
                              **extra)
@@ -57,7 +63,11 @@ class _Cli(click.Group):
         except _lock.PathLockedError as exc:  # another run holds an output: a usage error
             _error(str(exc), where)
             sys.exit(2)
-        except click.Abort:
+        except click.Abort as exc:
+            if isinstance(exc.__cause__, _Terminated):
+                _error("terminated (SIGTERM): stopped and cleaned up; no output was left "
+                       "half-written", where)
+                sys.exit(128 + signal.SIGTERM)
             _error("aborted")
             sys.exit(1)
         except Exception as exc:  # the last line of defence: one line, exit 1
@@ -68,8 +78,57 @@ class _Cli(click.Group):
         sys.exit(0)
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that everything cleans up as for Ctrl-C."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the cleanup short
+    raise _Terminated()
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """Handle SIGTERM as Ctrl-C while a command runs (in the main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+# Exceptions by which distributed says the cluster is gone (checked by name, so that
+# describing an error never imports distributed).
+_CLUSTER_LOST = ("FutureCancelledError", "CancelledError", "CommClosedError", "KilledWorker",
+                 "StreamClosedError", "TimeoutError")
+
+
+def _cluster_lost(exc: BaseException) -> str | None:
+    """What went wrong, if ``exc`` says the Dask scheduler or workers were lost."""
+    seen = exc
+    while seen is not None:
+        module = type(seen).__module__ or ""
+        text = str(seen)
+        if "scheduler-connection-lost" in text or (
+                type(seen).__name__ in _CLUSTER_LOST and module.split(".")[0] in (
+                    "distributed", "tornado", "asyncio")):
+            if type(seen).__name__ == "KilledWorker":
+                return "workers died while running a task (often: out of memory)"
+            return "the connection to the Dask scheduler was lost"
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 def _describe(exc: Exception) -> str:
     """An exception as a sentence for people, without Python's class names."""
+    lost = _cluster_lost(exc)
+    if lost is not None:
+        return (f"lost the Dask cluster: {lost}; nothing was saved from this run. Restart the "
+                "cluster and run the command again (a fit with --checkpoint DIR --resume "
+                "continues from its last checkpoint)")
     if isinstance(exc, OSError) and exc.strerror:
         return f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
     if isinstance(exc, (ValueError, OSError)):

@@ -7,11 +7,15 @@ writes, streamed predictions, model files.
 from __future__ import annotations
 
 import contextlib
+import errno
+import glob
 import json
 import os
+import re
 import shutil
 import tempfile
 import threading
+import time
 import uuid
 import warnings
 from collections.abc import Sequence
@@ -26,6 +30,7 @@ from scipy import sparse
 from sklearn.utils.validation import check_is_fitted
 
 from dgmm import _kernels as kernels
+from dgmm import _lock
 from dgmm._passes import RowData, as_blocks, blas_guard, block_pass, scheduler_for
 from dgmm._version import __version__
 
@@ -49,6 +54,7 @@ def open_array(path: str | os.PathLike, array: str | None = None) -> zarr.Array:
         Name of the array inside the group at ``path``.
     """
     where = f"{path}" + (f" (array {array!r})" if array else "")
+    recover_leftovers(path)  # a store a killed run was replacing is put back first
     if "://" not in str(path) and not Path(path).exists():
         raise ValueError(f"Zarr store not found: {path} does not exist")
     try:
@@ -388,7 +394,8 @@ def check_output_path(
 ) -> Path:
     """Check that writing ``out`` can neither destroy data nor fail late.
 
-    Call it before any expensive work. The rules, in order:
+    Call it before any expensive work. What killed runs left next to ``out``
+    is settled first (:func:`recover_leftovers`). The rules, in order:
 
     1. ``out`` is a local path whose directory exists.
     2. ``out`` is not, does not contain, and does not lie inside any local
@@ -450,6 +457,7 @@ def check_output_path(
             continue
         raise ValueError(f"{out} {relation} the input {source}; an output is never written "
                          "over or into what a job reads")
+    recover_leftovers(target)
     _check_replaceable(target, overwrite, kind)
     try:  # a probe we create and remove ourselves, so a full job cannot fail at the end
         fd, probe = tempfile.mkstemp(prefix=f".{target.name}.probe-", dir=target.parent)
@@ -469,16 +477,31 @@ def _atomic_path(target: Path, overwrite: bool, kind: str):
     existing ``target`` is replaced only under the rules of
     :func:`check_output_path` (checked again here: the job may have run for
     hours since), and only after the new content is complete. A file is
-    replaced by one atomic rename; a directory is first renamed aside, so a
-    crash between the two renames leaves both copies on disk, never neither.
+    replaced by one atomic rename; a directory is first renamed aside.
+
+    A journal file ``.<name>.dgmm-replace-<tag>`` naming this process exists
+    from before the temporary is made until everything is done, so a run
+    killed in any window leaves leftovers the next dgmm command touching
+    ``target`` recognises and settles (:func:`recover_leftovers`): a
+    temporary being written is removed; between the two renames of a
+    directory, the complete new version is moved into place; an old version
+    not yet removed is removed. A full disk raises one :class:`OSError`
+    naming ``target`` and saying nothing was replaced.
     """
+    recover_leftovers(target)
     tag = uuid.uuid4().hex[:12]
-    tmp = target.with_name(f".{target.name}.tmp-{tag}")
+    tmp, old, journal = (target.with_name(f".{target.name}.{what}-{tag}")
+                         for what in ("tmp", "old", _JOURNAL))
     try:
-        yield tmp
+        try:
+            _write_journal(journal)
+            yield tmp
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise _no_space(target, exc) from exc
+            raise
         _check_replaceable(target, overwrite, kind)
         if target.is_dir() and not target.is_symlink():
-            old = target.with_name(f".{target.name}.old-{tag}")
             os.replace(target, old)
             os.replace(tmp, target)
             # Removing the old tree is safe: _check_replaceable just found it to be a
@@ -488,6 +511,91 @@ def _atomic_path(target: Path, overwrite: bool, kind: str):
             os.replace(tmp, target)  # a file or a symlink itself, never what a link points to
     finally:
         _remove_own(tmp)
+        journal.unlink(missing_ok=True)
+
+
+_JOURNAL = "dgmm-replace"
+_TAG = re.compile(r"[0-9a-f]{12}")
+
+
+class LeftoverWarning(UserWarning):
+    """dgmm settled what an interrupted run left next to an output."""
+
+
+def _no_space(target: Path, exc: OSError) -> OSError:
+    """The error for a full disk: which output, and that nothing was replaced."""
+    kept = " (the existing one is unchanged)" if target.exists() else ""
+    error = OSError(exc.errno, f"no space left on the device while writing it; nothing was "
+                               f"replaced{kept} and no temporary was left")
+    error.filename = str(target)
+    return error
+
+
+def _write_journal(journal: Path) -> None:
+    """Create the journal of a replace, naming this process (see :func:`_atomic_path`)."""
+    fd = os.open(journal, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(_lock.owner()))
+
+
+def recover_leftovers(target: str | os.PathLike) -> list[str]:
+    """Settle what runs killed while replacing ``target`` left next to it.
+
+    Only leftovers of dgmm's own making are touched: those named
+    ``.<name>.tmp-<tag>`` and ``.<name>.old-<tag>`` next to a journal
+    ``.<name>.dgmm-replace-<tag>`` whose run no longer runs (see
+    :func:`dgmm._lock.alive`). A temporary whose writing did not finish is
+    removed; if ``target`` is missing because the run was killed between the
+    two renames of a directory, the complete new version (or else the old
+    one) is moved into place; an old version left after the new one was in
+    place is removed. Each settled replace gives one warning line
+    (:class:`LeftoverWarning`).
+
+    Returns
+    -------
+    list of str
+        What was done, one sentence per settled replace.
+    """
+    target = Path(target)
+    if "://" in str(target) or not target.parent.is_dir():
+        return []
+    done = []
+    prefix = f".{target.name}.{_JOURNAL}-"
+    for journal in sorted(target.parent.glob(f"{glob.escape(prefix)}*")):
+        tag = journal.name[len(prefix):]
+        if not _TAG.fullmatch(tag) or not _abandoned(journal):
+            continue
+        tmp, old = (target.with_name(f".{target.name}.{what}-{tag}") for what in ("tmp", "old"))
+        if old.exists() and not (target.exists() or target.is_symlink()):
+            restored = tmp if tmp.exists() else old
+            os.replace(restored, target)
+            what = "the new version" if restored == tmp else "the previous version"
+            done.append(f"restored {target}: a run was killed while replacing it; {what} "
+                        "is now in place")
+        elif tmp.exists() or old.exists():
+            done.append(f"removed the leftovers of a run killed while writing {target}; "
+                        f"{target} is {'as it was' if target.exists() else 'still absent'}")
+        for leftover in (tmp, old):
+            if leftover.exists() or leftover.is_symlink():
+                _remove_own(leftover)
+        journal.unlink(missing_ok=True)
+    for message in done:
+        warnings.warn(message, LeftoverWarning, stacklevel=2)
+    return done
+
+
+def _abandoned(journal: Path) -> bool:
+    """Whether the run that wrote ``journal`` is gone (an empty one: if it is not new)."""
+    try:
+        record = json.loads(journal.read_text())
+    except (OSError, ValueError):
+        record = None
+    if isinstance(record, dict):
+        return not _lock.alive(record)
+    try:  # killed between creating and writing it, or being written right now
+        return time.time() - journal.stat().st_mtime > 5.0
+    except FileNotFoundError:
+        return False
 
 
 def _remove_own(path: Path) -> None:
@@ -980,6 +1088,7 @@ def read_model(path: str | os.PathLike) -> SavedModel:
         file and the field.
     """
     path = Path(path)
+    recover_leftovers(path)
     if path.is_dir():
         raise _not_a_model(path, "it is a directory")
     if not path.is_file():
