@@ -24,6 +24,7 @@ import warnings
 from pathlib import Path
 
 import click
+import dask
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.pipeline import Pipeline
@@ -391,6 +392,17 @@ def _plot_opt(text: str):
                              "--overwrite).")
 
 
+def _allow_missing(ctx: click.Context, param, value: bool) -> None:
+    if value:  # for this command only
+        ctx.with_resource(dask.config.set({"dgmm.allow-missing-chunks": True}))
+
+
+_allow_missing_chunks = click.option(
+    "--allow-missing-chunks", is_flag=True, expose_value=False, callback=_allow_missing,
+    help="Read chunks missing from STORE as its fill value (for stores sparse on purpose); "
+         "by default a missing chunk stops the command, naming it.")
+
+
 _cluster_opt = click.option("--cluster", "cluster_spec", default=None, metavar="CONFIG_OR_ADDRESS",
                             help="Cluster YAML config or scheduler address (default: local "
                                  "threads).")
@@ -448,6 +460,7 @@ def generate(out, n_samples, n_features, n_components, seed, chunk_rows, dtype, 
 @_missing
 @click.option("--out", required=True, help="Model file to write (atomically).")
 @_overwrite("Replace an existing model file (never a directory).")
+@_allow_missing_chunks
 @_cluster_opt
 @click.option("--checkpoint", type=click.Path(file_okay=False), default=None,
               help="Directory for a checkpoint written after every iteration.")
@@ -517,6 +530,7 @@ def fit(store, array, n_components, covariance_type, max_iter, tol, reg_covar, i
 @_contamination
 @_plot_opt("the histogram of log-densities with the outlier threshold (--outliers)")
 @_overwrite("Replace an existing output store that dgmm wrote.")
+@_allow_missing_chunks
 @_cluster_opt
 @_quiet
 @_verbose
@@ -570,6 +584,7 @@ def _outlier_detector(model, X, contamination: float, quiet: bool):
 @click.option("--contamination", type=click.FloatRange(0, 0.5, min_open=True), default=None,
               help="Also report the outlier threshold: the exact log-density quantile at "
                    "this share of STORE's rows (two more passes).")
+@_allow_missing_chunks
 @_cluster_opt
 @_quiet
 @_verbose
@@ -623,6 +638,7 @@ def score(model_path, store, array, as_json, contamination, cluster_spec, quiet,
 @click.option("--out", required=True, help="Model file for the best candidate.")
 @_overwrite("Replace an existing model file (never a directory).")
 @_plot_opt("the criteria against n_components")
+@_allow_missing_chunks
 @_cluster_opt
 @_quiet
 @_verbose

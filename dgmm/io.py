@@ -170,7 +170,11 @@ def as_dask_array(X, *, where: str = "X") -> tuple[da.Array, bool]:
         _check_dtype(X.dtype, where)
         _check_ndim(X.ndim, X.shape, where)
         rows = read_chunk_rows(X.chunks, X.shape, X.dtype.itemsize)
-        X = da.from_zarr(X, chunks=(rows, X.shape[1]))
+        check_chunks_present(X)
+        chunks = (rows, X.shape[1])
+        # dask's from_zarr, with a getter that names the chunk a failed read came from
+        X = da.from_array(X, chunks, name=f"from-zarr-{dask.base.tokenize(X, chunks)}",
+                          getitem=_read_rows)
         lazy = True
     elif isinstance(X, da.Array):
         X = _with_known_chunks(X.astype(np.float64) if X.dtype == object else X)
@@ -190,6 +194,88 @@ def as_dask_array(X, *, where: str = "X") -> tuple[da.Array, bool]:
     if X.numblocks[1] != 1:
         X = X.rechunk({1: -1})
     return X, lazy
+
+
+# Whether a chunk missing from a store (read as the fill value) stops the job
+# (config ``dgmm.allow-missing-chunks``: true for stores sparse on purpose).
+ALLOW_MISSING_CHUNKS = False
+
+
+class DamagedStoreError(ValueError):
+    """A chunk of a Zarr store is missing or cannot be decoded."""
+
+
+def _describe_array(array: zarr.Array) -> str:
+    root = getattr(array.store, "root", None)
+    base = str(root) if root is not None else str(array.store)
+    return f"{base}/{array.path}" if array.path else base
+
+
+def _row_chunks(array: zarr.Array, start: int, stop: int):
+    """``(chunk key, first row, last row)`` of every stored chunk holding rows ``start:stop``."""
+    step = int(array.chunks[0])
+    encode = getattr(array.metadata, "chunk_key_encoding", None)
+    across = [-(-int(n) // int(c)) for n, c in zip(array.shape[1:], array.chunks[1:], strict=True)]
+    for i in range(start // step, -(-stop // step)):
+        for rest in np.ndindex(*across):
+            coords = (i, *rest)
+            key = (encode.encode_chunk_key(coords) if encode is not None
+                   else ".".join(map(str, coords)))
+            yield key, i * step, min((i + 1) * step, array.shape[0]) - 1
+
+
+def _read_rows(array, index, asarray=True, lock=None):
+    """dask's getter for a Zarr array, naming the array, the chunk and its rows on failure."""
+    try:
+        return da.core.getter(array, index, asarray=asarray, lock=lock)
+    except Exception as exc:  # a codec, checksum or storage error: find the chunk
+        rows = index[0] if isinstance(index, tuple) else index
+        start, stop, _ = rows.indices(array.shape[0])
+        for key, first, last in _row_chunks(array, start, stop):
+            try:
+                array[first:last + 1]
+            except Exception as cause:  # that chunk is the one
+                raise DamagedStoreError(
+                    f"cannot read chunk {key} (rows {first}-{last}) of Zarr array "
+                    f"{_describe_array(array)}: {str(cause).rstrip('.')}; the store is damaged "
+                    "there: restore that chunk (or rewrite the store) and run again") from exc
+        raise
+
+
+def check_chunks_present(array: zarr.Array) -> None:
+    """Refuse a Zarr array some of whose chunks are missing from its store.
+
+    A missing chunk reads as the array's fill value, which a fit would take
+    for data. Counting the stored chunks is one listing of the store; only
+    when some are missing are they looked for (on a local store), to name
+    the first. Stores that are sparse on purpose: set the dask config
+    ``dgmm.allow-missing-chunks`` (``--allow-missing-chunks``).
+
+    Raises
+    ------
+    DamagedStoreError
+        Naming the first missing chunk's key and rows where they can be found.
+    """
+    if dask.config.get("dgmm.allow-missing-chunks", ALLOW_MISSING_CHUNKS):
+        return
+    try:
+        stored = array.nchunks_initialized
+    except Exception:  # a store that cannot list its keys: nothing to compare
+        return
+    if stored >= array.nchunks:
+        return
+    missing = f"{array.nchunks - stored} of its {array.nchunks} chunks are"
+    root = getattr(array.store, "root", None)
+    if root is not None:
+        for key, first, last in _row_chunks(array, 0, array.shape[0]):
+            if not (Path(root) / array.path / key).exists():
+                missing = f"chunk {key} (rows {first}-{last}) is"
+                break
+    raise DamagedStoreError(
+        f"Zarr array {_describe_array(array)}: {missing} missing from the store although its "
+        f"metadata says data are there (they would read as the fill value {array.fill_value}); "
+        "restore the store, or allow it with --allow-missing-chunks (dask config "
+        "dgmm.allow-missing-chunks) if it is sparse on purpose")
 
 
 def _as_dask_vector(v, n_rows: int, where: str) -> da.Array:
@@ -782,7 +868,8 @@ def write_predictions(
         arrays = {}
         for name in names:
             shape, chunks, out_dtype = specs[name]
-            arrays[name] = group.create_array(name, shape=shape, chunks=chunks, dtype=out_dtype)
+            arrays[name] = group.create_array(name, shape=shape, chunks=chunks, dtype=out_dtype,
+                                              compressors=checksummed())
         params = kernels.Params(model.covariance_type, model.weights_, model.means_,
                                 model.precisions_cholesky_)
         with blas_guard(scheduler):
@@ -792,6 +879,24 @@ def write_predictions(
         if written != n:  # every row block must have reported its rows
             raise RuntimeError(f"wrote {written} of {n} rows to {tmp}")
     return zarr.open_group(str(target), mode="r")
+
+
+def checksummed(compressors="auto") -> list:
+    """The compressors of an array dgmm writes, followed by a CRC-32C of the compressed bytes.
+
+    Damage to a stored chunk is then found when it is read, instead of
+    decoding to wrong numbers. ``compressors``: ``'auto'`` (zarr's default,
+    Zstandard), None (none) or codecs as :func:`zarr.create_array` takes them.
+    """
+    from zarr.codecs import Crc32cCodec, ZstdCodec
+
+    if compressors == "auto":
+        compressors = [ZstdCodec()]
+    elif compressors is None:
+        compressors = []
+    elif not isinstance(compressors, (list, tuple)):
+        compressors = [compressors]
+    return [*compressors, Crc32cCodec()]
 
 
 def _version() -> str:
