@@ -254,9 +254,10 @@ def test_a_kill_in_any_window_of_a_replace_loses_neither_version(launched, data,
     again = invoke("predict", model_path, store, "--array", "X", "--out", out,
                    "--log-density", "--overwrite")
     assert again.exit_code == 0, again.stderr
-    notes = [line for line in again.stderr.splitlines() if "warning" in line]
-    assert len(notes) == 1 and notes[0].startswith("dgmm predict: warning: "), again.stderr
+    notes = [line for line in again.stderr.splitlines() if "predict: warning: " in line]
+    assert len(notes) == 2, again.stderr  # the leftovers, and the killed run's lock
     assert "a run was killed" in notes[0] or "leftovers of a run killed" in notes[0]
+    assert "broke the stale lock" in notes[1]
     if window == "between-renames":
         assert "restored" in notes[0] and "the new version is now in place" in notes[0]
     assert own_names(out.parent) == ["p.zarr"]
