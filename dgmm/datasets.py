@@ -18,7 +18,7 @@ import zarr
 
 from dgmm import _kernels as kernels
 from dgmm._covariance import COVARIANCE, COVARIANCE_TYPES
-from dgmm.io import Writers, _atomic_path, _version, check_output_path, checksummed
+from dgmm.io import _FENCE, Writers, _atomic_path, _version, check_output_path, checksummed
 
 # Rows per generated chunk when none is given: about this many bytes each.
 DEFAULT_CHUNK_BYTES = 16 * 2**20
@@ -224,8 +224,9 @@ def make_mixture_zarr(
         separation=separation, seed=seed,
     )
     chol = params._full_cholesky()
-    with _atomic_path(target, overwrite, "store") as tmp, Writers() as writers:
+    with _atomic_path(target, overwrite, "store") as tmp, Writers(fence=tmp / _FENCE) as writers:
         group = zarr.open_group(str(tmp), mode="w-")
+        writers.open()
         group.attrs.update({"covariance_type": covariance_type, "seed": int(seed),
                             "separation": separation, "dgmm_version": _version()})
         for name in ("weights", "means", "covariances"):

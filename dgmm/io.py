@@ -699,27 +699,38 @@ class Writers:
     writing into the temporary store, or about to start. On an exception,
     leaving the ``with`` block stops tasks from starting to write and waits
     for the running ones, so the temporary store can then be removed for
-    good. (Tasks on other machines of a cluster are not tracked.) Pickling
-    gives a fresh, independent instance.
+    good. Pickling gives a fresh, independent instance.
+
+    Tasks on other machines of a cluster are fenced off instead: with a
+    ``fence`` (a file path inside the temporary store, created by
+    :meth:`open`), a task writes only while that file exists, and a failure
+    removes it first. Only a write already under way at that moment can then
+    outlast the cleanup.
     """
 
-    def __init__(self, timeout: float = 300.0):
+    def __init__(self, timeout: float = 300.0, fence: Path | None = None):
         self.timeout = timeout
+        self.fence = fence
         self._busy = 0
         self._cancelled = False
         self._cond = threading.Condition()
 
     def __getstate__(self):
-        return {"timeout": self.timeout}
+        return {"timeout": self.timeout, "fence": self.fence}
 
     def __setstate__(self, state):
-        self.__init__(state["timeout"])
+        self.__init__(state["timeout"], state.get("fence"))
+
+    def open(self) -> None:
+        """Let tasks write: create the fence (once its directory exists)."""
+        if self.fence is not None:
+            self.fence.touch()
 
     @contextlib.contextmanager
     def running(self):
         """Wrap one task's writes; raises if the write was already abandoned."""
         with self._cond:
-            if self._cancelled:
+            if self._cancelled or (self.fence is not None and not self.fence.exists()):
                 raise RuntimeError("store write abandoned after an earlier failure")
             self._busy += 1
         try:
@@ -733,10 +744,15 @@ class Writers:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        if self.fence is not None:  # no task anywhere starts a write from now on
+            self.fence.unlink(missing_ok=True)
         if exc_type is not None:
             with self._cond:
                 self._cancelled = True
                 self._cond.wait_for(lambda: self._busy == 0, self.timeout)
+
+
+_FENCE = ".dgmm-writing"
 
 
 # --------------------------------------------------------------------------
@@ -860,8 +876,10 @@ def write_predictions(
     }
     names = whats if outlier_threshold is None else (*whats, "outlier")
     scheduler = scheduler_for(lazy)
-    with _atomic_path(target, overwrite, "store") as tmp, Writers() as writers:
+    with (_atomic_path(target, overwrite, "store") as tmp,
+          Writers(fence=tmp / _FENCE) as writers):
         group = zarr.open_group(str(tmp), mode="w-")
+        writers.open()
         group.attrs.update({"dgmm_version": _version(), "outputs": list(names)})
         if outlier_threshold is not None:
             group.attrs["outlier_threshold"] = float(outlier_threshold)

@@ -19,12 +19,15 @@ import time
 from pathlib import Path
 
 import dask
+import dask.array as da
+import numpy as np
 import pytest
 import zarr
 from click.testing import CliRunner
 
 import dgmm
-from dgmm import _lock
+from dgmm import _lock, select_n_components
+from dgmm._passes import DataChangedError
 from dgmm.cli import main
 from dgmm.datasets import make_mixture_zarr
 
@@ -325,3 +328,33 @@ def test_a_sparse_store_can_be_allowed(data, tmp_path):
     refused = invoke(*args, "--out", tmp_path / "m.npz")
     assert refused.exit_code == 1 and "chunk c/9/0 (rows 18000-19999)" in refused.stderr
     assert invoke(*args, "--out", tmp_path / "m.npz", "--allow-missing-chunks").exit_code == 0
+
+
+def test_the_fingerprint_sees_every_row_at_no_extra_pass(tmp_path):
+    X = np.random.default_rng(0).normal(size=(3000, 2))
+    kw = dict(max_iter=3, tol=0, random_state=0)
+    plain = select_n_components(da.from_array(X, chunks=(500, 2)), [2], **kw).n_passes
+    ckpt = tmp_path / "ckpt"
+    kept = select_n_components(da.from_array(X, chunks=(500, 2)), [2], checkpoint=ckpt, **kw)
+    assert kept.n_passes == plain  # the checkpoint's fingerprint came with the passes
+    content = json.loads((ckpt / "checkpoint.json").read_text())["content"]
+    assert len(content["block_hashes"]) == 6
+    X[-1, 0] = np.nextafter(X[-1, 0], np.inf)  # one bit of the last row
+    with pytest.raises(ValueError, match=r"the data changed since it was written \(rows "
+                                         r"2500-2999 differ"):
+        select_n_components(da.from_array(X, chunks=(500, 2)), [2], checkpoint=ckpt,
+                            resume=True, **kw)
+
+
+def test_rows_changed_between_passes_stop_the_fit():
+    X = zarr.create_array(store={}, shape=(2000, 2), chunks=(500, 2), dtype="f8")
+    X[:] = np.random.default_rng(1).normal(size=(2000, 2))
+
+    def rewrite(info):  # another writer, between two passes
+        if info["iteration"] == 2:
+            X[1200] = X[1200] + 1.0
+
+    model = dgmm.GaussianMixture(2, max_iter=10, tol=0, cache=False)
+    with dask.config.set({"dgmm.read-chunk-bytes": 1}), pytest.raises(
+            DataChangedError, match="rows 1000-1499 differ from their first read"):
+        model.fit(X, callback=rewrite)
