@@ -103,21 +103,18 @@ def _sigterm_as_interrupt():
 
 # Exceptions by which distributed says the cluster is gone (checked by name, so that
 # describing an error never imports distributed).
-_CLUSTER_LOST = ("FutureCancelledError", "CancelledError", "CommClosedError", "KilledWorker",
-                 "StreamClosedError", "TimeoutError")
+_CLUSTER_LOST = ("FutureCancelledError", "CommClosedError", "StreamClosedError")
 
 
 def _cluster_lost(exc: BaseException) -> str | None:
     """What went wrong, if ``exc`` says the Dask scheduler or workers were lost."""
     seen = exc
     while seen is not None:
-        module = type(seen).__module__ or ""
-        text = str(seen)
-        if "scheduler-connection-lost" in text or (
-                type(seen).__name__ in _CLUSTER_LOST and module.split(".")[0] in (
-                    "distributed", "tornado", "asyncio")):
-            if type(seen).__name__ == "KilledWorker":
-                return "workers died while running a task (often: out of memory)"
+        name, module = type(seen).__name__, type(seen).__module__ or ""
+        if name == "KilledWorker":
+            return "workers died while running a task (often: out of memory)"
+        if (name in _CLUSTER_LOST and module.split(".")[0] in ("distributed", "tornado")) or (
+                "scheduler-connection-lost" in str(seen)):
             return "the connection to the Dask scheduler was lost"
         seen = seen.__cause__ or seen.__context__
     return None

@@ -358,3 +358,24 @@ def test_rows_changed_between_passes_stop_the_fit():
     with dask.config.set({"dgmm.read-chunk-bytes": 1}), pytest.raises(
             DataChangedError, match="rows 1000-1499 differ from their first read"):
         model.fit(X, callback=rewrite)
+
+
+def test_a_lost_cluster_is_described_with_the_way_to_resume():
+    from distributed import KilledWorker
+    from distributed.client import FutureCancelledError
+
+    from dgmm.cli import _describe
+
+    try:
+        try:
+            raise FutureCancelledError("pass-7", reason="scheduler-connection-lost")
+        except FutureCancelledError as exc:
+            raise RuntimeError("compute failed") from exc
+    except RuntimeError as exc:
+        lost = _describe(exc)
+    assert lost.startswith("lost the Dask cluster: the connection to the Dask scheduler was "
+                           "lost; nothing was saved from this run")
+    assert "--checkpoint DIR --resume" in lost and "Error" not in lost
+    worker = type("Worker", (), {"address": "tcp://10.0.0.7:4000"})()
+    assert "workers died" in _describe(KilledWorker("pass-7", worker, 3))
+    assert _describe(ValueError("plain")) == "plain"
