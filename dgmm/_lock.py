@@ -132,11 +132,10 @@ def acquire(path: str | os.PathLike) -> Path:
                     f"{path} is in use by another dgmm run ({_describe(other)}: "
                     f"{other.get('command', '?')}); wait for it to finish, or remove {lock} "
                     "if that run is gone") from None
-            warnings.warn(f"broke the stale lock {lock} of "
-                          f"{_describe(other) if other else 'a run'} that no longer runs",
-                          StaleLockWarning, stacklevel=2)
-            with contextlib.suppress(FileNotFoundError):
-                lock.unlink()
+            if _break(lock, other):
+                warnings.warn(f"broke the stale lock {lock} of "
+                              f"{_describe(other) if other else 'a run'} that no longer runs",
+                              StaleLockWarning, stacklevel=2)
             continue
         with os.fdopen(fd, "w") as f:
             f.write(mine)
@@ -145,6 +144,27 @@ def acquire(path: str | os.PathLike) -> Path:
         with _held_guard:
             _held[key] = 1
         return lock
+
+
+def _break(lock: Path, stale: dict) -> bool:
+    """Remove ``lock`` if it still holds ``stale``; whether it did.
+
+    The lock is first renamed to a name of our own, so that of two runs
+    breaking it at once only one succeeds, and a fresh lock taken by the
+    other in between is put back rather than removed.
+    """
+    aside = lock.with_name(f"{lock.name}.broken-{os.getpid()}-{threading.get_ident()}")
+    try:
+        os.rename(lock, aside)
+    except FileNotFoundError:
+        return False
+    if (_read(aside) or {}) != stale:
+        with contextlib.suppress(FileExistsError):
+            os.link(aside, lock)
+        aside.unlink()
+        return False
+    aside.unlink()
+    return True
 
 
 def release(path: str | os.PathLike) -> None:
