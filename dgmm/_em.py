@@ -6,6 +6,10 @@ start, resume, the per-iteration hook); :class:`~dgmm.GaussianMixture` and
 :func:`~dgmm.select_n_components` both call it, so every parameter means the
 same everywhere. The loops below it (:func:`batch_em`, :func:`minibatch_em`)
 run any number of runs at once and share every data pass between them.
+What differs between models is the M-step each group carries
+(:class:`~dgmm._kernels.MStep`): EM's maximum-likelihood update
+(:data:`GAUSSIAN`) or the variational update of
+:class:`~dgmm.BayesianGaussianMixture`; the passes are the same.
 
 Nothing here reads or writes files: checkpoints and progress lines reach the
 caller through the per-iteration hook.
@@ -57,6 +61,7 @@ class Settings:
     learning_offset: float = 0.0
     shuffle: bool = True
     polish_iter: int = 0
+    min_step_size: float = 0.0
     missing: str = "error"
 
     @property
@@ -66,46 +71,12 @@ class Settings:
 
     @classmethod
     def of(cls, params: Mapping) -> Settings:
-        """The settings among an estimator's ``get_params()``."""
-        return cls(**{f.name: params[f.name] for f in fields(cls)})
+        """The settings among an estimator's ``get_params()``.
 
-
-@dataclass(frozen=True)
-class Group:
-    """Starts competing for one model: ``n_init`` initialisations of ``n_components``.
-
-    ``random_state`` is the estimator's: an int gives every group the same
-    random stream, so a group fits exactly as a lone estimator with these
-    settings would. Each group has its own ``covariance_type``: its
-    initialisations are made for it, and every M-step keeps the type of the
-    parameters it updates, so groups of several types share every pass.
-    """
-
-    n_components: int
-    n_init: int = 1
-    random_state: object = None
-    covariance_type: str = "full"
-
-
-@dataclass(frozen=True)
-class InitialParams:
-    """User-supplied starting parameters (``weights_init``, ...); None where not given."""
-
-    weights: np.ndarray | None = None
-    means: np.ndarray | None = None
-    precisions: np.ndarray | None = None
-
-    @property
-    def complete(self) -> bool:
-        return all(v is not None for v in (self.weights, self.means, self.precisions))
-
-
-NO_INIT = InitialParams()
-
-
-# --------------------------------------------------------------------------
-# Runs: one initialisation's state, and the M-step that moves it
-# --------------------------------------------------------------------------
+        Names the estimator does not have keep their defaults (an estimator
+        without stepwise EM need not know ``min_step_size``).
+        """
+        return cls(**{f.name: params[f.name] for f in fields(cls) if f.name in params})
 
 
 def params_from_stats(stats: SuffStats, reg_covar: float) -> tuple[kernels.Params, np.ndarray]:
@@ -121,15 +92,90 @@ def params_from_stats(stats: SuffStats, reg_covar: float) -> tuple[kernels.Param
             "they keep their previous means, their covariances fall to reg_covar "
             "and their weights to ~0. Consider fewer components or another init.",
             EmptyComponentWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
     prec_chol = kernels.precision_cholesky(covariances, stats.covariance_type)
     return kernels.Params(stats.covariance_type, weights, means, prec_chol), covariances
 
 
+@dataclass(frozen=True)
+class GaussianMStep:
+    """The EM M-step (:class:`~dgmm._kernels.MStep`): the maximum-likelihood update.
+
+    Its bound is the mean log-likelihood of the parameters the pass used, as
+    scikit-learn's ``GaussianMixture`` reports it.
+    """
+
+    def __call__(self, stats: SuffStats, reg_covar: float,
+                 previous: kernels.Params | None) -> kernels.Estimate:
+        params, covariances = params_from_stats(stats, reg_covar)
+        return kernels.Estimate(params, covariances, None, stats.loglik / stats.n)
+
+    def running(self, stats: SuffStats) -> SuffStats:
+        return stats  # the maximum-likelihood update does not depend on the scale
+
+    def restore(self, record: Mapping) -> None:
+        return None
+
+    def identity(self) -> list:
+        return []
+
+
+GAUSSIAN = GaussianMStep()
+
+
+@dataclass(frozen=True)
+class Group:
+    """Starts competing for one model: ``n_init`` initialisations of ``n_components``.
+
+    ``random_state`` is the estimator's: an int gives every group the same
+    random stream, so a group fits exactly as a lone estimator with these
+    settings would. Each group has its own ``covariance_type``: its
+    initialisations are made for it, and every M-step keeps the type of the
+    parameters it updates, so groups of several types share every pass.
+    ``m_step`` is the model: EM (:data:`GAUSSIAN`) or the variational update
+    of :class:`dgmm._variational.VariationalMStep`.
+    """
+
+    n_components: int
+    n_init: int = 1
+    random_state: object = None
+    covariance_type: str = "full"
+    m_step: kernels.MStep = GAUSSIAN
+
+
+@dataclass(frozen=True)
+class InitialParams:
+    """User-supplied starting parameters (``weights_init``, ...); None where not given."""
+
+    weights: np.ndarray | None = None
+    means: np.ndarray | None = None
+    precisions: np.ndarray | None = None
+
+    @property
+    def complete(self) -> bool:
+        return all(v is not None for v in (self.weights, self.means, self.precisions))
+
+    @property
+    def empty(self) -> bool:
+        return all(v is None for v in (self.weights, self.means, self.precisions))
+
+
+NO_INIT = InitialParams()
+
+
+# --------------------------------------------------------------------------
+# Runs: one initialisation's state, and the M-step that moves it
+# --------------------------------------------------------------------------
+
+
 @dataclass
 class Run:
-    """The state of one EM run (one initialisation)."""
+    """The state of one run (one initialisation).
+
+    ``posterior`` is the model's state beyond ``params`` (the variational
+    posterior; None for EM).
+    """
 
     params: kernels.Params
     covariances: np.ndarray | None
@@ -137,29 +183,37 @@ class Run:
     lower_bounds: list[float] = field(default_factory=list)
     n_iter: int = 0
     converged: bool = False
+    posterior: object = None
 
     def to_record(self) -> dict:
         """The run as plain arrays and numbers (what a checkpoint stores)."""
         p = self.params
-        return {
+        record = {
             "weights": p.weights, "means": p.means,
             "precisions_cholesky": p.precisions_cholesky, "covariances": self.covariances,
             "lower_bound": float(self.lower_bound), "lower_bounds": list(self.lower_bounds),
             "n_iter": int(self.n_iter), "converged": bool(self.converged),
         }
+        if p.log_weights is not None:
+            record["log_weights"] = p.log_weights
+        if self.posterior is not None:
+            record.update(self.posterior.to_record())
+        return record
 
     @classmethod
-    def from_record(cls, record: Mapping, covariance_type: str) -> Run:
+    def from_record(cls, record: Mapping, covariance_type: str,
+                    m_step: kernels.MStep = GAUSSIAN) -> Run:
         """Inverse of :meth:`to_record`."""
         params = kernels.Params(covariance_type, record["weights"], record["means"],
-                                record["precisions_cholesky"])
+                                record["precisions_cholesky"], record.get("log_weights"))
         return cls(params, record["covariances"], float(record["lower_bound"]),
                    [float(v) for v in record["lower_bounds"]], int(record["n_iter"]),
-                   bool(record["converged"]))
+                   bool(record["converged"]), m_step.restore(record))
 
 
 def initial_run(
-    stats: SuffStats | None, settings: Settings, cov_type: str, init: InitialParams
+    stats: SuffStats | None, settings: Settings, cov_type: str, init: InitialParams,
+    m_step: kernels.MStep = GAUSSIAN,
 ) -> Run:
     """A run starting from the M-step of ``stats``, overridden by the user's ``*_init``.
 
@@ -170,7 +224,10 @@ def initial_run(
     if init.complete:
         weights, means = init.weights, init.means
     else:
-        params, covariances = params_from_stats(stats, settings.reg_covar)
+        estimate = m_step(stats, settings.reg_covar, None)
+        if init.empty:
+            return Run(estimate.params, estimate.covariances, posterior=estimate.posterior)
+        params, covariances = estimate.params, estimate.covariances
         weights = params.weights if init.weights is None else init.weights
         means = params.means if init.means is None else init.means
         prec_chol = params.precisions_cholesky
@@ -212,7 +269,9 @@ def initial_runs(
     fill = _init.observed_means(blocks, scheduler) if settings.marginalize else None
     with blocks.filled(fill):
         stats = _init.initial_stats(blocks, settings.init_params, starts, start_rngs, scheduler)
-    runs = iter([initial_run(st, settings, st.covariance_type, init) for st in stats])
+    m_steps = [g.m_step for g in groups for _ in range(g.n_init)]
+    runs = iter([initial_run(st, settings, st.covariance_type, init, m)
+                 for st, m in zip(stats, m_steps, strict=True)])
     return [[next(runs) for _ in range(g.n_init)] for g in groups]
 
 
@@ -244,6 +303,7 @@ def batch_em(
     scheduler=None,
     on_iteration: IterationHook | None = None,
     missing: bool = False,
+    m_steps: Sequence[kernels.MStep] | None = None,
 ) -> list[Run]:
     """Run batch EM for several initialisations at once, one data pass per iteration.
 
@@ -254,27 +314,32 @@ def batch_em(
     log-likelihood of the parameters before the last M-step.
 
     Runs restored from a checkpoint continue from their ``n_iter``.
-    ``runs`` holds one list of runs per group; ``on_iteration(iteration,
-    runs, seconds)`` is called after every pass.
+    ``runs`` holds one list of runs per group, ``m_steps`` one M-step per
+    group (default: EM for all); ``on_iteration(iteration, runs, seconds)``
+    is called after every pass.
     """
-    active = [r for group in runs for r in group if not r.converged]
+    m_steps = [GAUSSIAN] * len(runs) if m_steps is None else m_steps
+    active = [(r, m) for group, m in zip(runs, m_steps, strict=True) for r in group
+              if not r.converged]
     for it in range(max(r.n_iter for group in runs for r in group) + 1, max_iter + 1):
         if not active:
             break
         start = time.perf_counter()
-        stats = estep_pass(blocks, [r.params for r in active], scheduler=scheduler,
+        stats = estep_pass(blocks, [r.params for r, _ in active], scheduler=scheduler,
                            missing=missing)
         still = []
-        for run, st in zip(active, stats, strict=True):
+        for (run, m_step), st in zip(active, stats, strict=True):
             prev = run.lower_bound
-            run.lower_bound = st.loglik / st.n
+            estimate = m_step(st, reg_covar, run.params)
+            run.lower_bound = estimate.lower_bound
             run.lower_bounds.append(run.lower_bound)
-            run.params, run.covariances = params_from_stats(st, reg_covar)
+            run.params, run.covariances = estimate.params, estimate.covariances
+            run.posterior = estimate.posterior
             run.n_iter = it
             if abs(run.lower_bound - prev) < tol:
                 run.converged = True
             else:
-                still.append(run)
+                still.append((run, m_step))
         active = still
         if on_iteration is not None:
             on_iteration(it, runs, time.perf_counter() - start)
@@ -284,7 +349,7 @@ def batch_em(
 # --------------------------------------------------------------------------
 # Stepwise (online) EM: running normalised statistics s, and for each
 # minibatch t with packet s_t: s <- (1 - rho_t) s + rho_t s_t / n_t, then an
-# M-step from s; rho_t = (t + offset) ** -decay.
+# M-step from s; rho_t = max((t + offset) ** -decay, floor).
 # --------------------------------------------------------------------------
 
 
@@ -303,6 +368,8 @@ class OnlineState:
         Steps taken, ``t``.
     step_size : float
         ``rho`` of the last step (NaN before the first).
+    posterior : object
+        The model's state beyond ``params`` (variational posterior; None for EM).
     """
 
     params: kernels.Params
@@ -310,19 +377,33 @@ class OnlineState:
     stats: SuffStats
     n_steps: int = 0
     step_size: float = float("nan")
+    posterior: object = None
 
     @classmethod
     def from_params(
-        cls, params: kernels.Params, covariances: np.ndarray, reg_covar: float, n_rows: int = 0
+        cls, params: kernels.Params, covariances: np.ndarray, reg_covar: float, n_rows: int = 0,
+        posterior: object = None,
     ) -> OnlineState:
-        """A state whose running statistics reproduce ``params`` (no steps taken)."""
+        """A state whose running statistics reproduce ``params`` (no steps taken).
+
+        For the variational mixture they are the statistics whose EM M-step
+        gives its mean weights and covariances: an approximation, which the
+        first step replaces entirely when ``learning_offset`` is 0.
+        """
         stats = replace(kernels.stats_from_params(params, covariances, reg_covar), n_rows=n_rows)
-        return cls(params, covariances, stats)
+        return cls(params, covariances, stats, posterior=posterior)
 
 
-def step_size(t: int, decay: float, offset: float) -> float:
-    """``rho_t = (t + offset) ** -decay`` for step ``t`` >= 1."""
-    return float((t + offset) ** -decay)
+def step_size(t: int, decay: float, offset: float, floor: float = 0.0) -> float:
+    """``rho_t = max((t + offset) ** -decay, floor)`` for step ``t`` >= 1.
+
+    A ``floor`` > 0 stops the steps from shrinking to zero: the running
+    statistics become an exponentially weighted average in which a minibatch's
+    weight decays by ``1 - floor`` at every later step, so data older than
+    about ``1 / floor`` minibatches fade (a stream that drifts is followed
+    rather than averaged).
+    """
+    return float(max((t + offset) ** -decay, floor))
 
 
 def stepwise_step(
@@ -332,6 +413,8 @@ def stepwise_step(
     reg_covar: float,
     decay: float,
     offset: float,
+    floor: float = 0.0,
+    m_step: kernels.MStep = GAUSSIAN,
 ) -> tuple[OnlineState, SuffStats]:
     """One stepwise-EM step: the new state and the packet it used.
 
@@ -343,23 +426,34 @@ def stepwise_step(
     best = int(np.argmax([p.loglik / p.n for p in packets]))
     state, packet = states[best], packets[best]
     t = state.n_steps + 1
-    rho = step_size(t, decay, offset)
+    rho = step_size(t, decay, offset, floor)
     stats = state.stats.stepped(packet, rho)
-    params, covariances = params_from_stats(stats, reg_covar)
-    return OnlineState(params, covariances, stats, t, rho), packet
+    estimate = m_step(m_step.running(stats), reg_covar, None)
+    return OnlineState(estimate.params, estimate.covariances, stats, t, rho,
+                       estimate.posterior), packet
 
 
 def epoch_plan(
-    sizes: Sequence[int], batch_size: int, rng: np.random.Generator | None
+    sizes: Sequence[int], batch_size: int, rng: np.random.Generator | None,
+    contiguous: bool = False,
 ) -> list[list[tuple[int, int, int]]]:
     """The minibatches of one epoch, as lists of ``(block, start, stop)`` pieces.
 
     Blocks larger than ``batch_size`` are cut into equal slices of at most
     ``batch_size`` rows; the pieces are shuffled by ``rng`` (kept in order if
-    ``None``) and grouped, in that order, into about ``round(n_rows / batch_size)``
-    minibatches of about equal row counts (a piece goes to the minibatch its
-    middle row falls in). Every row is in exactly one minibatch.
+    ``None``) and grouped, in that order, into about ``round(n_rows /
+    batch_size)`` minibatches of about equal row counts (a piece goes to the
+    minibatch its middle row falls in). Every row is in exactly one minibatch.
+
+    ``contiguous`` (storage order; ``rng`` is then ignored): the minibatches
+    are the consecutive row ranges ``[j n / m, (j + 1) n / m)`` (integer
+    division) of the ``n`` rows, ``m = max(1, round(n / batch_size))``,
+    whatever the blocks: the same rows in blocks of any sizes (a NumPy array,
+    a dask array, a Zarr store) give the same minibatches, each made of the
+    pieces of the blocks it spans (what ``partial_fit`` steps through).
     """
+    if contiguous:
+        return _row_plan(sizes, batch_size)
     pieces = []
     for b, n in enumerate(sizes):
         m = -(-n // batch_size)
@@ -377,6 +471,21 @@ def epoch_plan(
     ]
 
 
+def _row_plan(sizes: Sequence[int], batch_size: int) -> list[list[tuple[int, int, int]]]:
+    """Storage-order minibatches: consecutive row ranges, cut into the blocks they span."""
+    n_rows = int(sum(sizes))
+    m = max(1, round(n_rows / batch_size))
+    cuts = [n_rows * j // m for j in range(m + 1)]
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
+    plan = []
+    for lo, hi in zip(cuts[:-1], cuts[1:], strict=True):
+        first = int(np.searchsorted(offsets, lo, side="right")) - 1
+        last = int(np.searchsorted(offsets, hi, side="left"))
+        plan.append([(b, max(lo, offsets[b]) - offsets[b], min(hi, offsets[b + 1]) - offsets[b])
+                     for b in range(first, last) if offsets[b] < offsets[b + 1]])
+    return [[(int(b), int(a), int(z)) for b, a, z in batch] for batch in plan]
+
+
 # on_step(group, state): called after every stepwise-EM step of a group.
 StepHook = Callable[[int, OnlineState], None]
 
@@ -390,6 +499,8 @@ def minibatch_em(
     scheduler=None,
     log: Callable[[str], None] | None = None,
     on_step: StepHook | None = None,
+    contiguous: bool = False,
+    m_steps: Sequence[kernels.MStep] | None = None,
 ) -> list[tuple[OnlineState, Run]]:
     """Stepwise EM over the row blocks, an epoch (a full pass) at a time.
 
@@ -399,26 +510,31 @@ def minibatch_em(
     first minibatch only. An epoch's log-likelihood is the mean over its rows
     under the parameters in force when each row was visited; a group stops
     after ``max_iter`` epochs or when that changes by less than ``tol``.
-    ``rng`` shuffles the pieces of every epoch (storage order if None).
+    ``rng`` shuffles the pieces of every epoch (storage order if None);
+    ``contiguous`` makes the minibatches consecutive row ranges whatever the
+    blocks (see :func:`epoch_plan`).
 
     Returns, per group, the final state and a :class:`Run` with one
-    ``lower_bounds`` entry per epoch (``n_iter`` epochs).
+    ``lower_bounds`` entry per epoch (``n_iter`` epochs). ``m_steps`` holds
+    one M-step per group (default: EM for all).
     """
     s = settings
+    m_steps = [GAUSSIAN] * len(groups) if m_steps is None else m_steps
     current = [list(states) for states in groups]
     runs = [Run(states[0].params, states[0].covariances) for states in groups]
     active = list(range(len(groups)))
     t_last = time.perf_counter()
     for epoch in range(1, s.max_iter + 1):
         totals = {g: [0.0, 0.0] for g in active}
-        for pieces in epoch_plan(blocks.sizes, s.batch_size, rng):
+        for pieces in epoch_plan(blocks.sizes, s.batch_size, rng, contiguous):
             flat = [state.params for g in active for state in current[g]]
             packets = iter(estep_pass(blocks, flat, scheduler, pieces=pieces,
                                       missing=s.marginalize))
             for g in active:
                 mine = [next(packets) for _ in current[g]]
                 state, packet = stepwise_step(current[g], mine, reg_covar=s.reg_covar,
-                                              decay=s.learning_decay, offset=s.learning_offset)
+                                              decay=s.learning_decay, offset=s.learning_offset,
+                                              floor=s.min_step_size, m_step=m_steps[g])
                 current[g] = [state]
                 if on_step is not None:
                     on_step(g, state)
@@ -447,6 +563,7 @@ def minibatch_em(
     out = []
     for states, run in zip(current, runs, strict=True):
         run.params, run.covariances = states[0].params, states[0].covariances
+        run.posterior = states[0].posterior
         out.append((states[0], run))
     return out
 
@@ -529,7 +646,8 @@ def fit_groups(
         start = initial_runs(blocks, s, groups, init, scheduler)
     if s.algorithm == "minibatch":
         states = ([[state] for state in stream] if stream is not None else [
-            [OnlineState.from_params(r.params, r.covariances, s.reg_covar) for r in runs]
+            [OnlineState.from_params(r.params, r.covariances, s.reg_covar, posterior=r.posterior)
+             for r in runs]
             for runs in start
         ])
         fitted = _minibatch(blocks, s, groups, states, scheduler, on_iteration, log)
@@ -537,7 +655,8 @@ def fit_groups(
         if s.max_iter > 0:
             batch_em(blocks, start, max_iter=s.max_iter,
                      tol=s.tol, reg_covar=s.reg_covar, scheduler=scheduler,
-                     on_iteration=on_iteration, missing=s.marginalize)
+                     on_iteration=on_iteration, missing=s.marginalize,
+                     m_steps=[g.m_step for g in groups])
         # With no iterations scikit-learn keeps the last initialisation.
         fitted = [Fitted(runs[-1] if s.max_iter == 0 else best_run(runs), runs)
                   for runs in start]
@@ -561,7 +680,8 @@ def _minibatch(blocks, s: Settings, groups, states, scheduler, on_iteration, log
     # One epoch order for every group, drawn as a lone estimator would draw it.
     seed = check_random_state(groups[0].random_state).randint(np.iinfo(np.int32).max)
     out = minibatch_em(blocks, states, s, rng=np.random.default_rng(seed) if s.shuffle else None,
-                       scheduler=scheduler, log=log if s.verbose >= 2 else None)
+                       scheduler=scheduler, log=log if s.verbose >= 2 else None,
+                       m_steps=[g.m_step for g in groups])
     if s.polish_iter > 0:
         runs = [run for _, run in out]
         epochs = [run.n_iter for run in runs]
@@ -569,13 +689,13 @@ def _minibatch(blocks, s: Settings, groups, states, scheduler, on_iteration, log
             run.converged, run.n_iter = False, 0
         batch_em(blocks, [[run] for run in runs], max_iter=s.polish_iter, tol=s.tol,
                  reg_covar=s.reg_covar, scheduler=scheduler, on_iteration=on_iteration,
-                 missing=s.marginalize)
+                 missing=s.marginalize, m_steps=[g.m_step for g in groups])
         polished = []
         for (state, run), n_epochs in zip(out, epochs, strict=True):
             run.n_iter += n_epochs
             # The running statistics restart from the polished model.
             fresh = OnlineState.from_params(run.params, run.covariances, s.reg_covar,
-                                            n_rows=state.stats.n_rows)
+                                            n_rows=state.stats.n_rows, posterior=run.posterior)
             polished.append((replace(fresh, n_steps=state.n_steps, step_size=state.step_size),
                              run))
         out = polished
@@ -634,8 +754,8 @@ def fit_identity(blocks: Blocks, settings: Settings, groups: Sequence[Group]) ->
     """
     named = {f.name: getattr(settings, f.name) for f in fields(settings)
              if f.name not in _COSMETIC}
-    named["groups"] = [[g.n_components, g.n_init, _plain(g.random_state), g.covariance_type]
-                       for g in groups]
+    named["groups"] = [[g.n_components, g.n_init, _plain(g.random_state), g.covariance_type,
+                        *g.m_step.identity()] for g in groups]
     return {
         "data": {"shape": [blocks.n_rows, blocks.n_features], "rows_per_block": blocks.sizes,
                  "side": sorted(blocks.side), "total_weight": blocks.total_weight},

@@ -17,6 +17,7 @@ Sections: parameters, log-densities, E-step, chunk statistics, M-step.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple, Protocol
 
 import numpy as np
 
@@ -44,17 +45,31 @@ class Params:
     means : ndarray of shape (K, d)
     precisions_cholesky : ndarray
         Shape depends on ``covariance_type`` as in scikit-learn.
+    log_weights : ndarray of shape (K,) or None
+        The per-component term the E-step adds to ``log N(x | mu_k, Sigma_k)``
+        when it is not ``log(weights)``: the variational mixture puts there its
+        expected log-weights and degrees-of-freedom corrections (kept as logs,
+        which would underflow as weights). None: ``log(weights)``.
     """
 
     covariance_type: str
     weights: np.ndarray
     means: np.ndarray
     precisions_cholesky: np.ndarray
+    log_weights: np.ndarray | None = None
 
     def __post_init__(self):
         # Fitted attributes may be float32 (float32 input); the maths is float64.
         for name in ("weights", "means", "precisions_cholesky"):
             object.__setattr__(self, name, np.asarray(getattr(self, name), dtype=np.float64))
+        if self.log_weights is not None:
+            object.__setattr__(self, "log_weights",
+                               np.asarray(self.log_weights, dtype=np.float64))
+
+    @property
+    def weight_terms(self) -> np.ndarray:
+        """What the E-step adds per component: ``log_weights``, or ``log(weights)``."""
+        return np.log(self.weights) if self.log_weights is None else self.log_weights
 
     @property
     def n_components(self) -> int:
@@ -134,7 +149,8 @@ class Scorer:
     coef : tuple of ndarray
         Parameter-only coefficients of the squared Mahalanobis distances.
     offset : ndarray of shape (K,)
-        ``log w_k + log|det U_k| - d/2 log 2 pi - 1/2 (constant part of the distance)``.
+        ``log w_k + log|det U_k| - d/2 log 2 pi - 1/2 (constant part of the distance)``
+        (``log w_k``: :attr:`Params.weight_terms`).
     """
 
     params: Params
@@ -149,7 +165,7 @@ class Scorer:
         coef, quad_const = kind.prep(params.means - center, params.precisions_cholesky)
         log_det = kind.log_det(params.precisions_cholesky, params.n_features)
         offset = (
-            log_det - 0.5 * params.n_features * _LOG_2PI + np.log(params.weights)
+            log_det - 0.5 * params.n_features * _LOG_2PI + params.weight_terms
             - 0.5 * quad_const
         )
         return cls(params, center, coef, offset)
@@ -205,7 +221,7 @@ def _resp_t(b: CentredBlock, scorer: Scorer, label: np.ndarray | None = None):
 def log_gaussian_prob(X: np.ndarray, params: Params) -> np.ndarray:
     """log N(x_n | mu_k, Sigma_k) for every row and component, shape (n, K)."""
     scorer = Scorer.of(params)
-    a = _weighted_log_prob_t(scorer.block(X), scorer) - np.log(params.weights)[:, None]
+    a = _weighted_log_prob_t(scorer.block(X), scorer) - params.weight_terms[:, None]
     return a.T
 
 
@@ -449,6 +465,50 @@ def m_step(stats: SuffStats, reg_covar: float):
     weights = nk / nk.sum()
     empty = np.flatnonzero(stats.nk <= EMPTY_COMPONENT_SHARE * max(stats.n, 1e-300))
     return weights, means, covariances, empty
+
+
+class Estimate(NamedTuple):
+    """What an M-step gives the driver.
+
+    Attributes
+    ----------
+    params : Params
+        The parameters the next E-step uses.
+    covariances : ndarray
+        The fitted ``covariances_``.
+    posterior : object or None
+        The model's further state (the variational posterior), None for EM.
+    lower_bound : float or None
+        The bound the driver tests for convergence (None when the M-step had
+        no previous parameters, at initialisation).
+    """
+
+    params: Params
+    covariances: np.ndarray
+    posterior: object = None
+    lower_bound: float | None = None
+
+
+class MStep(Protocol):
+    """The part of a mixture model that differs between EM and variational inference.
+
+    The driver (:mod:`dgmm._em`) runs every model the same way: a pass of
+    :func:`estep_stats` under ``Params``, then ``m_step(stats, reg_covar,
+    previous)`` with the ``Params`` that pass used (None at initialisation).
+    """
+
+    def __call__(self, stats: SuffStats, reg_covar: float,
+                 previous: Params | None) -> Estimate:
+        """The M-step from summed statistics, and the bound of this iteration."""
+
+    def running(self, stats: SuffStats) -> SuffStats:
+        """Running normalised statistics (stepwise EM) as this M-step takes them."""
+
+    def restore(self, record: dict) -> object:
+        """The ``posterior`` of a run from its checkpoint record (None for EM)."""
+
+    def identity(self) -> list:
+        """What a checkpoint records of the model, beyond the group (plain values)."""
 
 
 def stats_from_params(params: Params, covariances: np.ndarray, reg_covar: float) -> SuffStats:

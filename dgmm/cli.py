@@ -3,7 +3,8 @@
 Exit codes: 0 success; 2 usage errors (bad flags, a missing or unusable store,
 an output that exists, overlaps an input or cannot be written) with a one-line
 message, found before any work; 1 any other failure, with a one-line cause (the
-traceback too with ``--verbose``). Progress and warnings go to stderr as plain
+traceback too with ``--verbose``); 3 ``report --fail-above`` found drift above
+the threshold (the report is written). Progress and warnings go to stderr as plain
 lines (one per EM iteration), so logs stay readable; ``--quiet`` leaves errors
 only. Messages are for people: no Python class names, no Python advice.
 """
@@ -29,8 +30,9 @@ import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.pipeline import Pipeline
 
-from dgmm import _init, _lock, io
+from dgmm import _init, _lock, io, provenance
 from dgmm import _kernels as kernels
+from dgmm._variational import PRIOR_TYPES as _BAYESIAN_PRIOR_TYPES
 from dgmm.mixture import ALGORITHMS
 from dgmm.models import load, save
 from dgmm.selection import CRITERIA
@@ -159,15 +161,15 @@ def _plain_warnings(quiet: bool):
     return show
 
 
-def _progress(quiet: bool):
-    """Per-iteration progress lines on stderr (None when quiet)."""
+def _progress(quiet: bool, what: str = "log-likelihood"):
+    """Per-iteration progress lines on stderr (None when quiet); ``what`` names the bound."""
     if quiet:
         return None
 
     def report(info: dict) -> None:
         change = f"{info['change']:+.3e}" if np.isfinite(info["change"]) else "-"
         click.echo(
-            f"iteration {info['iteration']:>4}  log-likelihood {info['lower_bound']:.6f}  "
+            f"iteration {info['iteration']:>4}  {what} {info['lower_bound']:.6f}  "
             f"change {change:>10}  {info['seconds']:.2f}s",
             err=True,
         )
@@ -465,13 +467,23 @@ def generate(out, n_samples, n_features, n_components, seed, chunk_rows, dtype, 
               help="Continue from the checkpoint in --checkpoint; a finished one is saved "
                    "again without any pass over the data.")
 @_plot_opt("the covariance ellipses over a sample of STORE and the lower bound per iteration")
+@click.option("--bayesian", is_flag=True,
+              help="Fit a variational Bayesian mixture: --n-components is then an upper "
+                   "bound, and the components the data do not need get weights near 0.")
+@click.option("--weight-concentration-prior-type", "prior_type",
+              type=click.Choice(_BAYESIAN_PRIOR_TYPES), default=_BAYESIAN_PRIOR_TYPES[0],
+              show_default=True, help="Prior on the weights (--bayesian).")
+@click.option("--weight-concentration-prior", "prior", type=click.FloatRange(min=0, min_open=True),
+              default=None, help="Concentration of the weight prior (--bayesian); smaller "
+                                 "values switch more components off [default: 1/K].")
 @_quiet
 @_verbose
 def fit(store, array, n_components, covariance_type, max_iter, tol, reg_covar, init_params,
         n_init, seed, algorithm, batch_size, standardize, pca, sample_weight, labels, missing,
-        out, overwrite, cluster_spec, checkpoint, resume, plot_path, quiet, verbose):
+        out, overwrite, cluster_spec, checkpoint, resume, plot_path, bayesian, prior_type, prior,
+        quiet, verbose):
     """Fit a mixture to the Zarr array STORE and save it to --out."""
-    from dgmm import GaussianMixture
+    from dgmm import BayesianGaussianMixture, GaussianMixture
 
     X = _open_store(store, array)
     weight = _open_side(store, array, sample_weight, "--sample-weight")
@@ -488,17 +500,23 @@ def fit(store, array, n_components, covariance_type, max_iter, tol, reg_covar, i
     if checkpoint is not None and not resume and io.has_checkpoint(checkpoint):
         raise CommandError(f"{checkpoint} already holds a checkpoint; pass --resume to "
                            "continue it, or choose another --checkpoint directory")
-    model = GaussianMixture(
-        n_components, covariance_type=covariance_type, max_iter=max_iter, tol=tol,
+    if not bayesian and (prior is not None or prior_type != _BAYESIAN_PRIOR_TYPES[0]):
+        raise CommandError("--weight-concentration-prior(-type) needs --bayesian")
+    common = dict(
+        covariance_type=covariance_type, max_iter=max_iter, tol=tol,
         reg_covar=reg_covar, init_params=init_params, n_init=n_init, random_state=seed,
         algorithm=algorithm, batch_size=batch_size, verbose=1 if verbose else 0,
         missing=missing,
     )
+    model = (BayesianGaussianMixture(n_components, weight_concentration_prior_type=prior_type,
+                                     weight_concentration_prior=prior, **common)
+             if bayesian else GaussianMixture(n_components, **common))
     start = time.perf_counter()
     with _cluster(cluster_spec, quiet):
         steps, Xt = _preprocess(X, standardize, pca, quiet, weight)
         model.fit(Xt, sample_weight=weight, labels=known, checkpoint=checkpoint, resume=resume,
-                  callback=_progress(quiet))
+                  callback=_progress(quiet, "lower bound" if bayesian else "log-likelihood"))
+        model.provenance_ = _history_entry(None, "fit", X, store, array, (0, X.shape[0]))
         _save(steps, model, out, overwrite)
         _say(quiet, f"fitted {n_components} {covariance_type} components to {X.shape[0]} x "
                     f"{X.shape[1]} rows in {time.perf_counter() - start:.1f}s: "
@@ -664,6 +682,7 @@ def select(store, array, n_components, covariance_type, criterion, max_iter, tol
             callback=_progress(quiet), sample_weight=weight, labels=known, missing=missing,
         )
     best, table = result
+    best.provenance_ = _history_entry(None, "select", X, store, array, (0, X.shape[0]))
     _save(steps, best, out, overwrite)
     if plot_path:
         _save_plot(result.plot(), plot_path, quiet)
@@ -709,11 +728,32 @@ def info(model_path, verbose):
     click.echo(f"iterations        {model.n_iter_} (converged={model.converged_})")
     click.echo(f"lower bound       {model.lower_bound_:.6f}")
     order = np.argsort(model.weights_)[::-1]
+    if hasattr(model, "weight_concentration_"):
+        # a variational mixture switches components off rather than removing them
+        threshold = 1.0 / (100 * model.n_components)
+        effective = int(np.sum(model.weights_ > threshold))
+        click.echo(f"prior             {model.weight_concentration_prior_type}, concentration "
+                   f"{model.weight_concentration_prior_:g}")
+        click.echo(f"effective         {effective} of {model.n_components} components "
+                   f"(weight > 1/(100 K) = {threshold:.3g})")
+        order = [k for k in order if model.weights_[k] > threshold]
     click.echo("components by weight:")
     for k in order:
         means = np.array2string(model.means_[k][:6], separator=", ")
         more = ", ..." if model.n_features_in_ > 6 else ""
         click.echo(f"  {k:>3}  weight {model.weights_[k]:.4f}  mean {means[:-1]}{more}]")
+    if hasattr(model, "n_steps_"):
+        click.echo(f"stream            {model.n_steps_} stepwise-EM steps, last step size "
+                   f"{model.step_size_:.4g}")
+    if hasattr(model, "n_samples_seen_"):
+        click.echo(f"rows learnt       {model.n_samples_seen_}")
+    if hasattr(model, "outlier_threshold_"):
+        click.echo(f"outlier threshold {model.outlier_threshold_:.6f} (log-density)")
+    lines = provenance.describe(getattr(model, "provenance_", None))
+    if lines:
+        click.echo("provenance (oldest first):")
+        for line in lines:
+            click.echo(f"  {line}")
 
 
 def _describe_steps(steps: Pipeline) -> str:
@@ -726,6 +766,186 @@ def _describe_steps(steps: Pipeline) -> str:
         else:
             parts.append(f"standardization of {step.n_features_in_} features")
     return ", then ".join(parts)
+
+
+# --------------------------------------------------------------------------
+# Scheduled jobs over growing stores: update and report
+# --------------------------------------------------------------------------
+
+
+def _history_entry(record: dict | None, action: str, X, store: str, array: str | None,
+                   rows: tuple[int, int], **details) -> dict:
+    """``record`` with an entry saying that ``action`` learnt ``rows`` of the store, now."""
+    described = provenance.describe_store(X, store, array)
+    return provenance.appended(record, provenance.entry(action, described, rows, **details))
+
+
+def _where(store: str, array: str | None) -> str:
+    return store + (f"/{array}" if array else "")
+
+
+def _rows_for(loaded, X, store: str, array: str | None, model_path: str, rows: str | None,
+              *, learn: bool) -> tuple[int, int]:
+    """The rows of X a job over MODEL takes, after checking X has MODEL's features.
+
+    ``learn``: the rows must be new to MODEL (default: those after every row
+    it has seen of this store). Otherwise, by default the rows new to MODEL
+    if it knows this store, else all rows.
+    """
+    where = _where(store, array)
+    expected = (loaded[0] if isinstance(loaded, Pipeline) else loaded).n_features_in_
+    if X.shape[1] != expected:
+        raise CommandError(f"{where} has {X.shape[1]} features, but {model_path} was fitted on "
+                           f"{expected}; pass the store it was fitted on")
+    record = getattr(_mixture_of(loaded), "provenance_", None)
+    try:
+        chosen = None if rows is None else provenance.parse_rows(rows, X.shape[0])
+        if not learn and (chosen is not None or not provenance.rows_seen(record, X)):
+            return chosen or (0, int(X.shape[0]))
+        return provenance.new_rows(record, X, chosen, where, model_path)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+
+
+def _mixture_of(loaded):
+    return loaded[-1] if isinstance(loaded, Pipeline) else loaded
+
+
+_rows_opt = click.option("--rows", default=None, metavar="START:STOP",
+                         help="Rows of STORE (STOP excluded; either may be left out, e.g. "
+                              "1000:). Default: the rows MODEL has not seen, after every row "
+                              "its provenance says it learnt from STORE.")
+
+
+@main.command()
+@click.argument("model_path", metavar="MODEL")
+@click.argument("store")
+@_array
+@_rows_opt
+@click.option("--out", required=True, help="Model file to write (atomically).")
+@_overwrite("Replace an existing model file, MODEL itself included (never a directory).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Rows per minibatch, one stepwise-EM step each (default: MODEL's).")
+@click.option("--decay", type=click.FloatRange(0.5, 1, min_open=True), default=None,
+              help="kappa in the step size rho_t = max((t + offset)^-kappa, forget) "
+                   "(default: MODEL's learning_decay, 0.6 for a new model).")
+@click.option("--offset", type=click.FloatRange(min=0), default=None,
+              help="t0 in the step size (default: MODEL's learning_offset).")
+@click.option("--forget", type=click.FloatRange(0, 1), default=None, metavar="RHO",
+              help="Floor on the step size, so old data fade: the model weighs about the last "
+                   "1/RHO minibatches (default: MODEL's min_step_size, 0 for a new model).")
+@click.option("--contamination", type=click.FloatRange(0, 0.5, min_open=True), default=None,
+              help="Also store an outlier threshold in the new model (what `dgmm report` "
+                   "counts against): the exact log-density quantile at this share of the "
+                   "rows learnt, under the new model (two more passes over them).")
+@_cluster_opt
+@_quiet
+@_verbose
+def update(model_path, store, array, rows, out, overwrite, batch_size, decay, offset, forget,
+           contamination, cluster_spec, quiet, verbose):
+    """Continue MODEL's stepwise EM over new rows of STORE; save the new model to --out.
+
+    The rows are read in storage order in minibatches of --batch-size rows,
+    each one step from MODEL's running statistics (exactly
+    GaussianMixture.partial_fit on those rows). A model fitted by batch EM
+    starts its running statistics from its parameters, its fitted rows
+    counting as rows // batch-size steps already taken. MODEL is never
+    changed unless --out names it (with --overwrite); the new model replaces
+    it atomically once complete. The new model's provenance gains an entry.
+    """
+    loaded = _load(model_path)
+    X = _open_store(store, array)
+    start, stop = _rows_for(loaded, X, store, array, model_path, rows, learn=True)
+    if not overwrite and Path(out).exists() and os.path.samefile(out, model_path):
+        raise CommandError(f"--out {out} is MODEL itself; pass --overwrite to replace it (once "
+                           "the new model is complete)")
+    _check_output(out, [store], overwrite=overwrite, kind="file")
+    mixture = _mixture_of(loaded)
+    given = {"batch_size": batch_size, "learning_decay": decay, "learning_offset": offset,
+             "min_step_size": forget}
+    mixture.set_params(**{name: v for name, v in given.items() if v is not None})
+    n_batches = max(1, round((stop - start) / mixture.batch_size))
+    _say(quiet, f"learning rows {start}:{stop} of {_where(store, array)} in {n_batches} "
+                f"minibatches of about {mixture.batch_size} rows")
+    begin = time.perf_counter()
+    with _cluster(cluster_spec, quiet):
+        _, Xt = _mixture_and_input(loaded, io.as_dask_array(X)[0][start:stop])
+        mixture.partial_fit(Xt)
+        if contamination is not None:
+            detector = _outlier_detector(mixture, Xt, contamination, quiet)
+            mixture.outlier_threshold_ = float(detector.threshold_)
+            mixture.outlier_contamination_ = float(contamination)
+    taken = n_batches  # one storage-order epoch: a step per minibatch
+    mixture.provenance_ = _history_entry(
+        getattr(mixture, "provenance_", None), "update", X, store, array, (start, stop),
+        steps=int(taken), batch_size=int(mixture.batch_size),
+        learning_decay=float(mixture.learning_decay),
+        learning_offset=float(mixture.learning_offset),
+        min_step_size=float(mixture.min_step_size),
+        mean_log_likelihood=float(mixture.lower_bound_))
+    save(loaded, out, overwrite=overwrite)
+    _say(quiet, f"updated in {time.perf_counter() - begin:.1f}s: {taken} steps (now "
+                f"{mixture.n_steps_}), last step size {mixture.step_size_:.4g}, mean "
+                f"log-likelihood of the new rows {mixture.lower_bound_:.6f}; saved {out}")
+
+
+@main.command()
+@click.argument("model_path", metavar="MODEL")
+@click.argument("store")
+@_array
+@click.option("--rows", default=None, metavar="START:STOP",
+              help="Rows of STORE (STOP excluded; either may be left out). Default: the rows "
+                   "MODEL has not learnt from, if its provenance knows STORE; all rows if not.")
+@click.option("--json", "json_path", required=True, metavar="OUT",
+              help="JSON file to write the report to (atomically).")
+@click.option("--fail-above", type=float, default=None, metavar="NATS",
+              help="Exit with code 3 (after writing the report) when the drift exceeds NATS "
+                   "per row.")
+@_overwrite("Replace an existing --json file.")
+@_cluster_opt
+@_quiet
+@_verbose
+def report(model_path, store, array, rows, json_path, fail_above, overwrite, cluster_spec, quiet,
+           verbose):
+    """Compare rows of STORE with MODEL in one pass; write a JSON drift report.
+
+    drift = MODEL's training mean log-likelihood (its lower bound: after an
+    update, that of the rows it learnt, each scored before its own step)
+    minus the mean log-likelihood of the rows, in nats per row: 0 when they
+    fit as well as the training rows, 0.1 when they are about 10% less likely
+    on average. Also: component occupancy (summed responsibilities) against
+    MODEL's weights with a chi-square statistic, the share of rows below
+    MODEL's outlier threshold when it stores one (`dgmm update
+    --contamination`), and per-feature means against the mixture mean. For a
+    model saved with --standardize or --pca, all of it is in that space.
+    """
+    from dgmm.drift import drift_report
+
+    loaded = _load(model_path)
+    X = _open_store(store, array)
+    start, stop = _rows_for(loaded, X, store, array, model_path, rows, learn=False)
+    _check_output(json_path, [store, model_path], overwrite=overwrite, kind="file")
+    with _cluster(cluster_spec, quiet):
+        _, Xt = _mixture_and_input(loaded, io.as_dask_array(X)[0][start:stop])
+        result = drift_report(_mixture_of(loaded), Xt)
+    drift = result["drift"]
+    drifted = fail_above is not None and drift is not None and drift > fail_above
+    body = {"model": os.path.realpath(model_path),
+            "store": provenance.describe_store(X, store, array), "rows": [start, stop],
+            "time": provenance.now(), "dgmm_version": io._version(), **result,
+            "fail_above": fail_above, "drifted": drifted}
+    io.write_text(json_path, json.dumps(body, indent=2, allow_nan=False) + "\n",
+                  overwrite=overwrite)
+    outliers = ("" if result["outlier_fraction"] is None
+                else f", {result['outlier_fraction']:.2%} of rows below the outlier threshold")
+    _say(quiet, f"rows {start}:{stop}: mean log-likelihood {result['mean_log_likelihood']:.6f}"
+                f", drift {'-' if drift is None else f'{drift:+.4f}'} nats/row, occupancy "
+                f"chi-square {result['chi_square']:.1f} (dof {result['chi_square_dof']})"
+                f"{outliers}; wrote {json_path}")
+    if drifted:
+        _error(f"drift {drift:.4f} nats/row exceeds --fail-above {fail_above:g}",
+               "dgmm report")
+        sys.exit(3)  # SystemExit passes through click: the scheduler sees 3
 
 
 DEMO_CONTAMINATION = 0.01

@@ -245,3 +245,37 @@ def make_mixture_zarr(
                  for i, start, stop in _chunk_bounds(n_samples, chunk_rows)]
         dask.compute(*tasks)
     return params
+
+
+def append_mixture_rows(path: str | os.PathLike, n_rows: int, *, shift: float = 0.0) -> int:
+    """Append ``n_rows`` rows of a store's own mixture to a group from :func:`make_mixture_zarr`.
+
+    Simulates the new rows that land in a growing store (a night's data):
+    the true parameters come back from the group's attributes, and the rows
+    are drawn in chunks of the store's chunk size from the RNG streams that
+    follow its last chunk, so appending to a store of whole chunks gives the
+    rows a larger :func:`make_mixture_zarr` would have written. ``shift``
+    moves every drawn row by that amount along every feature (data that
+    drift). ``X`` and ``y`` grow in place (not atomically: this stands for
+    the process that lands the data).
+
+    Returns
+    -------
+    int
+        The number of rows of ``X`` after the append.
+    """
+    if not isinstance(n_rows, int | np.integer) or n_rows < 1:
+        raise ValueError(f"n_rows must be an integer >= 1; got {n_rows!r}")
+    group = zarr.open_group(str(path), mode="a")
+    X, y = group["X"], group["y"]
+    seed = int(group.attrs["seed"])
+    params = MixtureParams(group.attrs["covariance_type"], group["weights"][:],
+                           group["means"][:], group["covariances"][:])
+    chol = params._full_cholesky()
+    chunk_rows = int(X.chunks[0])
+    first = -(-X.shape[0] // chunk_rows)
+    for j, (_, start, stop) in enumerate(_chunk_bounds(int(n_rows), chunk_rows)):
+        Xc, yc = _chunk(params, chol, seed, first + j, stop - start, X.dtype)
+        X.append((Xc + shift).astype(X.dtype, copy=False))
+        y.append(yc.astype(y.dtype, copy=False))
+    return int(X.shape[0])

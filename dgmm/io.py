@@ -31,6 +31,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from dgmm import _kernels as kernels
 from dgmm import _lock
+from dgmm import _variational as variational
 from dgmm._passes import RowData, as_blocks, blas_guard, block_pass, scheduler_for
 from dgmm._version import __version__
 
@@ -888,8 +889,7 @@ def write_predictions(
             shape, chunks, out_dtype = specs[name]
             arrays[name] = group.create_array(name, shape=shape, chunks=chunks, dtype=out_dtype,
                                               compressors=checksummed())
-        params = kernels.Params(model.covariance_type, model.weights_, model.means_,
-                                model.precisions_cholesky_)
+        params = _e_step_params(model)
         with blas_guard(scheduler):
             missing = getattr(model, "missing", "error") == "marginalize"
             written = block_pass(as_blocks(X), _write_block, params, arrays, whats, writers,
@@ -917,8 +917,36 @@ def checksummed(compressors="auto") -> list:
     return [*compressors, Crc32cCodec()]
 
 
+def _e_step_params(model) -> kernels.Params:
+    """The parameters of a fitted mixture's E-step, from its attributes.
+
+    A variational mixture (it has ``weight_concentration_``) scores rows with
+    its effective parameters (:func:`dgmm._variational.params_of`).
+    """
+    if hasattr(model, "weight_concentration_"):
+        return variational.params_of(
+            model.covariance_type, model.weight_concentration_prior_type,
+            model.weight_concentration_, model.mean_precision_, model.means_,
+            model.degrees_of_freedom_, model.precisions_cholesky_)
+    return kernels.Params(model.covariance_type, model.weights_, model.means_,
+                          model.precisions_cholesky_)
+
+
 def _version() -> str:
     return __version__
+
+
+def write_text(path: str | os.PathLike, text: str, *, overwrite: bool = False) -> None:
+    """Write a text file (a JSON report, ...) atomically: complete and synced, or absent.
+
+    The rules of :func:`check_output_path` apply (``kind='file'``).
+    """
+    target = check_output_path(path, overwrite=overwrite, kind="file")
+    with _atomic_path(target, overwrite, "file") as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
 
 
 # --------------------------------------------------------------------------
@@ -932,6 +960,9 @@ _ZIP_MAGIC = b"PK\x03\x04"
 _FITTED = "fitted/"
 _PARAM = "params/"
 _STEPS = "steps/"
+_FITTED_JSON = "fitted_json"
+# Fitted attributes that are records (dicts of JSON values), kept in the metadata.
+RECORD_ATTRIBUTES = ("provenance_",)
 _SCALARS = {"bool": (bool, np.bool_), "int": (int, np.int64), "float": (float, np.float64)}
 
 
@@ -944,6 +975,11 @@ def _encode_value(name: str, value) -> tuple[str, np.ndarray]:
     if isinstance(value, list) and all(isinstance(v, (int, float)) for v in value):
         return "list", np.asarray(value, dtype=np.float64 if any(
             isinstance(v, float) for v in value) else np.int64)
+    if (isinstance(value, tuple) and value and all(
+            isinstance(v, np.ndarray) and v.dtype.kind in "biuf" for v in value)
+            and len({v.shape for v in value}) == 1):
+        # e.g. the (a, b) Beta parameters of a Dirichlet process, stacked
+        return "tuple", np.stack(value)
     raise TypeError(
         f"Cannot save {name} of type {type(value).__name__}: model files "
         "hold numeric arrays, scalars and lists of numbers only"
@@ -955,6 +991,8 @@ def _decode_value(kind: str, value: np.ndarray):
         return value
     if kind == "list":
         return value.tolist()
+    if kind == "tuple":
+        return tuple(value)
     return _SCALARS[kind][0](value.item())
 
 
@@ -1019,17 +1057,34 @@ def _encode_model(saved: SavedModel, prefix: str, arrays: dict[str, np.ndarray])
             plain[name] = None
         else:
             raise TypeError(f"Cannot save hyper-parameter {name}={value!r} in a model file")
-    kinds = {}
+    kinds, records = {}, {}
     for name, value in saved.fitted.items():
+        if name in RECORD_ATTRIBUTES:  # JSON in the metadata, not an array
+            records[name] = _json_record(f"fitted attribute {name}", value)
+            continue
         kinds[name], arrays[prefix + _FITTED + name] = _encode_value(
             f"fitted attribute {name}", value)
-    return {
+    entry = {
         "estimator": saved.estimator,
         "covariance_type": plain.get("covariance_type"),
         "params": plain,
         "array_params": array_params,
         "fitted": kinds,
     }
+    if records:
+        entry[_FITTED_JSON] = records
+    return entry
+
+
+def _json_record(name: str, value: dict) -> dict:
+    """``value`` as it reads back from JSON, refused if JSON cannot hold it exactly."""
+    if not isinstance(value, dict):
+        raise TypeError(f"Cannot save {name} of type {type(value).__name__}: it must be a dict")
+    try:
+        return json.loads(json.dumps(value, allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"Cannot save {name}: model files hold records of JSON values only "
+                        f"({exc})") from exc
 
 
 def _write_model(target: Path, schema_version: int, body: dict, arrays: dict,
@@ -1058,7 +1113,12 @@ def save_model(
     * ``fitted/<name>``: every fitted attribute with ``kind`` ``'array'``,
       ``'bool'``, ``'int'``, ``'float'`` (0-d arrays) or ``'list'`` (1-d
       array of a list of numbers). New estimator state is saved by adding
-      such attributes; no schema change is needed.
+      such attributes; no schema change is needed;
+    * fitted attributes that are records (dicts of JSON values; those named
+      in ``RECORD_ATTRIBUTES``: a model's ``provenance_``, see
+      :mod:`dgmm.provenance`) are kept in ``metadata.json`` itself, under
+      ``"fitted_json": {name: record}`` (absent when there are none); dgmm
+      versions that predate them read the file and ignore them.
 
     Every value round-trips bit for bit. A ``random_state`` given as a
     generator object is saved as ``None`` (with a warning): its state is not
@@ -1189,8 +1249,9 @@ def _read_fitted(npz, path, kinds: dict, prefix: str = "") -> dict:
     fitted = {}
     for name, kind in kinds.items():
         value = _read_member(npz, path, prefix + _FITTED + name)
-        if kind not in ("array", "list", *_SCALARS) or value.dtype.kind not in "biuf" or (
-            kind not in ("array", "list") and value.ndim != 0
+        arrays = ("array", "list", "tuple")
+        if kind not in (*arrays, *_SCALARS) or value.dtype.kind not in "biuf" or (
+            kind not in arrays and value.ndim != 0
         ):
             raise model_file_error(path, f"field {name!r} has unexpected kind {kind!r}")
         fitted[name] = _decode_value(kind, value)
@@ -1239,6 +1300,10 @@ def _decode_model(npz, path, entry: dict, prefix: str, expected: set) -> SavedMo
     for name in entry["array_params"]:
         params[name] = _read_member(npz, path, prefix + _PARAM + str(name))
     fitted = _read_fitted(npz, path, entry["fitted"], prefix)
+    records = entry.get(_FITTED_JSON, {})
+    if not isinstance(records, dict) or not all(isinstance(r, dict) for r in records.values()):
+        raise model_file_error(path, f"metadata field {_FITTED_JSON!r} is malformed")
+    fitted.update(records)
     expected |= {prefix + _PARAM + str(n) for n in entry["array_params"]}
     expected |= {prefix + _FITTED + n for n in entry["fitted"]}
     return SavedModel(entry["estimator"], params, fitted)

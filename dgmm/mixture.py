@@ -10,6 +10,7 @@ from __future__ import annotations
 import numbers
 import sys
 import warnings
+from dataclasses import replace
 
 import dask
 import numpy as np
@@ -27,7 +28,6 @@ from dgmm._passes import (
     apply_cache_policy,
     as_blocks,
     blas_guard,
-    estep_pass,
     scheduler_for,
 )
 from dgmm._stats import SuffStats
@@ -106,6 +106,14 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     learning_offset : float, default=0.0
         ``t0`` in the step size, >= 0. With 0 the first step replaces the
         initial statistics entirely; larger values damp the early steps.
+    min_step_size : float, default=0.0
+        A floor on the step size of stepwise EM, in [0, 1]: ``rho_t =
+        max((t + learning_offset) ** -learning_decay, min_step_size)``. With
+        a floor the running statistics weigh the last ``~1 / min_step_size``
+        minibatches and let older ones fade (a minibatch's weight falls by
+        ``1 - min_step_size`` at every later step), so a model updated night
+        after night follows data that drift instead of averaging all of
+        history. 0 keeps the decreasing schedule.
     shuffle : bool, default=True
         Whether 'minibatch' visits the blocks in an order shuffled by
         ``random_state`` (a new order every epoch) or in storage order.
@@ -135,14 +143,18 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     n_iter_ : int
     lower_bound_ : float
         Mean log-likelihood of the best run's parameters before its last M-step.
+        After :meth:`partial_fit`: the mean log-likelihood of its rows, each
+        under the model in force when its minibatch was visited (as an epoch
+        of 'minibatch'), so an out-of-sample value for the rows it learnt.
     lower_bounds_ : list of float
         ``lower_bound`` per iteration of the best run.
     n_features_in_ : int
     n_steps_ : int
         Stepwise-EM steps taken ('minibatch' fit and :meth:`partial_fit` only).
     n_samples_seen_ : int
-        Rows that have entered the running statistics of stepwise EM (rows
-        visited again in a later epoch count again).
+        Rows the model has learnt from: after a batch fit, the rows it was
+        fitted on; with stepwise EM, the rows that have entered the running
+        statistics (rows visited again in a later epoch count again).
     step_size_ : float
         Step size ``rho`` of the last stepwise-EM step.
     running_stats_ : ndarray of shape (n_packed,)
@@ -197,6 +209,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         learning_offset: float = 0.0,
         shuffle: bool = True,
         polish_iter: int = 0,
+        min_step_size: float = 0.0,
         missing: str = "error",
     ):
         self.n_components = n_components
@@ -220,6 +233,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         self.learning_offset = learning_offset
         self.shuffle = shuffle
         self.polish_iter = polish_iter
+        self.min_step_size = min_step_size
         self.missing = missing
 
     # ------------------------------------------------------------------
@@ -238,6 +252,9 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         _check_int("batch_size", self.batch_size, 1)
         _check_int("polish_iter", self.polish_iter, 0)
         _check_number("learning_offset", self.learning_offset, 0.0)
+        floor = self.min_step_size
+        if not isinstance(floor, numbers.Real) or isinstance(floor, bool) or not 0 <= floor <= 1:
+            raise ValueError(f"min_step_size must be a number in [0, 1]; got {floor!r}")
         decay = self.learning_decay
         if not isinstance(decay, numbers.Real) or isinstance(decay, bool) or not 0.5 < decay <= 1:
             raise ValueError(f"learning_decay must be a number in (0.5, 1]; got {decay!r}")
@@ -344,20 +361,31 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         rows = io.row_data(n, sample_weight, labels, self.n_components, scheduler_for(lazy))
         settings = _em.Settings.of(self.get_params())
         warm = self.warm_start and hasattr(self, "means_")
+        self._prepare(Xd, lazy, fresh=not warm, online=False)
         start = stream = None
         if warm and self.algorithm == "minibatch":
             stream = [self._online_state()]
         elif warm:
-            start = [[_em.Run(self._params(), self._covariances64(),
-                              lower_bound=getattr(self, "lower_bound_", -np.inf))]]
+            start = [[self._warm_run()]]
         (fitted,), _ = _fit_groups(
             Xd, lazy, settings, [self._group()], cache=self.cache, init=self._initial_params(),
             start=start, stream=stream, checkpoint=checkpoint, resume=resume,
             callback=callback, log=self._log, source=X, rows=rows,
         )
-        self._set_fitted(fitted, n_features=d, dtype=Xd.dtype)
+        self._set_fitted(fitted, n_features=d, dtype=Xd.dtype, n_samples=n)
         self._warn_not_converged(stacklevel=2)
         return self
+
+    def _prepare(self, Xd, lazy: bool, *, fresh: bool, online: bool) -> None:
+        """What a fit learns from the data before the driver runs (nothing for EM).
+
+        ``fresh``: not continuing a fitted model; ``online``: for :meth:`partial_fit`.
+        """
+
+    def _warm_run(self) -> _em.Run:
+        """The run a warm start continues: the fitted model."""
+        return _em.Run(self._params(), self._covariances64(),
+                       lower_bound=getattr(self, "lower_bound_", -np.inf))
 
     def _group(self) -> _em.Group:
         """What the driver fits for this estimator."""
@@ -366,12 +394,20 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     def _initial_params(self) -> _em.InitialParams:
         return _em.InitialParams(self.weights_init, self.means_init, self.precisions_init)
 
-    def _set_fitted(self, fitted: _em.Fitted, n_features: int, dtype=np.float64) -> None:
-        """Adopt a driver's result: the best run, and the stream after minibatch EM."""
+    def _set_fitted(self, fitted: _em.Fitted, n_features: int, dtype=np.float64,
+                    n_samples: int | None = None) -> None:
+        """Adopt a driver's result: the best run, and the stream after minibatch EM.
+
+        After batch EM there is no stream; ``n_samples`` (the rows fitted on)
+        is kept as ``n_samples_seen_``, which a later stream counts as steps
+        already taken (see :meth:`partial_fit`).
+        """
         self._set_run(fitted.best, n_features, dtype)
         if fitted.state is None:  # a batch fit starts any later stream afresh
             for name in ONLINE_ATTRIBUTES:
                 self.__dict__.pop(name, None)
+            if n_samples is not None:
+                self.n_samples_seen_ = int(n_samples)
         else:
             self._set_online_state(fitted.state)
 
@@ -387,28 +423,44 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             )
 
     def partial_fit(self, X, y=None, *, sample_weight=None, labels=None) -> GaussianMixture:
-        """One stepwise-EM update from a batch of rows.
+        """Stepwise-EM updates from new rows, one step per minibatch of ``batch_size`` rows.
+
+        The rows are cut into ``m = max(1, round(n_rows / batch_size))``
+        minibatches of consecutive rows in storage order, ``[j n_rows / m, (j
+        + 1) n_rows / m)``, whatever the chunking (NumPy rows, a dask array or
+        a Zarr store of the same rows take the same steps), so a batch of at
+        most about ``batch_size`` rows is one step, and a store of any size
+        is streamed minibatch by minibatch. Each step is
+        the E-step of the minibatch under the current model, blended into the
+        running normalised statistics with step size ``rho_t = max((t +
+        learning_offset) ** -learning_decay, min_step_size)``, and an M-step.
 
         The first call (on an unfitted estimator) initialises the model from
-        this batch as :meth:`fit` would (``init_params``, ``*_init``; with
-        ``n_init > 1`` the initialisation under which the batch is most likely
-        is kept). Every call then takes one step: the E-step of the batch under
-        the current model, blended into the running normalised statistics with
-        step size ``rho_t = (t + learning_offset) ** -learning_decay``, and an
-        M-step. A model fitted by batch EM starts a new stream from its
-        parameters (``t = 0``). A rejected batch (ValueError) leaves the model
-        unchanged.
+        X as :meth:`fit` would (``init_params``, ``*_init``; with ``n_init >
+        1`` the initialisation under which the first minibatch is most likely
+        is kept). A model fitted by batch EM starts a stream from its
+        parameters, which become the running statistics, and its
+        ``n_samples_seen_`` rows count as ``n_samples_seen_ // batch_size``
+        steps already taken: ``t`` continues from there, so the rows it was
+        fitted on keep the weight of that many minibatches (with
+        ``learning_decay=1`` and ``learning_offset=0``, exactly: the running
+        statistics stay the average over all minibatches). A model without
+        ``n_samples_seen_`` (from a file of an older dgmm) starts at ``t =
+        0``. Rejected rows (ValueError), in any minibatch, leave the model
+        unchanged. ``lower_bound_`` becomes the mean log-likelihood of X's
+        rows, each under the model in force when its minibatch was visited;
+        ``n_iter_``, ``converged_`` and ``lower_bounds_`` (of a fit) stay.
 
         Parameters
         ----------
         X : array-like, dask array, zarr.Array or str of shape (n_batch, n_features)
-            One batch of rows, from any source (a generator, a message queue,
-            rows appended to a Zarr store).
+            New rows, from any source (a generator, a message queue, rows
+            appended to a Zarr store: ``da.from_zarr(store)[start:stop]``).
         y : Ignored
         sample_weight, labels : optional
             Per-row weights and known components (-1: unknown) of the batch,
-            as in :meth:`fit`. The step is the weighted batch's, normalised
-            by its total weight.
+            as in :meth:`fit`. Each step is its weighted minibatch's,
+            normalised by the minibatch's total weight.
 
         Returns
         -------
@@ -425,33 +477,46 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                 f"The first batch initialises the model and needs n_samples >= n_components; "
                 f"got n_components = {self.n_components}, n_samples = {n}"
             )
-        settings = _em.Settings.of(self.get_params())
+        # One epoch of the minibatch driver, over consecutive row ranges.
+        settings = replace(_em.Settings.of(self.get_params()), max_iter=1)
         scheduler = scheduler_for(lazy)
         blocks = as_blocks(Xd, io.row_data(n, sample_weight, labels, self.n_components, scheduler))
         with blas_guard(scheduler):
+            self._prepare(Xd, lazy, fresh=not fitted, online=True)
+            group = self._group()
             if fitted:
                 states = [self._online_state()]
             else:
-                (runs,) = _em.initial_runs(blocks, settings, [self._group()],
+                (runs,) = _em.initial_runs(blocks, settings, [group],
                                            self._initial_params(), scheduler)
-                states = [_em.OnlineState.from_params(r.params, r.covariances, self.reg_covar)
+                states = [_em.OnlineState.from_params(r.params, r.covariances, self.reg_covar,
+                                                      posterior=r.posterior)
                           for r in runs]
-            packets = estep_pass(blocks, [s.params for s in states], scheduler,
-                                 missing=settings.marginalize)
-            state, _ = _em.stepwise_step(
-                states, packets, reg_covar=self.reg_covar,
-                decay=self.learning_decay, offset=self.learning_offset,
-            )
+            ((state, run),) = _em.minibatch_em(blocks, [states], settings, rng=None,
+                                               scheduler=scheduler, contiguous=True,
+                                               m_steps=[group.m_step])
         # Only now, with every check passed, does the model change.
-        self._set_params(state.params, state.covariances, n_features=d, dtype=Xd.dtype)
+        self._set_state(state, n_features=d, dtype=Xd.dtype)
         self._set_online_state(state)
+        self.lower_bound_ = float(run.lower_bound)
         return self
 
+    def _set_state(self, state: _em.OnlineState, n_features: int, dtype) -> None:
+        """The fitted attributes from a stream's state (its parameters)."""
+        self._set_params(state.params, state.covariances, n_features=n_features, dtype=dtype)
+
     def _online_state(self) -> _em.OnlineState:
-        """The stream state held in the fitted attributes (fresh if there is none)."""
+        """The stream state held in the fitted attributes.
+
+        Without one (a batch fit), a stream starts from the parameters, its
+        ``n_samples_seen_`` rows counted as ``n_samples_seen_ // batch_size``
+        steps taken (see :meth:`partial_fit`).
+        """
         if not hasattr(self, "running_stats_"):
-            return _em.OnlineState.from_params(self._params(), self._covariances64(),
-                                               self.reg_covar)
+            seen = int(getattr(self, "n_samples_seen_", 0))
+            fresh = _em.OnlineState.from_params(self._params(), self._covariances64(),
+                                                self.reg_covar, n_rows=seen)
+            return replace(fresh, n_steps=seen // self.batch_size)
         stats = SuffStats.unpack(
             self.running_stats_, self.covariance_type, self.n_components, self.n_features_in_
         )
@@ -742,8 +807,9 @@ def _fit_groups(
                 records = io.read_checkpoint(checkpoint, identity)
                 _em.check_same_data(io.checkpoint_manifest(checkpoint).get("content"), blocks,
                                     str(checkpoint), scheduler)
-                start = [[_em.Run.from_record(r, group.covariance_type) for r in records
-                          if r["group"] == g] for g, group in enumerate(groups)]
+                start = [[_em.Run.from_record(r, group.covariance_type, group.m_step)
+                          for r in records if r["group"] == g]
+                         for g, group in enumerate(groups)]
                 stream = None
 
             def save(iteration: int, runs: list[list[_em.Run]]) -> None:

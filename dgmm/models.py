@@ -12,12 +12,14 @@ import os
 from sklearn.pipeline import Pipeline
 from sklearn.utils.validation import check_is_fitted
 
+from dgmm.bayesian import BayesianGaussianMixture
 from dgmm.io import SavedModel, model_file_error, read_model, save_model, save_pipeline
 from dgmm.mixture import GaussianMixture
 from dgmm.preprocessing import PCA, StandardScaler
 
 # Estimators that model files can name, by class name.
-ESTIMATORS = {cls.__name__: cls for cls in (GaussianMixture, StandardScaler, PCA)}
+ESTIMATORS = {cls.__name__: cls for cls in (GaussianMixture, BayesianGaussianMixture,
+                                            StandardScaler, PCA)}
 
 
 def _saved(estimator) -> SavedModel:

@@ -27,6 +27,9 @@ from dgmm._passes import as_blocks, scheduler_for
 from dgmm.io import as_dask_array
 
 SIGMAS = (1, 2)
+# Components below this share of 1/K (a variational mixture's switched-off
+# ones) are drawn faded, at this opacity.
+INACTIVE_SHARE, INACTIVE_ALPHA = 0.01, 0.2
 _LINESTYLES = {1: "-", 2: "--"}
 
 
@@ -100,7 +103,9 @@ def ellipses(model, X, features=(0, 1), n_points: int = 5000, ax=None, path=None
     The sample (about ``n_points`` rows, taken in one pass over X in bounded
     memory) is coloured by its predicted component. For ``d > 2`` and
     ``features='pca'`` the view is the sample's first two principal axes,
-    and the covariances are projected onto them.
+    and the covariances are projected onto them. Components whose weight is
+    below 1/(100 K), such as those a variational mixture switched off, are
+    drawn faded.
 
     Parameters
     ----------
@@ -139,13 +144,16 @@ def ellipses(model, X, features=(0, 1), n_points: int = 5000, ax=None, path=None
     points = (sample - origin) @ axes
     ax.scatter(points[:, 0], points[:, 1], s=3, alpha=0.35, linewidths=0,
                c=[colors[k] for k in labels])
+    active = np.asarray(model.weights_) > INACTIVE_SHARE / K
     for k in range(K):
         for n_sigma in SIGMAS:
             width, height, angle = ellipse_geometry(covs2[k], n_sigma)
             ax.add_patch(Ellipse(means2[k], width, height, angle=angle, fill=False,
                                  edgecolor=colors[k], linewidth=1.5,
-                                 linestyle=_LINESTYLES[n_sigma]))
-    ax.scatter(means2[:, 0], means2[:, 1], marker="+", s=80, c="black", label="means")
+                                 linestyle=_LINESTYLES[n_sigma],
+                                 alpha=1.0 if active[k] else INACTIVE_ALPHA))
+    ax.scatter(means2[:, 0], means2[:, 1], marker="+", s=80, c="black", label="means",
+               alpha=np.where(active, 1.0, INACTIVE_ALPHA))
     ax.plot([], [], "k-", label="1 sigma")
     ax.plot([], [], "k--", label="2 sigma")
     ax.legend(loc="best", fontsize="small")

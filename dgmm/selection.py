@@ -162,7 +162,7 @@ def select_n_components(
     )
     table = []
     for model, f in zip(models, fitted, strict=True):
-        model._set_fitted(f, n_features=d, dtype=Xd.dtype)
+        model._set_fitted(f, n_features=d, dtype=Xd.dtype, n_samples=n)
         table.append({
             "n_components": model.n_components,
             "covariance_type": model.covariance_type,

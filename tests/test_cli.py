@@ -509,3 +509,34 @@ def test_fit_and_select_plots(store, tmp_path):
                                          str(fit_png)])
     assert existing.exit_code == 2 and not (tmp_path / "n.npz").exists()
     assert f"{fit_png} exists; pass --overwrite to replace it" in existing.stderr
+
+
+def test_fit_with_weights_labels_and_missing_values(tmp_path):
+    # Each of issue 12's features once through the console script, end to end.
+    from tests.helpers import mixture_data
+
+    X, y, _ = mixture_data(n=3000, d=3, k=3, seed=6)
+    rng = np.random.default_rng(0)
+    X[rng.random(X.shape) < 0.1] = np.nan
+    X[np.isnan(X).all(axis=1), 0] = 0.0
+    weights = rng.integers(0, 3, len(X)).astype(np.float64)
+    labels = np.where(rng.random(len(X)) < 0.05, y, -1)
+    store = tmp_path / "gappy.zarr"
+    group = zarr.open_group(str(store), mode="w")
+    for name, value in (("X", X), ("w", weights), ("known", labels)):
+        chunks = (700, *value.shape[1:])
+        group.create_array(name, shape=value.shape, dtype=value.dtype, chunks=chunks)[:] = value
+    out = tmp_path / "m.npz"
+    run("fit", store, "--array", "X", "--n-components", 3, "--sample-weight", "w", "--labels",
+        "known", "--missing", "marginalize", "--seed", 0, "--out", out, "-q")
+    ref = GaussianMixture(3, missing="marginalize", random_state=0).fit(
+        dgmm.io.open_array(store, "X"), sample_weight=weights, labels=labels)
+    model = dgmm.load(out)
+    np.testing.assert_allclose(model.means_, ref.means_, rtol=1e-12)
+    pred = tmp_path / "p.zarr"
+    run("predict", out, store, "--array", "X", "--out", pred)
+    np.testing.assert_array_equal(zarr.open_group(str(pred), mode="r")["labels"][:],
+                                  ref.predict(X))
+    bad = run("fit", store, "--array", "X", "--n-components", 3, "--out", tmp_path / "x.npz",
+              check=False)
+    assert bad.returncode == 1 and "NaN" in bad.stderr and not (tmp_path / "x.npz").exists()

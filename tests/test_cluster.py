@@ -189,6 +189,28 @@ def test_persisted_input_on_processes_equals_threaded_fit(scheduler_address, sto
         assert_same_fit(fit(X), threaded_fit)
 
 
+def test_weights_labels_and_missing_values_on_processes(scheduler_address, store):
+    """Side arrays and NaN rows travel with the blocks to the workers: the same fit."""
+    X = np.asarray(zarr.open_array(store, mode="r")[:6000])
+    rng = np.random.default_rng(0)
+    X[rng.random(X.shape) < 0.1] = np.nan
+    X[np.isnan(X).all(axis=1), 0] = 0.0
+    w = da.from_array(rng.integers(0, 3, len(X)).astype(float), chunks=1500)
+    labels = da.from_array(np.where(np.arange(len(X)) % 50 == 0, np.arange(len(X)) % 3, -1),
+                           chunks=2000)
+    Xd = da.from_array(X, chunks=1000)
+
+    def weighted_fit():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            return GaussianMixture(**FIT, missing="marginalize").fit(Xd, sample_weight=w,
+                                                                     labels=labels)
+
+    local = weighted_fit()
+    with Client(scheduler_address):
+        assert_same_fit(weighted_fit(), local)
+
+
 def test_numpy_input_stays_local_with_a_client(scheduler_address, store):
     """In-memory input is computed where it lives; only lazy input goes to the cluster."""
     X = zarr.open_array(store, mode="r")[:5000]

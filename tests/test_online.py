@@ -315,10 +315,13 @@ def test_partial_fit_after_batch_fit_starts_a_stream_from_its_parameters():
     assert gm.n_steps_ == 8
     gm.set_params(algorithm="batch", warm_start=True, learning_offset=1e6, tol=1e-2).fit(X)
     assert not hasattr(gm, "running_stats_") and not hasattr(gm, "n_steps_")
+    assert gm.n_samples_seen_ == 4000  # the rows of the batch fit
     means = gm.means_
     gm.partial_fit(X[:500])
+    # the fitted rows count as 4000 // 1000 steps taken, and t continues from there;
     # a huge offset makes rho tiny: the step barely moves the batch-fitted model
-    assert gm.n_steps_ == 1 and gm.step_size_ == pytest.approx(1 / (1e6 + 1) ** 0.6)
+    assert gm.n_steps_ == 5 and gm.step_size_ == pytest.approx(1 / (1e6 + 5) ** 0.6)
+    assert gm.n_samples_seen_ == 4500
     np.testing.assert_allclose(gm.means_, means, atol=1e-3)
 
 
@@ -353,7 +356,7 @@ def test_rejected_first_batch_leaves_the_estimator_unfitted():
 @pytest.mark.parametrize(("param", "value"), [
     ("learning_decay", 0.5), ("learning_decay", 1.5), ("learning_decay", "0.7"),
     ("learning_offset", -1.0), ("batch_size", 0), ("polish_iter", -1),
-    ("algorithm", "online"), ("shuffle", "yes"),
+    ("algorithm", "online"), ("shuffle", "yes"), ("min_step_size", -0.1), ("min_step_size", 1.5),
 ])
 def test_invalid_online_parameters(param, value):
     X, _, _ = mixture_data(n=200, d=2, k=2)

@@ -1,7 +1,8 @@
-"""Conformance with scikit-learn: its estimator checks and its own GaussianMixture tests.
+"""Conformance with scikit-learn: its estimator checks and its own mixture tests.
 
 The second part runs the installed scikit-learn's
-``sklearn/mixture/tests/test_gaussian_mixture.py`` against ``dgmm.GaussianMixture``:
+``sklearn/mixture/tests/test_gaussian_mixture.py`` against ``dgmm.GaussianMixture``
+(and ``test_bayesian_mixture.py`` against ``dgmm.BayesianGaussianMixture``):
 the file is read at test time, its ``GaussianMixture`` import switched to dgmm's
 (the private helpers it imports stay scikit-learn's), written to a temporary
 directory and run by pytest in a subprocess with the float32 tests switched on.
@@ -20,16 +21,15 @@ import pytest
 import sklearn
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from dgmm import GaussianMixture
+from dgmm import BayesianGaussianMixture, GaussianMixture
 
 
-@parametrize_with_checks([GaussianMixture()])
+@parametrize_with_checks([GaussianMixture(), BayesianGaussianMixture()])
 def test_sklearn_estimator_checks(estimator, check):
     check(estimator)
 
 
 SKLEARN_TESTS = Path(sklearn.__file__).parent / "mixture" / "tests" / "test_gaussian_mixture.py"
-SKLEARN_IMPORT = "from sklearn.mixture import GaussianMixture\n"
 
 # Tests of scikit-learn's internals, or of its numerical accidents, with the reason
 # each does not apply to dgmm. Node id prefixes ("[" keeps a name from matching
@@ -51,17 +51,42 @@ DESELECTED = {
 
 
 def test_sklearn_gaussian_mixture_tests_pass_on_dgmm(tmp_path):
-    source = SKLEARN_TESTS.read_text()
-    assert source.count(SKLEARN_IMPORT) == 1, "scikit-learn's test file changed its import"
-    test_file = tmp_path / "test_gaussian_mixture_on_dgmm.py"
-    test_file.write_text(source.replace(SKLEARN_IMPORT, "from dgmm import GaussianMixture\n"))
+    summary = _run_on_dgmm(tmp_path, SKLEARN_TESTS, "GaussianMixture", DESELECTED)
+    counts = {word: int(n) for n, word in re.findall(r"(\d+) (\w+)", summary)}
+    assert counts.get("passed", 0) >= 60 and not counts.get("failed"), summary
+    assert counts.get("deselected", 0) >= len(DESELECTED), summary
+
+
+SKLEARN_BAYESIAN_TESTS = SKLEARN_TESTS.parent / "test_bayesian_mixture.py"
+DESELECTED_BAYESIAN = {
+    "test_compare_covar_type": "calls the private BayesianGaussianMixture._initialize_parameters",
+}
+
+
+def test_sklearn_bayesian_mixture_tests_pass_on_dgmm(tmp_path):
+    summary = _run_on_dgmm(tmp_path, SKLEARN_BAYESIAN_TESTS, "BayesianGaussianMixture",
+                           DESELECTED_BAYESIAN)
+    counts = {word: int(n) for n, word in re.findall(r"(\d+) (\w+)", summary)}
+    assert counts.get("passed", 0) >= 15 and not counts.get("failed"), summary
+
+
+def _run_on_dgmm(tmp_path, tests: Path, name: str, deselected: dict) -> str:
+    """Run scikit-learn's test file ``tests`` with its ``name`` imported from dgmm.
+
+    Returns pytest's summary line; asserts that the run passed.
+    """
+    source = tests.read_text()
+    sklearn_import = f"from sklearn.mixture import {name}\n"
+    assert source.count(sklearn_import) == 1, "scikit-learn's test file changed its import"
+    test_file = tmp_path / f"{tests.stem}_on_dgmm.py"
+    test_file.write_text(source.replace(sklearn_import, f"from dgmm import {name}\n"))
     root = Path(__file__).resolve().parents[1]
     env = {
         **os.environ,
         "SKLEARN_RUN_FLOAT32_TESTS": "1",
         "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])),
     }
-    deselect = [f"--deselect={test_file.name}::{name}" for name in DESELECTED]
+    deselect = [f"--deselect={test_file.name}::{test}" for test in deselected]
     # scikit-learn's conftest provides the fixtures (global_dtype, global_random_seed).
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "sklearn.conftest",
@@ -70,11 +95,10 @@ def test_sklearn_gaussian_mixture_tests_pass_on_dgmm(tmp_path):
     )
     summary = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
-    counts = {word: int(n) for n, word in re.findall(r"(\d+) (\w+)", summary)}
-    assert counts.get("passed", 0) >= 60 and not counts.get("failed"), summary
-    assert counts.get("deselected", 0) >= len(DESELECTED), summary
+    return summary
 
 
-@pytest.mark.parametrize("name", sorted(DESELECTED))
-def test_every_deselection_names_an_existing_test(name):
-    assert re.search(rf"^def {re.escape(name.rstrip('['))}\(", SKLEARN_TESTS.read_text(), re.M)
+@pytest.mark.parametrize("tests, name", [(SKLEARN_TESTS, n) for n in sorted(DESELECTED)] + [
+    (SKLEARN_BAYESIAN_TESTS, n) for n in sorted(DESELECTED_BAYESIAN)])
+def test_every_deselection_names_an_existing_test(tests, name):
+    assert re.search(rf"^def {re.escape(name.rstrip('['))}\(", tests.read_text(), re.M)
