@@ -860,6 +860,7 @@ def update(model_path, store, array, rows, out, overwrite, batch_size, decay, of
         raise CommandError(f"--out {out} is MODEL itself; pass --overwrite to replace it (once "
                            "the new model is complete)")
     _check_output(out, [store], overwrite=overwrite, kind="file")
+    _hold(out)
     mixture = _mixture_of(loaded)
     given = {"batch_size": batch_size, "learning_decay": decay, "learning_offset": offset,
              "min_step_size": forget}
@@ -925,6 +926,7 @@ def report(model_path, store, array, rows, json_path, fail_above, overwrite, clu
     X = _open_store(store, array)
     start, stop = _rows_for(loaded, X, store, array, model_path, rows, learn=False)
     _check_output(json_path, [store, model_path], overwrite=overwrite, kind="file")
+    _hold(json_path)
     with _cluster(cluster_spec, quiet):
         _, Xt = _mixture_and_input(loaded, io.as_dask_array(X)[0][start:stop])
         result = drift_report(_mixture_of(loaded), Xt)
