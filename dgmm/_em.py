@@ -23,12 +23,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
-from dask.delayed import Delayed
 from sklearn.utils import check_random_state
 
 from dgmm import _init
 from dgmm import _kernels as kernels
-from dgmm._passes import Blocks, compute, estep_pass
+from dgmm._passes import Blocks, block_pass, estep_pass
 from dgmm._stats import SuffStats
 
 ALGORITHMS = ("batch", "minibatch")
@@ -747,27 +746,73 @@ def iteration_hook(
 _COSMETIC = ("verbose", "verbose_interval")
 
 
-def fit_identity(blocks: Blocks, settings: Settings, groups: Sequence[Group],
-                 scheduler=None) -> dict:
-    """What identifies a fit for a resume: the data (shape, chunking, first rows) and settings."""
-    import hashlib
+def fit_identity(blocks: Blocks, settings: Settings, groups: Sequence[Group]) -> dict:
+    """What a checkpoint must match before its runs are read: data shape and blocking, settings.
 
-    (first,) = blocks.compute(blocks.delayed[0], n_reads=1, scheduler=scheduler)
-    digest = hashlib.sha256(np.ascontiguousarray(first[:1000]).tobytes())
-    digest.update(repr(blocks.sizes).encode())
-    for what, keys in sorted(blocks.side.items()):  # the weights and labels are data too
-        (part,) = compute(Delayed(keys[0], blocks.graph), scheduler=scheduler)
-        digest.update(what.encode() + np.ascontiguousarray(part[:1000]).tobytes())
-    digest.update(repr(blocks.total_weight).encode())
+    It costs nothing (no data are read). The data's content is matched
+    separately, over every row (:func:`data_content`, :func:`check_same_data`).
+    """
     named = {f.name: getattr(settings, f.name) for f in fields(settings)
              if f.name not in _COSMETIC}
     named["groups"] = [[g.n_components, g.n_init, _plain(g.random_state), g.covariance_type,
                         *g.m_step.identity()] for g in groups]
     return {
-        "data": {"shape": [blocks.n_rows, blocks.n_features], "dtype": str(first.dtype),
-                 "fingerprint": digest.hexdigest()},
+        "data": {"shape": [blocks.n_rows, blocks.n_features], "rows_per_block": blocks.sizes,
+                 "side": sorted(blocks.side), "total_weight": blocks.total_weight},
         "settings": {k: _plain(v) for k, v in named.items()},
     }
+
+
+def _nothing(block, row_offset, index, **side) -> None:
+    return None
+
+
+def _none(*parts) -> None:
+    return None
+
+
+def data_content(blocks: Blocks, scheduler=None) -> dict:
+    """The fingerprint of every row of the data (and its weights and labels), per block.
+
+    A fit's first whole pass (initialisation or its first E-step) computes
+    it as a side effect of reading (:meth:`Blocks.observe`), so a checkpoint
+    written after any pass costs no read of its own. Only when no whole pass
+    has been made yet (resuming a checkpoint) does this read every block, in
+    one pass without any computation on the rows.
+    """
+    if blocks.fingerprint is None:
+        block_pass(blocks, _nothing, combine=_none, scheduler=scheduler)
+    return {"fingerprint": blocks.fingerprint, "block_hashes": blocks.block_hashes}
+
+
+def check_same_data(saved: Mapping | None, blocks: Blocks, where: str, scheduler=None) -> None:
+    """Refuse to continue a checkpoint of other data: every row is compared, by block hashes.
+
+    Resuming is the rare path, so it pays one read pass (:func:`data_content`)
+    before anything is continued; the alternative, checking after the first
+    E-step of the resumed fit, would still need that pass for a finished
+    checkpoint, which makes no E-step at all. A fresh fit pays nothing.
+
+    Raises
+    ------
+    ValueError
+        ``saved`` (the checkpoint's :func:`data_content`) differs from the
+        data's, naming the first block of rows that differs.
+    """
+    content = data_content(blocks, scheduler)
+    if saved == content:
+        return
+    old = saved.get("block_hashes") if isinstance(saved, Mapping) else None
+    if not isinstance(old, list) or len(old) != len(content["block_hashes"]):
+        raise ValueError(f"Cannot resume from checkpoint {where}: it has no fingerprint of "
+                         "every row of its data (an older dgmm wrote it); remove it to fit "
+                         "afresh")
+    b = next(i for i, (a, c) in enumerate(zip(old, content["block_hashes"], strict=True))
+             if a != c)
+    lo, hi = blocks.offsets[b], blocks.offsets[b] + blocks.sizes[b] - 1
+    raise ValueError(f"Cannot resume from checkpoint {where}: the data changed since it was "
+                     f"written (rows {lo}-{hi} differ, perhaps others too); remove it to fit "
+                     "the new data afresh, or checkpoint this fit in another directory")
 
 
 def _plain(value):

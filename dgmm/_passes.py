@@ -26,11 +26,26 @@ embeds its arguments per task. Here the input graph is materialised once per
 fit (:class:`Blocks`), each pass adds one layer of O(n_blocks) tasks on top,
 the reading of a block is fused into the task that uses it, and the
 arguments enter the graph once, as one key.
+
+What every pass checks for free
+-------------------------------
+Every piece task also returns a CRC-32 of the bytes it read (the rows and
+their side arrays) and the smallest and largest value of its rows; the tree
+carries them, in order, next to the combined result, so neither the
+:class:`BlockFn` nor ``combine`` sees them. :meth:`Blocks.observe` compares
+them with the first read of the same rows: rows that read differently stop
+the pass (:class:`DataChangedError`), so a store rewritten during a fit never
+yields a model, and the hashes of the first whole pass make the data's
+fingerprint (:attr:`Blocks.fingerprint`) without a pass of its own. A block
+whose values lie wildly outside the others' (corruption that still decodes)
+stops the first whole pass (:class:`DamagedDataError`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -52,9 +67,22 @@ from threadpoolctl import threadpool_limits
 from dgmm import _kernels as kernels
 from dgmm._stats import SuffStats, tree_sum
 
+# A block whose values lie further than this many times the typical block's
+# spread from the typical block's centre is reported as damaged (config
+# ``dgmm.range-factor``; 0 turns the check off).
+RANGE_FACTOR = 1e6
+
 # Fan-in of the tree that combines the per-block results (``dgmm.split-every``
 # in the Dask config, read at every pass): no task receives more than this many.
 SPLIT_EVERY = 8
+
+
+class DataChangedError(ValueError):
+    """Rows read differently from their first read during one fit."""
+
+
+class DamagedDataError(ValueError):
+    """A block of the input holds values that no intact block of it could hold."""
 
 
 class BlockFn(Protocol):
@@ -124,6 +152,9 @@ class Blocks:
     block_reads : int
         Blocks read so far by the passes over these blocks (a pass restricted
         to pieces reads each block it touches once per piece).
+    seen : dict
+        ``(block, start, stop) -> (crc, low, high)`` of the first read of
+        those rows (see :meth:`observe`).
     """
 
     graph: dict
@@ -136,6 +167,7 @@ class Blocks:
     total_weight: float = 0.0
     block_reads: int = 0
     fill: np.ndarray | None = None
+    seen: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if "weight" not in self.side:
@@ -151,6 +183,58 @@ class Blocks:
         out = compute(*objs, scheduler=scheduler)
         self.block_reads += n_reads
         return out
+
+    def run_pass(self, graph: Delayed, *, n_reads: int, scheduler=None):
+        """Compute a :func:`pass_graph`, check what it read (:meth:`observe`), return its result."""
+        ((result, reads),) = self.compute(graph, n_reads=n_reads, scheduler=scheduler)
+        self.observe(reads)
+        return result
+
+    def observe(self, reads: Sequence[tuple]) -> None:
+        """Compare each piece read, ``(block, start, stop, crc, low, high)``, with its first read.
+
+        Raises
+        ------
+        DataChangedError
+            Rows hash differently from their first read in this fit.
+        DamagedDataError
+            The first time every block has been read whole, a block lies
+            wildly outside the others (see :func:`check_ranges`).
+        """
+        complete = self.fingerprint is not None
+        for b, start, stop, crc, low, high in reads:
+            stop = self.sizes[b] if stop is None else stop
+            first = self.seen.setdefault((b, start, stop), (crc, low, high))
+            if first[0] != crc:
+                lo, hi = self.offsets[b] + start, self.offsets[b] + stop - 1
+                raise DataChangedError(
+                    f"the input changed while it was being read: rows {lo}-{hi} differ from "
+                    "their first read in this fit, so no model is made from them; rerun once "
+                    "the data stop changing (a job should read a finished store)")
+        if not complete and self.fingerprint is not None:
+            whole = [self.seen[b, 0, n] for b, n in enumerate(self.sizes)]
+            check_ranges([w[1] for w in whole], [w[2] for w in whole], self.offsets, self.sizes)
+
+    @property
+    def block_hashes(self) -> list[int] | None:
+        """CRC-32 of every whole block, in order, once a whole pass has read them (else None)."""
+        try:
+            return [self.seen[b, 0, n][0] for b, n in enumerate(self.sizes)]
+        except KeyError:
+            return None
+
+    @property
+    def fingerprint(self) -> str | None:
+        """A digest of every byte of the data (and side arrays) and of its blocking, or None.
+
+        Available after the first whole pass of a fit, which computes it at
+        no extra cost (see :meth:`observe`).
+        """
+        hashes = self.block_hashes
+        if hashes is None:
+            return None
+        digest = hashlib.sha256(repr((self.sizes, sorted(self.side), hashes)).encode())
+        return digest.hexdigest()
 
     @contextlib.contextmanager
     def filled(self, values: np.ndarray | None):
@@ -214,11 +298,63 @@ def _filled(block: np.ndarray, fill: np.ndarray | None) -> np.ndarray:
     return np.where(np.isnan(block), fill.astype(block.dtype), block)
 
 
+def _crc(arrays: Sequence[np.ndarray]) -> int:
+    """CRC-32 of the bytes of ``arrays`` (zlib's: fast, and no copy of contiguous rows)."""
+    crc = 0
+    for a in arrays:
+        crc = zlib.crc32(np.ascontiguousarray(a).view(np.uint8).reshape(-1), crc)
+    return crc
+
+
+def _value_range(rows: np.ndarray) -> tuple[float, float]:
+    """Smallest and largest value of ``rows`` (NaN where missing values leave them unknown)."""
+    if rows.size == 0 or rows.dtype.kind not in "biuf":
+        return float("nan"), float("nan")
+    return float(rows.min()), float(rows.max())
+
+
 def _apply(fn, args, row_offset, index, start, stop, names, fill, block, *parts):
     # The side arrays arrive positionally (``names`` says which): dask resolves
     # task references in positional arguments.
-    extra = {k: v[start:stop] for k, v in zip(names, parts, strict=True)}
-    return fn(_filled(block[start:stop], fill), row_offset + start, index, *args, **extra)
+    rows = block[start:stop]
+    sides = [v[start:stop] for v in parts]
+    read = (index, start, stop, _crc([rows, *sides]), *_value_range(rows))
+    extra = dict(zip(names, sides, strict=True))
+    return fn(_filled(rows, fill), row_offset + start, index, *args, **extra), (read,)
+
+
+def _combine_reads(combine: Callable, *parts):
+    """``combine`` of the results, with the reads of every part kept in order alongside."""
+    return combine(*[result for result, _ in parts]), tuple(r for _, reads in parts for r in reads)
+
+
+def check_ranges(low: Sequence[float], high: Sequence[float], offsets: Sequence[int],
+                 sizes: Sequence[int]) -> None:
+    """Stop at a block whose values lie far outside those of the typical block.
+
+    A chunk whose bytes were damaged but still decode holds values such as
+    1e30 among data of unit scale; fitted, it gives a meaningless model. A
+    block is refused when one of its values lies more than
+    ``dgmm.range-factor`` (default 1e6) times the median block spread from the
+    median block centre. Blocks with NaN (missing values) are left to the
+    fit's own checks; fewer than three blocks give no typical block.
+    """
+    factor = float(dask.config.get("dgmm.range-factor", RANGE_FACTOR))
+    low, high = np.asarray(low, dtype=float), np.asarray(high, dtype=float)
+    ok = np.isfinite(low) & np.isfinite(high)
+    if factor <= 0 or ok.sum() < 3:
+        return
+    centre = float(np.median((low[ok] + high[ok]) / 2))
+    spread = float(np.median(high[ok] - low[ok])) or max(abs(centre), 1.0)
+    far = np.maximum(np.abs(low - centre), np.abs(high - centre)) > factor * spread
+    for b in np.flatnonzero(far & ~np.isnan(low + high)):
+        lo, hi = offsets[b], offsets[b] + sizes[b] - 1
+        value = low[b] if abs(low[b] - centre) > abs(high[b] - centre) else high[b]
+        raise DamagedDataError(
+            f"rows {lo}-{hi} of the input look damaged: they hold {value:.6g}, more than "
+            f"{factor:g} times the typical block's spread ({spread:.6g}) from its centre "
+            f"({centre:.6g}); check that part of the store (dask config dgmm.range-factor=0 "
+            "turns this check off)")
 
 
 def _node(graph: dict, key):
@@ -242,6 +378,10 @@ def pass_graph(
     tree of fan-in ``dgmm.split-every``, so no task receives more than that
     many parts and only the final result travels to the caller. ``args`` enter
     the graph once, as a single key that every task references.
+
+    The graph computes ``(result, reads)``: ``reads`` holds ``(block, start,
+    stop, crc, low, high)`` of every piece, in order, for
+    :meth:`Blocks.run_pass`, which checks them and returns ``result``.
 
     The graph is built directly as one layer on top of the blocks' graph, at
     O(n_pieces) cost with a small constant (a ``dask.delayed`` call per task
@@ -275,7 +415,7 @@ def pass_graph(
         level = []
         for j, group in enumerate(groups):
             key = (name, depth, j)
-            layer[key] = Task(key, combine, *[TaskRef(k) for k in group])
+            layer[key] = Task(key, _combine_reads, combine, *[TaskRef(k) for k in group])
             level.append(key)
     data_layer = f"dgmm-blocks-{blocks.name}"
     graph = HighLevelGraph(
@@ -334,8 +474,7 @@ def estep_pass(
     """
     graph = pass_graph(blocks, _estep_block, (list(params_list), missing), pieces=pieces)
     n_reads = len(blocks.keys) if pieces is None else len(pieces)
-    (total,) = blocks.compute(graph, n_reads=n_reads, scheduler=scheduler)
-    return total
+    return blocks.run_pass(graph, n_reads=n_reads, scheduler=scheduler)
 
 
 def block_pass(blocks: Blocks, fn: BlockFn, *args, combine: Callable = _sum_group,
@@ -345,8 +484,7 @@ def block_pass(blocks: Blocks, fn: BlockFn, *args, combine: Callable = _sum_grou
     Results are tree-summed unless another order-keeping ``combine`` is given.
     """
     graph = pass_graph(blocks, fn, args, combine)
-    (total,) = blocks.compute(graph, n_reads=len(blocks.keys), scheduler=scheduler)
-    return total
+    return blocks.run_pass(graph, n_reads=len(blocks.keys), scheduler=scheduler)
 
 
 # --------------------------------------------------------------------------

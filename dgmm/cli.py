@@ -13,20 +13,24 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
+import signal
 import sys
 import tempfile
+import threading
 import time
 import traceback
 import warnings
 from pathlib import Path
 
 import click
+import dask
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.pipeline import Pipeline
 
-from dgmm import _init, io, provenance
+from dgmm import _init, _lock, io, provenance
 from dgmm import _kernels as kernels
 from dgmm._variational import PRIOR_TYPES as _BAYESIAN_PRIOR_TYPES
 from dgmm.mixture import ALGORITHMS
@@ -46,8 +50,11 @@ class _Cli(click.Group):
         verbose = "--verbose" in args or "-v" in args
         quiet = "--quiet" in args or "-q" in args
         where = f"dgmm {args[0]}" if args and args[0] in self.commands else "dgmm"
+        if not verbose:  # their tracebacks would bury the one line that says what to do
+            for name in ("distributed", "asyncio"):
+                logging.getLogger(name).setLevel(logging.CRITICAL)
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), _sigterm_as_interrupt():
                 warnings.showwarning = _plain_warnings(quiet)
                 super().main(args=args, prog_name=prog_name or "dgmm", standalone_mode=False,
                              **extra)
@@ -56,7 +63,14 @@ class _Cli(click.Group):
         except click.UsageError as exc:
             _error(exc.format_message(), exc.ctx.command_path if exc.ctx else "dgmm")
             sys.exit(2)
-        except click.Abort:
+        except _lock.PathLockedError as exc:  # another run holds an output: a usage error
+            _error(str(exc), where)
+            sys.exit(2)
+        except click.Abort as exc:
+            if isinstance(exc.__cause__, _Terminated):
+                _error("terminated (SIGTERM): stopped and cleaned up; no output was left "
+                       "half-written", where)
+                sys.exit(128 + signal.SIGTERM)
             _error("aborted")
             sys.exit(1)
         except Exception as exc:  # the last line of defence: one line, exit 1
@@ -67,8 +81,54 @@ class _Cli(click.Group):
         sys.exit(0)
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that everything cleans up as for Ctrl-C."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the cleanup short
+    raise _Terminated()
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """Handle SIGTERM as Ctrl-C while a command runs (in the main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+# Exceptions by which distributed says the cluster is gone (checked by name, so that
+# describing an error never imports distributed).
+_CLUSTER_LOST = ("FutureCancelledError", "CommClosedError", "StreamClosedError")
+
+
+def _cluster_lost(exc: BaseException) -> str | None:
+    """What went wrong, if ``exc`` says the Dask scheduler or workers were lost."""
+    seen = exc
+    while seen is not None:
+        name, module = type(seen).__name__, type(seen).__module__ or ""
+        if name == "KilledWorker":
+            return "workers died while running a task (often: out of memory)"
+        if (name in _CLUSTER_LOST and module.split(".")[0] in ("distributed", "tornado")) or (
+                "scheduler-connection-lost" in str(seen)):
+            return "the connection to the Dask scheduler was lost"
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 def _describe(exc: Exception) -> str:
     """An exception as a sentence for people, without Python's class names."""
+    lost = _cluster_lost(exc)
+    if lost is not None:
+        return (f"lost the Dask cluster: {lost}; nothing was saved from this run. Restart the "
+                "cluster and run the command again (a fit with --checkpoint DIR --resume "
+                "continues from its last checkpoint)")
     if isinstance(exc, OSError) and exc.strerror:
         return f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
     if isinstance(exc, (ValueError, OSError)):
@@ -151,6 +211,11 @@ def _check_output(path: str, inputs, *, overwrite: bool, kind: str) -> None:
         raise CommandError(f"{path} exists; pass --overwrite to replace it") from None
     except (ValueError, OSError) as exc:
         raise CommandError(_describe(exc)) from None
+
+
+def _hold(*paths: str | None) -> None:
+    """Lock the outputs this command writes until it ends: a second run on them is refused."""
+    click.get_current_context().with_resource(_lock.locked(*paths))
 
 
 def _load(model_path: str):
@@ -372,6 +437,17 @@ def _plot_opt(text: str):
                              "--overwrite).")
 
 
+def _allow_missing(ctx: click.Context, param, value: bool) -> None:
+    if value:  # for this command only
+        ctx.with_resource(dask.config.set({"dgmm.allow-missing-chunks": True}))
+
+
+_allow_missing_chunks = click.option(
+    "--allow-missing-chunks", is_flag=True, expose_value=False, callback=_allow_missing,
+    help="Read chunks missing from STORE as its fill value (for stores sparse on purpose); "
+         "by default a missing chunk stops the command, naming it.")
+
+
 _cluster_opt = click.option("--cluster", "cluster_spec", default=None, metavar="CONFIG_OR_ADDRESS",
                             help="Cluster YAML config or scheduler address (default: local "
                                  "threads).")
@@ -401,6 +477,7 @@ def generate(out, n_samples, n_features, n_components, seed, chunk_rows, dtype, 
     from dgmm.datasets import make_mixture_zarr
 
     _check_output(out, (), overwrite=overwrite, kind="store")
+    _hold(out)
     start = time.perf_counter()
     make_mixture_zarr(out, n_samples, n_features, n_components, seed=seed,
                       chunk_rows=chunk_rows, dtype=dtype, overwrite=overwrite)
@@ -430,6 +507,7 @@ def generate(out, n_samples, n_features, n_components, seed, chunk_rows, dtype, 
 @_sample_dims
 @click.option("--out", required=True, help="Model file to write (atomically).")
 @_overwrite("Replace an existing model file (never a directory).")
+@_allow_missing_chunks
 @_cluster_opt
 @click.option("--checkpoint", type=click.Path(file_okay=False), default=None,
               help="Directory for a checkpoint written after every iteration.")
@@ -475,9 +553,10 @@ def fit(store, array, n_components, covariance_type, max_iter, tol, reg_covar, i
         if algorithm != "batch":
             raise CommandError("--checkpoint is supported with --algorithm batch only")
         _check_output(checkpoint, [store], overwrite=True, kind="directory")
-        if not resume and io.has_checkpoint(checkpoint):
-            raise CommandError(f"{checkpoint} already holds a checkpoint; pass --resume to "
-                               "continue it, or choose another --checkpoint directory")
+    _hold(out, checkpoint, plot_path)
+    if checkpoint is not None and not resume and io.has_checkpoint(checkpoint):
+        raise CommandError(f"{checkpoint} already holds a checkpoint; pass --resume to "
+                           "continue it, or choose another --checkpoint directory")
     if not bayesian and (prior is not None or prior_type != _BAYESIAN_PRIOR_TYPES[0]):
         raise CommandError("--weight-concentration-prior(-type) needs --bayesian")
     common = dict(
@@ -527,6 +606,7 @@ def fit(store, array, n_components, covariance_type, max_iter, tol, reg_covar, i
 @_contamination
 @_plot_opt("the histogram of log-densities with the outlier threshold (--outliers)")
 @_overwrite("Replace an existing output store that dgmm wrote.")
+@_allow_missing_chunks
 @_cluster_opt
 @_quiet
 @_verbose
@@ -551,6 +631,7 @@ def predict(model_path, store, array, out, labels, proba, log_density, outliers,
         raise CommandError("--plot draws the outlier threshold: pass --outliers too")
     _check_output(out, [store, model_path], overwrite=overwrite, kind="store")
     _check_plot(plot_path, [store, model_path, out], overwrite=overwrite)
+    _hold(out, plot_path)
     start = time.perf_counter()
     if named:
         if plot_path is not None:
@@ -616,6 +697,7 @@ def _outlier_detector(model, X, contamination: float, quiet: bool):
 @click.option("--contamination", type=click.FloatRange(0, 0.5, min_open=True), default=None,
               help="Also report the outlier threshold: the exact log-density quantile at "
                    "this share of STORE's rows (two more passes).")
+@_allow_missing_chunks
 @_cluster_opt
 @_quiet
 @_verbose
@@ -669,6 +751,7 @@ def score(model_path, store, array, as_json, contamination, cluster_spec, quiet,
 @click.option("--out", required=True, help="Model file for the best candidate.")
 @_overwrite("Replace an existing model file (never a directory).")
 @_plot_opt("the criteria against n_components")
+@_allow_missing_chunks
 @_cluster_opt
 @_quiet
 @_verbose
@@ -685,6 +768,7 @@ def select(store, array, n_components, covariance_type, criterion, max_iter, tol
     known = _open_side(store, array, labels, "--labels")
     _check_output(out, [store], overwrite=overwrite, kind="file")
     _check_plot(plot_path, [store, out], overwrite=overwrite)
+    _hold(out, plot_path)
     # The table below says which candidates did not converge, after the table.
     with _cluster(cluster_spec, quiet), warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
@@ -876,6 +960,7 @@ def update(model_path, store, array, rows, out, overwrite, batch_size, decay, of
         raise CommandError(f"--out {out} is MODEL itself; pass --overwrite to replace it (once "
                            "the new model is complete)")
     _check_output(out, [store], overwrite=overwrite, kind="file")
+    _hold(out)
     mixture = _mixture_of(loaded)
     given = {"batch_size": batch_size, "learning_decay": decay, "learning_offset": offset,
              "min_step_size": forget}
@@ -941,6 +1026,7 @@ def report(model_path, store, array, rows, json_path, fail_above, overwrite, clu
     X = _open_store(store, array)
     start, stop = _rows_for(loaded, X, store, array, model_path, rows, learn=False)
     _check_output(json_path, [store, model_path], overwrite=overwrite, kind="file")
+    _hold(json_path)
     with _cluster(cluster_spec, quiet):
         _, Xt = _mixture_and_input(loaded, io.as_dask_array(X)[0][start:stop])
         result = drift_report(_mixture_of(loaded), Xt)

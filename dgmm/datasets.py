@@ -18,7 +18,7 @@ import zarr
 
 from dgmm import _kernels as kernels
 from dgmm._covariance import COVARIANCE, COVARIANCE_TYPES
-from dgmm.io import Writers, _atomic_path, _version, check_output_path
+from dgmm.io import _FENCE, Writers, _atomic_path, _version, check_output_path, checksummed
 
 # Rows per generated chunk when none is given: about this many bytes each.
 DEFAULT_CHUNK_BYTES = 16 * 2**20
@@ -206,7 +206,8 @@ def make_mixture_zarr(
         Scale of the means relative to the (order 1) component spread.
     covariance_type : {'full', 'tied', 'diag', 'spherical'}, default='full'
     compressors : default='auto'
-        Passed to :func:`zarr.create_array` for ``X`` (``None``: uncompressed).
+        Passed to :func:`zarr.create_array` for ``X`` (``None``: uncompressed),
+        followed by a CRC-32C checksum, as for every array dgmm writes.
     overwrite : bool, default=False
         Replace an existing store at ``path`` that dgmm wrote (once the new one
         is complete); see :func:`dgmm.io.check_output_path`.
@@ -223,19 +224,20 @@ def make_mixture_zarr(
         separation=separation, seed=seed,
     )
     chol = params._full_cholesky()
-    with _atomic_path(target, overwrite, "store") as tmp, Writers() as writers:
+    with _atomic_path(target, overwrite, "store") as tmp, Writers(fence=tmp / _FENCE) as writers:
         group = zarr.open_group(str(tmp), mode="w-")
+        writers.open()
         group.attrs.update({"covariance_type": covariance_type, "seed": int(seed),
                             "separation": separation, "dgmm_version": _version()})
         for name in ("weights", "means", "covariances"):
-            group.create_array(name, data=getattr(params, name))
+            group.create_array(name, data=getattr(params, name), compressors=checksummed())
         X = group.create_array(
             "X", shape=(n_samples, n_features), chunks=(chunk_rows, n_features),
-            dtype=dtype, compressors=compressors,
+            dtype=dtype, compressors=checksummed(compressors),
         )
         y = group.create_array(
             "y", shape=(n_samples,), chunks=(chunk_rows,),
-            dtype=np.min_scalar_type(n_components - 1),
+            dtype=np.min_scalar_type(n_components - 1), compressors=checksummed(),
         )
         shared = dask.delayed((X, y, params, chol, seed, writers), pure=True, traverse=False)
         write = dask.delayed(_write_chunk, pure=True)

@@ -7,11 +7,15 @@ writes, streamed predictions, model files.
 from __future__ import annotations
 
 import contextlib
+import errno
+import glob
 import json
 import os
+import re
 import shutil
 import tempfile
 import threading
+import time
 import uuid
 import warnings
 from collections.abc import Sequence
@@ -26,6 +30,7 @@ from scipy import sparse
 from sklearn.utils.validation import check_is_fitted
 
 from dgmm import _kernels as kernels
+from dgmm import _lock
 from dgmm import _variational as variational
 from dgmm._passes import RowData, as_blocks, blas_guard, block_pass, scheduler_for
 from dgmm._version import __version__
@@ -50,6 +55,7 @@ def open_array(path: str | os.PathLike, array: str | None = None) -> zarr.Array:
         Name of the array inside the group at ``path``.
     """
     where = f"{path}" + (f" (array {array!r})" if array else "")
+    recover_leftovers(path)  # a store a killed run was replacing is put back first
     if "://" not in str(path) and not Path(path).exists():
         raise ValueError(f"Zarr store not found: {path} does not exist")
     try:
@@ -165,7 +171,11 @@ def as_dask_array(X, *, where: str = "X") -> tuple[da.Array, bool]:
         _check_dtype(X.dtype, where)
         _check_ndim(X.ndim, X.shape, where)
         rows = read_chunk_rows(X.chunks, X.shape, X.dtype.itemsize)
-        X = da.from_zarr(X, chunks=(rows, X.shape[1]))
+        check_chunks_present(X)
+        chunks = (rows, X.shape[1])
+        # dask's from_zarr, with a getter that names the chunk a failed read came from
+        X = da.from_array(X, chunks, name=f"from-zarr-{dask.base.tokenize(X, chunks)}",
+                          getitem=_read_rows)
         lazy = True
     elif isinstance(X, da.Array):
         X = _with_known_chunks(X.astype(np.float64) if X.dtype == object else X)
@@ -185,6 +195,88 @@ def as_dask_array(X, *, where: str = "X") -> tuple[da.Array, bool]:
     if X.numblocks[1] != 1:
         X = X.rechunk({1: -1})
     return X, lazy
+
+
+# Whether a chunk missing from a store (read as the fill value) stops the job
+# (config ``dgmm.allow-missing-chunks``: true for stores sparse on purpose).
+ALLOW_MISSING_CHUNKS = False
+
+
+class DamagedStoreError(ValueError):
+    """A chunk of a Zarr store is missing or cannot be decoded."""
+
+
+def _describe_array(array: zarr.Array) -> str:
+    root = getattr(array.store, "root", None)
+    base = str(root) if root is not None else str(array.store)
+    return f"{base}/{array.path}" if array.path else base
+
+
+def _row_chunks(array: zarr.Array, start: int, stop: int):
+    """``(chunk key, first row, last row)`` of every stored chunk holding rows ``start:stop``."""
+    step = int(array.chunks[0])
+    encode = getattr(array.metadata, "chunk_key_encoding", None)
+    across = [-(-int(n) // int(c)) for n, c in zip(array.shape[1:], array.chunks[1:], strict=True)]
+    for i in range(start // step, -(-stop // step)):
+        for rest in np.ndindex(*across):
+            coords = (i, *rest)
+            key = (encode.encode_chunk_key(coords) if encode is not None
+                   else ".".join(map(str, coords)))
+            yield key, i * step, min((i + 1) * step, array.shape[0]) - 1
+
+
+def _read_rows(array, index, asarray=True, lock=None):
+    """dask's getter for a Zarr array, naming the array, the chunk and its rows on failure."""
+    try:
+        return da.core.getter(array, index, asarray=asarray, lock=lock)
+    except Exception as exc:  # a codec, checksum or storage error: find the chunk
+        rows = index[0] if isinstance(index, tuple) else index
+        start, stop, _ = rows.indices(array.shape[0])
+        for key, first, last in _row_chunks(array, start, stop):
+            try:
+                array[first:last + 1]
+            except Exception as cause:  # that chunk is the one
+                raise DamagedStoreError(
+                    f"cannot read chunk {key} (rows {first}-{last}) of Zarr array "
+                    f"{_describe_array(array)}: {str(cause).rstrip('.')}; the store is damaged "
+                    "there: restore that chunk (or rewrite the store) and run again") from exc
+        raise
+
+
+def check_chunks_present(array: zarr.Array) -> None:
+    """Refuse a Zarr array some of whose chunks are missing from its store.
+
+    A missing chunk reads as the array's fill value, which a fit would take
+    for data. Counting the stored chunks is one listing of the store; only
+    when some are missing are they looked for (on a local store), to name
+    the first. Stores that are sparse on purpose: set the dask config
+    ``dgmm.allow-missing-chunks`` (``--allow-missing-chunks``).
+
+    Raises
+    ------
+    DamagedStoreError
+        Naming the first missing chunk's key and rows where they can be found.
+    """
+    if dask.config.get("dgmm.allow-missing-chunks", ALLOW_MISSING_CHUNKS):
+        return
+    try:
+        stored = array.nchunks_initialized
+    except Exception:  # a store that cannot list its keys: nothing to compare
+        return
+    if stored >= array.nchunks:
+        return
+    missing = f"{array.nchunks - stored} of its {array.nchunks} chunks are"
+    root = getattr(array.store, "root", None)
+    if root is not None:
+        for key, first, last in _row_chunks(array, 0, array.shape[0]):
+            if not (Path(root) / array.path / key).exists():
+                missing = f"chunk {key} (rows {first}-{last}) is"
+                break
+    raise DamagedStoreError(
+        f"Zarr array {_describe_array(array)}: {missing} missing from the store although its "
+        f"metadata says data are there (they would read as the fill value {array.fill_value}); "
+        "restore the store, or allow it with --allow-missing-chunks (dask config "
+        "dgmm.allow-missing-chunks) if it is sparse on purpose")
 
 
 def _as_dask_vector(v, n_rows: int, where: str) -> da.Array:
@@ -389,7 +481,8 @@ def check_output_path(
 ) -> Path:
     """Check that writing ``out`` can neither destroy data nor fail late.
 
-    Call it before any expensive work. The rules, in order:
+    Call it before any expensive work. What killed runs left next to ``out``
+    is settled first (:func:`recover_leftovers`). The rules, in order:
 
     1. ``out`` is a local path whose directory exists.
     2. ``out`` is not, does not contain, and does not lie inside any local
@@ -451,6 +544,7 @@ def check_output_path(
             continue
         raise ValueError(f"{out} {relation} the input {source}; an output is never written "
                          "over or into what a job reads")
+    recover_leftovers(target)
     _check_replaceable(target, overwrite, kind)
     try:  # a probe we create and remove ourselves, so a full job cannot fail at the end
         fd, probe = tempfile.mkstemp(prefix=f".{target.name}.probe-", dir=target.parent)
@@ -470,16 +564,31 @@ def _atomic_path(target: Path, overwrite: bool, kind: str):
     existing ``target`` is replaced only under the rules of
     :func:`check_output_path` (checked again here: the job may have run for
     hours since), and only after the new content is complete. A file is
-    replaced by one atomic rename; a directory is first renamed aside, so a
-    crash between the two renames leaves both copies on disk, never neither.
+    replaced by one atomic rename; a directory is first renamed aside.
+
+    A journal file ``.<name>.dgmm-replace-<tag>`` naming this process exists
+    from before the temporary is made until everything is done, so a run
+    killed in any window leaves leftovers the next dgmm command touching
+    ``target`` recognises and settles (:func:`recover_leftovers`): a
+    temporary being written is removed; between the two renames of a
+    directory, the complete new version is moved into place; an old version
+    not yet removed is removed. A full disk raises one :class:`OSError`
+    naming ``target`` and saying nothing was replaced.
     """
+    recover_leftovers(target)
     tag = uuid.uuid4().hex[:12]
-    tmp = target.with_name(f".{target.name}.tmp-{tag}")
+    tmp, old, journal = (target.with_name(f".{target.name}.{what}-{tag}")
+                         for what in ("tmp", "old", _JOURNAL))
     try:
-        yield tmp
+        try:
+            _write_journal(journal)
+            yield tmp
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise _no_space(target, exc) from exc
+            raise
         _check_replaceable(target, overwrite, kind)
         if target.is_dir() and not target.is_symlink():
-            old = target.with_name(f".{target.name}.old-{tag}")
             os.replace(target, old)
             os.replace(tmp, target)
             # Removing the old tree is safe: _check_replaceable just found it to be a
@@ -489,6 +598,91 @@ def _atomic_path(target: Path, overwrite: bool, kind: str):
             os.replace(tmp, target)  # a file or a symlink itself, never what a link points to
     finally:
         _remove_own(tmp)
+        journal.unlink(missing_ok=True)
+
+
+_JOURNAL = "dgmm-replace"
+_TAG = re.compile(r"[0-9a-f]{12}")
+
+
+class LeftoverWarning(UserWarning):
+    """dgmm settled what an interrupted run left next to an output."""
+
+
+def _no_space(target: Path, exc: OSError) -> OSError:
+    """The error for a full disk: which output, and that nothing was replaced."""
+    kept = " (the existing one is unchanged)" if target.exists() else ""
+    error = OSError(exc.errno, f"no space left on the device while writing it; nothing was "
+                               f"replaced{kept} and no temporary was left")
+    error.filename = str(target)
+    return error
+
+
+def _write_journal(journal: Path) -> None:
+    """Create the journal of a replace, naming this process (see :func:`_atomic_path`)."""
+    fd = os.open(journal, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(_lock.owner()))
+
+
+def recover_leftovers(target: str | os.PathLike) -> list[str]:
+    """Settle what runs killed while replacing ``target`` left next to it.
+
+    Only leftovers of dgmm's own making are touched: those named
+    ``.<name>.tmp-<tag>`` and ``.<name>.old-<tag>`` next to a journal
+    ``.<name>.dgmm-replace-<tag>`` whose run no longer runs (see
+    :func:`dgmm._lock.alive`). A temporary whose writing did not finish is
+    removed; if ``target`` is missing because the run was killed between the
+    two renames of a directory, the complete new version (or else the old
+    one) is moved into place; an old version left after the new one was in
+    place is removed. Each settled replace gives one warning line
+    (:class:`LeftoverWarning`).
+
+    Returns
+    -------
+    list of str
+        What was done, one sentence per settled replace.
+    """
+    target = Path(target)
+    if "://" in str(target) or not target.parent.is_dir():
+        return []
+    done = []
+    prefix = f".{target.name}.{_JOURNAL}-"
+    for journal in sorted(target.parent.glob(f"{glob.escape(prefix)}*")):
+        tag = journal.name[len(prefix):]
+        if not _TAG.fullmatch(tag) or not _abandoned(journal):
+            continue
+        tmp, old = (target.with_name(f".{target.name}.{what}-{tag}") for what in ("tmp", "old"))
+        if old.exists() and not (target.exists() or target.is_symlink()):
+            restored = tmp if tmp.exists() else old
+            os.replace(restored, target)
+            what = "the new version" if restored == tmp else "the previous version"
+            done.append(f"restored {target}: a run was killed while replacing it; {what} "
+                        "is now in place")
+        elif tmp.exists() or old.exists():
+            done.append(f"removed the leftovers of a run killed while writing {target}; "
+                        f"{target} is {'as it was' if target.exists() else 'still absent'}")
+        for leftover in (tmp, old):
+            if leftover.exists() or leftover.is_symlink():
+                _remove_own(leftover)
+        journal.unlink(missing_ok=True)
+    for message in done:
+        warnings.warn(message, LeftoverWarning, stacklevel=2)
+    return done
+
+
+def _abandoned(journal: Path) -> bool:
+    """Whether the run that wrote ``journal`` is gone (an empty one: if it is not new)."""
+    try:
+        record = json.loads(journal.read_text())
+    except (OSError, ValueError):
+        record = None
+    if isinstance(record, dict):
+        return not _lock.alive(record)
+    try:  # killed between creating and writing it, or being written right now
+        return time.time() - journal.stat().st_mtime > 5.0
+    except FileNotFoundError:
+        return False
 
 
 def _remove_own(path: Path) -> None:
@@ -506,27 +700,38 @@ class Writers:
     writing into the temporary store, or about to start. On an exception,
     leaving the ``with`` block stops tasks from starting to write and waits
     for the running ones, so the temporary store can then be removed for
-    good. (Tasks on other machines of a cluster are not tracked.) Pickling
-    gives a fresh, independent instance.
+    good. Pickling gives a fresh, independent instance.
+
+    Tasks on other machines of a cluster are fenced off instead: with a
+    ``fence`` (a file path inside the temporary store, created by
+    :meth:`open`), a task writes only while that file exists, and a failure
+    removes it first. Only a write already under way at that moment can then
+    outlast the cleanup.
     """
 
-    def __init__(self, timeout: float = 300.0):
+    def __init__(self, timeout: float = 300.0, fence: Path | None = None):
         self.timeout = timeout
+        self.fence = fence
         self._busy = 0
         self._cancelled = False
         self._cond = threading.Condition()
 
     def __getstate__(self):
-        return {"timeout": self.timeout}
+        return {"timeout": self.timeout, "fence": self.fence}
 
     def __setstate__(self, state):
-        self.__init__(state["timeout"])
+        self.__init__(state["timeout"], state.get("fence"))
+
+    def open(self) -> None:
+        """Let tasks write: create the fence (once its directory exists)."""
+        if self.fence is not None:
+            self.fence.touch()
 
     @contextlib.contextmanager
     def running(self):
         """Wrap one task's writes; raises if the write was already abandoned."""
         with self._cond:
-            if self._cancelled:
+            if self._cancelled or (self.fence is not None and not self.fence.exists()):
                 raise RuntimeError("store write abandoned after an earlier failure")
             self._busy += 1
         try:
@@ -540,10 +745,15 @@ class Writers:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        if self.fence is not None:  # no task anywhere starts a write from now on
+            self.fence.unlink(missing_ok=True)
         if exc_type is not None:
             with self._cond:
                 self._cancelled = True
                 self._cond.wait_for(lambda: self._busy == 0, self.timeout)
+
+
+_FENCE = ".dgmm-writing"
 
 
 # --------------------------------------------------------------------------
@@ -667,15 +877,18 @@ def write_predictions(
     }
     names = whats if outlier_threshold is None else (*whats, "outlier")
     scheduler = scheduler_for(lazy)
-    with _atomic_path(target, overwrite, "store") as tmp, Writers() as writers:
+    with (_atomic_path(target, overwrite, "store") as tmp,
+          Writers(fence=tmp / _FENCE) as writers):
         group = zarr.open_group(str(tmp), mode="w-")
+        writers.open()
         group.attrs.update({"dgmm_version": _version(), "outputs": list(names)})
         if outlier_threshold is not None:
             group.attrs["outlier_threshold"] = float(outlier_threshold)
         arrays = {}
         for name in names:
             shape, chunks, out_dtype = specs[name]
-            arrays[name] = group.create_array(name, shape=shape, chunks=chunks, dtype=out_dtype)
+            arrays[name] = group.create_array(name, shape=shape, chunks=chunks, dtype=out_dtype,
+                                              compressors=checksummed())
         params = _e_step_params(model)
         with blas_guard(scheduler):
             missing = getattr(model, "missing", "error") == "marginalize"
@@ -684,6 +897,24 @@ def write_predictions(
         if written != n:  # every row block must have reported its rows
             raise RuntimeError(f"wrote {written} of {n} rows to {tmp}")
     return zarr.open_group(str(target), mode="r")
+
+
+def checksummed(compressors="auto") -> list:
+    """The compressors of an array dgmm writes, followed by a CRC-32C of the compressed bytes.
+
+    Damage to a stored chunk is then found when it is read, instead of
+    decoding to wrong numbers. ``compressors``: ``'auto'`` (zarr's default,
+    Zstandard), None (none) or codecs as :func:`zarr.create_array` takes them.
+    """
+    from zarr.codecs import Crc32cCodec, ZstdCodec
+
+    if compressors == "auto":
+        compressors = [ZstdCodec()]
+    elif compressors is None:
+        compressors = []
+    elif not isinstance(compressors, (list, tuple)):
+        compressors = [compressors]
+    return [*compressors, Crc32cCodec()]
 
 
 def _e_step_params(model) -> kernels.Params:
@@ -1049,6 +1280,7 @@ def read_model(path: str | os.PathLike) -> SavedModel:
         file and the field.
     """
     path = Path(path)
+    recover_leftovers(path)
     if path.is_dir():
         raise _not_a_model(path, "it is a directory")
     if not path.is_file():
@@ -1123,6 +1355,25 @@ def write_checkpoint(directory: str | os.PathLike, records: list[dict], manifest
         (tmp / _MANIFEST).write_text(json.dumps(body, allow_nan=False, sort_keys=True))
 
 
+def checkpoint_manifest(directory: str | os.PathLike) -> dict:
+    """The manifest of the checkpoint in ``directory`` (what :func:`write_checkpoint` was given).
+
+    Raises
+    ------
+    ValueError
+        It is unreadable or not a dgmm checkpoint.
+    """
+    directory = Path(directory)
+    try:
+        body = json.loads((directory / _MANIFEST).read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"Unreadable checkpoint {directory}: {exc}") from exc
+    if not isinstance(body, dict) or body.get("format") != CHECKPOINT_FORMAT or not isinstance(
+            body.get("runs"), list):
+        raise ValueError(f"{directory} does not hold a dgmm checkpoint")
+    return body
+
+
 def read_checkpoint(directory: str | os.PathLike, manifest: dict) -> list[dict]:
     """The run records of a checkpoint, after checking it matches ``manifest``.
 
@@ -1133,13 +1384,7 @@ def read_checkpoint(directory: str | os.PathLike, manifest: dict) -> list[dict]:
         the message names the directory and the first field that differs.
     """
     directory = Path(directory)
-    try:
-        body = json.loads((directory / _MANIFEST).read_text())
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"Unreadable checkpoint {directory}: {exc}") from exc
-    if not isinstance(body, dict) or body.get("format") != CHECKPOINT_FORMAT or not isinstance(
-            body.get("runs"), list):
-        raise ValueError(f"{directory} does not hold a dgmm checkpoint")
+    body = checkpoint_manifest(directory)
     for key, expected in manifest.items():
         if body.get(key) != json.loads(json.dumps(expected)):
             raise ValueError(

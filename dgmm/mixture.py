@@ -19,7 +19,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
-from dgmm import _em, _init, _xarray, io
+from dgmm import _em, _init, _lock, _xarray, io
 from dgmm import _kernels as kernels
 from dgmm._covariance import COVARIANCE
 from dgmm._em import ALGORITHMS
@@ -811,6 +811,7 @@ _REQUIRED_FITTED = (
     "weights_", "means_", "covariances_", "precisions_", "precisions_cholesky_",
     "n_features_in_",
 )
+@_lock.holding("checkpoint")  # a second run on the checkpoint is refused until this one ends
 def _fit_groups(
     Xd,
     lazy: bool,
@@ -854,9 +855,11 @@ def _fit_groups(
     save = None
     with blas_guard(scheduler):
         if checkpoint is not None:
-            identity = _em.fit_identity(blocks, settings, groups, scheduler)
+            identity = _em.fit_identity(blocks, settings, groups)
             if resume and io.has_checkpoint(checkpoint):
                 records = io.read_checkpoint(checkpoint, identity)
+                _em.check_same_data(io.checkpoint_manifest(checkpoint).get("content"), blocks,
+                                    str(checkpoint), scheduler)
                 start = [[_em.Run.from_record(r, group.covariance_type, group.m_step)
                           for r in records if r["group"] == g]
                          for g, group in enumerate(groups)]
@@ -865,7 +868,9 @@ def _fit_groups(
             def save(iteration: int, runs: list[list[_em.Run]]) -> None:
                 records = [{**r.to_record(), "group": g}
                            for g, group in enumerate(runs) for r in group]
-                io.write_checkpoint(checkpoint, records, {**identity, "iteration": iteration})
+                io.write_checkpoint(checkpoint, records, {
+                    **identity, "iteration": iteration,
+                    "content": _em.data_content(blocks, scheduler)})
 
         hook = _em.iteration_hook(settings, log, callback, save)
         fitted = _em.fit_groups(blocks, settings, groups, init=init, start=start, stream=stream,

@@ -582,7 +582,7 @@ def test_checkpoint_resume_equals_uninterrupted(tmp_path, covariance_type):
     assert resumed.n_iter_ == straight.n_iter_ == 9
     with pytest.raises(ValueError, match="different settings"):
         GaussianMixture(3, **dict(kw, reg_covar=1e-3)).fit(X, checkpoint=ckpt, resume=True)
-    with pytest.raises(ValueError, match="different data"):
+    with pytest.raises(ValueError, match="the data changed since it was written"):
         GaussianMixture(3, **kw).fit(X + 1.0, checkpoint=ckpt, resume=True)
 
 

@@ -195,6 +195,10 @@ def test_sigkill_during_update_keeps_the_model_and_leaves_no_output(stores, tmp_
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     proc.stderr.close()
+    # A SIGKILLed run cannot remove its lock on --out; the next run breaks it (test_faults).
+    lock = tmp_path / ".model.npz.dgmm-lock"
+    assert json.loads(lock.read_text())["pid"] == proc.pid
+    lock.unlink()
     assert tree_digest(tmp_path) == before  # the model untouched, no partial or temporary file
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.npz"]
 
