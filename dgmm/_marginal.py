@@ -42,7 +42,10 @@ Cost, per block. Rows are grouped by missingness pattern (``np.unique`` of the
 packed NaN masks). Each distinct pattern with ``r`` missing coordinates costs
 one inversion of ``Lambda_mm`` per component (tied: one in all), O(K r^3),
 batched over all the patterns with the same ``r`` (Gauss-Jordan sweeps
-vectorised over the patterns for r <= 8, batched LAPACK Cholesky beyond).
+vectorised over the patterns for r <= 12, batched LAPACK Cholesky beyond);
+values of ``r`` with few rows share a group, padded to its largest ``r``
+through an inert scratch coordinate, so that the fixed cost of a group (about
+a hundred NumPy calls) is not paid for a handful of rows.
 This is cheaper than factorising ``Sigma_oo`` (O(K (d - r)^3)) when few
 values are missing, the common case. Each row then costs O(K d^2) as a
 complete row does (its product with ``Lambda_k``, its rank-one term of the
@@ -52,9 +55,15 @@ the missing coordinates are conditionally independent of the observed ones
 (``E[x_m] = mu_m``, ``C`` the missing variances), so the marginal densities
 and the statistics are masked versions of the complete-data products,
 O(n K d) per block. Measured (``benchmarks/bench_missing.py``, d=16, K=8,
-one BLAS thread): a pass with 5% of the rows incomplete costs about 1.3x a
-complete pass; with 20% of all entries missing (97% of rows incomplete),
-about 5x for full and 1.6x for diag covariances.
+N=1e6, blocks of 100k rows, one BLAS thread, on a shared and loaded machine,
+so +-20%): a pass with 5% of the rows incomplete costs 1.3-1.6x a complete
+pass for full and at most 1.3x for diag covariances; with 20% of all entries
+missing (97% of the rows incomplete, ~13000 patterns per 100k rows), 5-7x
+for full and 1.1-2x for diag. Call it once per block with all of the block's
+incomplete rows rather than once per small sub-block: the groups' fixed
+costs then fall on many rows (5% of rows incomplete, full: 3x a complete
+pass when dispatched per 2048-row sub-block, against 1.45x per 100k-row
+block).
 
 Numerics: all arithmetic in float64 about the block centre; responsibilities
 by log-sum-exp; a non-finite result raises (``ValueError`` for infinite input,
@@ -103,10 +112,14 @@ _LOG_2PI = np.log(2.0 * np.pi)
 SUB_ROWS = 2048
 _WORK_ENTRIES = 1 << 21
 
+# A group of patterns with consecutive numbers of missing values closes once
+# it holds this many rows (see _pattern_groups).
+_GROUP_ROWS = 256
+
 # Up to this many missing coordinates a pattern group is inverted by
 # Gauss-Jordan sweeps vectorised over its patterns (one LAPACK call per small
 # matrix costs more than its arithmetic); beyond, by batched LAPACK.
-_SMALL_R = 8
+_SMALL_R = 12
 
 
 @dataclass(frozen=True)
@@ -184,26 +197,37 @@ def _patterns(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 # --------------------------------------------------------------------------
 
 
-def _factor_missing(Lam: np.ndarray, miss: np.ndarray, r: int):
-    """What the rows of the patterns ``miss`` (G, d) with ``r`` missing values need.
+def _factor_missing(Lam: np.ndarray, miss: np.ndarray, rp: int):
+    """What the rows of a group of patterns ``miss`` (G, d), padded to ``rp`` missing, need.
 
-    Returns ``midx`` (G, r), ``hld_mm`` (Kf, G) and ``C`` laid out (r, Kf, G, r)
-    so that the per-row products gather contiguous rows of it.
+    ``Lam`` is (Kf, d, d), or (Kf, d + 1, d + 1) with the scratch coordinate
+    ``d`` when some patterns have fewer than ``rp`` missing values. Returns
+    ``midx`` (G, rp): each pattern's missing coordinates, ascending, then ``d``
+    as padding; ``hld_mm`` (Kf, G); ``C`` laid out (rp, Kf, G, rp), so that the
+    per-row products gather contiguous rows of it, with the identity on the
+    padding (which leaves determinants and the real block unchanged).
     """
-    G, Kf = miss.shape[0], Lam.shape[0]
-    midx = np.nonzero(miss)[1].reshape(G, r)  # ascending within each row
-    if r == 0:
+    G, d = miss.shape
+    Kf = Lam.shape[0]
+    r_g = miss.sum(axis=1)
+    midx = np.argsort(~miss, axis=1, kind="stable")[:, :rp]
+    pad = np.arange(rp)[None, :] >= r_g[:, None]  # (G, rp)
+    midx[pad] = d
+    if rp == 0:
         return midx, np.zeros((Kf, G)), np.zeros((0, Kf, G, 0))
-    if r <= _SMALL_R:
-        # batch-last layout (r, r, G * Kf): r steps, each a vector operation over
+    diag = np.arange(rp)
+    if rp <= _SMALL_R:
+        # batch-last layout (rp, rp, G * Kf): rp steps, each a vector operation over
         # all the patterns and components of the group at once
         LamT = np.ascontiguousarray(Lam.transpose(1, 2, 0))
-        A = LamT[midx.T[:, None, :], midx.T[None, :, :]].reshape(r, r, -1)
-        C, log_det = _sweep_inverse(A)
+        A = LamT[midx.T[:, None, :], midx.T[None, :, :]]  # (rp, rp, G, Kf)
+        A[diag, diag] += pad.T[:, :, None]
+        C, log_det = _sweep_inverse(A.reshape(rp, rp, -1))
         hld_mm = 0.5 * log_det.reshape(G, Kf).T
-        C = C.reshape(r, r, G, Kf).transpose(1, 3, 2, 0)
+        C = C.reshape(rp, rp, G, Kf).transpose(1, 3, 2, 0)
     else:
-        A = Lam[:, midx[:, :, None], midx[:, None, :]]  # (Kf, G, r, r)
+        A = Lam[:, midx[:, :, None], midx[:, None, :]]  # (Kf, G, rp, rp)
+        A[:, :, diag, diag] += pad[None]
         try:
             L = np.linalg.cholesky(A)
         except np.linalg.LinAlgError:
@@ -248,57 +272,103 @@ def _singular_error() -> FloatingPointError:
     )
 
 
+def _pad_last(A: np.ndarray, axes: int) -> np.ndarray:
+    """``A`` with one zero row/column appended along each of its last ``axes`` axes."""
+    out = np.zeros(A.shape[:-axes] + tuple(n + 1 for n in A.shape[-axes:]))
+    out[(..., *[slice(0, -1)] * axes)] = A
+    return out
+
+
+def _pattern_groups(r_pat: np.ndarray, rows_per_pattern: np.ndarray):
+    """Patterns grouped by number of missing values, small groups merged upwards.
+
+    Yields ``(rp, patterns)``: each group gathers the patterns of consecutive
+    values of ``r`` until it holds ``_GROUP_ROWS`` rows, and is padded to its
+    largest ``r``, ``rp``. Each group costs a fixed number of NumPy calls, so
+    a block with few rows per ``r`` pays them a few times, not once per ``r``,
+    while the padding only ever applies to fewer than ``_GROUP_ROWS`` rows.
+    Groups inverted by sweeps (``rp <= _SMALL_R``) and by LAPACK stay apart.
+    """
+    order = np.argsort(r_pat, kind="stable")
+    values, first = np.unique(r_pat[order], return_index=True)
+    counts = np.add.reduceat(rows_per_pattern[order], first)
+    bounds = [*first.tolist(), len(order)]
+    values = values.tolist()
+    begin, held = 0, 0
+    for i, r in enumerate(values):
+        if held and r > _SMALL_R >= values[i - 1]:  # sweeps and LAPACK in separate groups
+            yield values[i - 1], order[bounds[begin] : bounds[i]]
+            begin, held = i, 0
+        held += counts[i]
+        if held >= _GROUP_ROWS or i == len(values) - 1:
+            yield r, order[bounds[begin] : bounds[i + 1]]
+            begin, held = i + 1, 0
+
+
 def _dense_parts(model: _Model, X: np.ndarray, mask: np.ndarray) -> Iterator[_Part]:
     K, d = model.means.shape
     kind = COVARIANCE[model.covariance_type]
     Lam = kind.precisions(model.U).reshape(-1, d, d)  # full (K, d, d), tied (1, d, d)
     Uf = model.U.reshape(-1, d, d)
     hld = np.broadcast_to(kind.log_det(model.U, d), (K,))
-    M = model.M
-    Z = _centred(X, mask, model.center)
+    plain = (_centred(X, mask, model.center), model.M, Lam, Uf)
+    padded = None
     pats, inverse = _patterns(mask)
     r_pat = pats.sum(axis=1)
-    r_row = r_pat[inverse]
     local = np.empty(len(pats), dtype=np.intp)
-    for r in np.unique(r_pat).tolist():
-        group = np.flatnonzero(r_pat == r)
+    member = np.zeros(len(pats), dtype=bool)
+    for rp, group in _pattern_groups(r_pat, np.bincount(inverse, minlength=len(pats))):
+        arrays = plain
+        if r_pat[group].min() < rp:
+            # One scratch coordinate (index d), zero in the rows, the means, U and
+            # the precision: the padding of patterns with fewer missing values than
+            # rp points at it, where it is inert.
+            if padded is None:
+                padded = tuple(_pad_last(a, n) for a, n in zip(plain, (1, 1, 2, 2), strict=True))
+            arrays = padded
         local[group] = np.arange(len(group))
-        rows = np.flatnonzero(r_row == r)
-        rows = rows[np.argsort(inverse[rows], kind="stable")]  # a pattern's rows together
+        member[:] = False
+        member[group] = True
+        rows = np.flatnonzero(member[inverse])
         g = local[inverse[rows]]
-        midx, hld_mm, C = _factor_missing(Lam, pats[group], r)
-        step = max(1, min(SUB_ROWS, _WORK_ENTRIES // (K * max(d, r * r))))
+        together = np.argsort(g, kind="stable")  # a pattern's rows together, g ascending
+        rows, g = rows[together], g[together]
+        midx, hld_mm, C = _factor_missing(arrays[2], pats[group], rp)
+        step = max(1, min(SUB_ROWS, _WORK_ENTRIES // (K * max(d, rp * rp))))
         for start in range(0, len(rows), step):
             sl = slice(start, start + step)
-            yield _dense_part(rows[sl], g[sl], Z, model, Lam, Uf, hld, M, midx, hld_mm, C)
+            yield _dense_part(rows[sl], g[sl], arrays, model, hld, midx, hld_mm, C,
+                              r_pat[group], d)
 
 
-def _dense_part(rows, g, Z, model, Lam, Uf, hld, M, midx, hld_mm, C) -> _Part:
-    K, d = M.shape
-    nb, r = len(rows), midx.shape[1]
+def _dense_part(rows, g, arrays, model, hld, midx, hld_mm, C, r_g, d) -> _Part:
+    Z, M, Lam, Uf = arrays  # with or without the scratch coordinate
+    K, d1 = M.shape
+    nb, rp = len(rows), midx.shape[1]
     at = np.arange(nb)[:, None]
-    mi = midx[g]  # (nb, r)
+    mi = midx[g]  # (nb, rp)
     D = Z[rows][None, :, :] - M[:, None, :]
     D[:, at, mi] = 0.0
-    if r:
-        t = (D @ Lam)[:, at, mi]  # (Lambda z)_m, (K, nb, r)
-        Cg = C[:, :, g]  # (r, Kf, nb, r)
-        u = np.zeros((K, nb, r))  # C t; a loop over r beats a reduction along a short axis
-        for j in range(r):
+    if rp:
+        t = (D @ Lam)[:, at, mi]  # (Lambda z)_m, (K, nb, rp); 0 on the padding
+        Cg = C[:, :, g]  # (rp, Kf, nb, rp)
+        u = np.zeros((K, nb, rp))  # C t; a loop over rp beats a reduction along a short axis
+        for j in range(rp):
             u += Cg[j] * t[:, :, j, None]
-        D[:, at, mi] = -u  # E[x_m | x_o, k] - mu_k,m: D is now x_hat - c_k
+        D[:, at, mi] = -u  # E[x_m | x_o, k] - mu_k,m: D is now x_hat - c_k (0 on scratch)
     # The marginal distance z_o^T Sigma_oo^-1 z_o is the full one at x_hat (x_hat
     # minimises it over x_m): through U, as for complete rows, and not as the
     # difference z^T Lambda z - t^T C t, which cancels when Lambda is large.
     Y = D @ Uf
     quad = np.einsum("knd,knd->kn", Y, Y)
-    logp = (hld - 0.5 * (d - r) * _LOG_2PI + model.log_w)[:, None] - 0.5 * quad
+    logp = (hld + model.log_w)[:, None] - 0.5 * quad
+    logp -= (0.5 * _LOG_2PI) * (d - r_g[g])
     logp -= hld_mm[:, g]
 
     def moments(R: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         S = (R[:, None, :] @ D)[:, 0]
         Q = np.swapaxes(D * R[:, :, None], 1, 2) @ D
-        if r:
+        if rp:
             # (sum of r_nk over each pattern's rows) * C, scattered into the missing block
             g0 = g[0]
             G = g[-1] - g0 + 1
@@ -306,11 +376,11 @@ def _dense_part(rows, g, Z, model, Lam, Uf, hld, M, midx, hld_mm, C) -> _Part:
             Rg = np.bincount(key, weights=R.T.ravel(), minlength=G * K).reshape(G, K)
             Cw = Rg[:, :, None, None] * C[:, :, g0 : g0 + G].transpose(2, 1, 3, 0)
             mg = midx[g0 : g0 + G]
-            flat = ((np.arange(K)[None, :, None, None] * d + mg[:, None, :, None]) * d
+            flat = ((np.arange(K)[None, :, None, None] * d1 + mg[:, None, :, None]) * d1
                     + mg[:, None, None, :])
-            Q += np.bincount(flat.ravel(), weights=Cw.ravel(), minlength=K * d * d).reshape(
-                K, d, d)
-        return S, Q
+            Q += np.bincount(flat.ravel(), weights=Cw.ravel(), minlength=K * d1 * d1).reshape(
+                K, d1, d1)
+        return S[:, :d], Q[:, :d, :d]  # the scratch coordinate dropped
 
     return _Part(rows, logp, moments)
 

@@ -381,6 +381,52 @@ _missing = click.option(
                             "features.")
 
 
+_features = click.option(
+    "--features", default=None, metavar="VAR[,VAR...]",
+    help="STORE is a Zarr group written by xarray (xr.open_zarr): fit on these data variables; "
+         "every other dimension is a sample dimension, and points NaN in every feature are "
+         "skipped. --sample-weight and --labels then name variables of STORE.")
+_sample_dims = click.option(
+    "--sample-dims", default=None, metavar="DIM[,DIM...]",
+    help="With --features: the sample dimensions (default: the first feature's).")
+
+
+def _names(text: str | None) -> list[str] | None:
+    return None if text is None else [v.strip() for v in text.split(",") if v.strip()]
+
+
+def _open_dataset(store: str):
+    """A Zarr group written by xarray, lazily (for --features and models fitted on one)."""
+    from dgmm import _xarray
+
+    if not Path(store).exists() and "://" not in store:
+        raise CommandError(f"Zarr store not found: {store} does not exist")
+    try:
+        return _xarray.open_dataset(store)
+    except ImportError as exc:
+        raise CommandError(str(exc)) from None
+    except Exception as exc:  # xarray and zarr raise several types for an unreadable group
+        raise CommandError(f"cannot open {store} as an xarray Zarr group ({exc})") from None
+
+
+def _dataset_fit_input(store, array, features, sample_dims, sample_weight, labels, refused):
+    """For --features: the Dataset, its weight and label variables, and fit's xarray arguments."""
+    if array is not None:
+        raise CommandError("--features reads a whole xarray group: drop --array")
+    wrong = [flag for flag, given in refused.items() if given]
+    if wrong:
+        raise CommandError(f"{', '.join(wrong)} cannot be used with --features")
+    ds = _open_dataset(store)
+    side = {}
+    for option, name in (("--sample-weight", sample_weight), ("--labels", labels)):
+        if name is not None and name not in ds.data_vars:
+            raise CommandError(f"{option} {name}: {store} has no variable {name!r}; it has "
+                               f"{sorted(map(str, ds.data_vars))}")
+        side[option] = None if name is None else ds[name]
+    kwargs = {"features": _names(features), "sample_dims": _names(sample_dims)}
+    return ds, side["--sample-weight"], side["--labels"], kwargs
+
+
 _contamination = click.option("--contamination", type=click.FloatRange(0, 0.5, min_open=True),
                                default=None, help="Share of outliers in STORE, in (0, 0.5].")
 
@@ -457,6 +503,8 @@ def generate(out, n_samples, n_features, n_components, seed, chunk_rows, dtype, 
 @_sample_weight
 @_labels_opt
 @_missing
+@_features
+@_sample_dims
 @click.option("--out", required=True, help="Model file to write (atomically).")
 @_overwrite("Replace an existing model file (never a directory).")
 @_allow_missing_chunks
@@ -480,14 +528,23 @@ def generate(out, n_samples, n_features, n_components, seed, chunk_rows, dtype, 
 @_verbose
 def fit(store, array, n_components, covariance_type, max_iter, tol, reg_covar, init_params,
         n_init, seed, algorithm, batch_size, standardize, pca, sample_weight, labels, missing,
-        out, overwrite, cluster_spec, checkpoint, resume, plot_path, bayesian, prior_type, prior,
-        quiet, verbose):
-    """Fit a mixture to the Zarr array STORE and save it to --out."""
+        features, sample_dims, out, overwrite, cluster_spec, checkpoint, resume, plot_path,
+        bayesian, prior_type, prior, quiet, verbose):
+    """Fit a mixture to the Zarr array STORE (or xarray group, with --features); save to --out."""
     from dgmm import BayesianGaussianMixture, GaussianMixture
 
-    X = _open_store(store, array)
-    weight = _open_side(store, array, sample_weight, "--sample-weight")
-    known = _open_side(store, array, labels, "--labels")
+    xarray_args = {}
+    if features is not None:
+        refused = {"--standardize": standardize, "--pca": pca is not None,
+                   "--plot": plot_path is not None}
+        X, weight, known, xarray_args = _dataset_fit_input(
+            store, array, features, sample_dims, sample_weight, labels, refused)
+    elif sample_dims is not None:
+        raise CommandError("--sample-dims goes with --features")
+    else:
+        X = _open_store(store, array)
+        weight = _open_side(store, array, sample_weight, "--sample-weight")
+        known = _open_side(store, array, labels, "--labels")
     if resume and checkpoint is None:
         raise CommandError("--resume needs --checkpoint DIR")
     _check_output(out, [store, checkpoint], overwrite=overwrite, kind="file")
@@ -515,11 +572,15 @@ def fit(store, array, n_components, covariance_type, max_iter, tol, reg_covar, i
     with _cluster(cluster_spec, quiet):
         steps, Xt = _preprocess(X, standardize, pca, quiet, weight)
         model.fit(Xt, sample_weight=weight, labels=known, checkpoint=checkpoint, resume=resume,
-                  callback=_progress(quiet, "lower bound" if bayesian else "log-likelihood"))
-        model.provenance_ = _history_entry(None, "fit", X, store, array, (0, X.shape[0]))
+                  callback=_progress(quiet, "lower bound" if bayesian else "log-likelihood"),
+                  **xarray_args)
+        if not xarray_args:  # provenance describes array stores (rows of a 2-D array)
+            model.provenance_ = _history_entry(None, "fit", X, store, array, (0, X.shape[0]))
         _save(steps, model, out, overwrite)
-        _say(quiet, f"fitted {n_components} {covariance_type} components to {X.shape[0]} x "
-                    f"{X.shape[1]} rows in {time.perf_counter() - start:.1f}s: "
+        size = (f"the points of {', '.join(model.feature_names_in_)}" if xarray_args
+                else f"{X.shape[0]} x {X.shape[1]} rows")
+        _say(quiet, f"fitted {n_components} {covariance_type} components to {size} "
+                    f"in {time.perf_counter() - start:.1f}s: "
                     f"{model.n_iter_} iterations, converged={model.converged_}, "
                     f"lower bound {model.lower_bound_:.6f}; saved {out}")
         if plot_path:
@@ -551,9 +612,14 @@ def fit(store, array, n_components, covariance_type, max_iter, tol, reg_covar, i
 @_verbose
 def predict(model_path, store, array, out, labels, proba, log_density, outliers, contamination,
             plot_path, overwrite, cluster_spec, quiet, verbose):
-    """Stream predictions of MODEL for STORE into the Zarr group --out."""
+    """Stream predictions of MODEL for STORE into the Zarr group --out.
+
+    A model fitted with --features reads STORE as an xarray group and writes
+    an xarray group: its outputs on STORE's sample dimensions and coordinates.
+    """
     model = _load(model_path)
-    X = _open_store(store, array)
+    named = getattr(model, "feature_names_in_", None) is not None and array is None
+    X = _open_dataset(store) if named else _open_store(store, array)
     if not (labels or proba or log_density or outliers):
         raise CommandError("nothing to write: pass --labels, --proba, --log-density or "
                            "--outliers")
@@ -567,6 +633,16 @@ def predict(model_path, store, array, out, labels, proba, log_density, outliers,
     _check_plot(plot_path, [store, model_path, out], overwrite=overwrite)
     _hold(out, plot_path)
     start = time.perf_counter()
+    if named:
+        if plot_path is not None:
+            raise CommandError("--plot cannot be used with a model fitted with --features")
+        with _cluster(cluster_spec, quiet):
+            _predict_dataset(model, X, store, model_path, out, labels=labels, proba=proba,
+                             log_density=log_density, contamination=contamination if outliers
+                             else None, overwrite=overwrite, quiet=quiet)
+        _say(quiet, f"wrote predictions on {dict(X.sizes)} to {out} "
+                    f"in {time.perf_counter() - start:.1f}s")
+        return
     with _cluster(cluster_spec, quiet):
         mixture, Xt = _mixture_and_input(model, X)
         detector = _outlier_detector(mixture, Xt, contamination, quiet) if outliers else None
@@ -580,6 +656,28 @@ def predict(model_path, store, array, out, labels, proba, log_density, outliers,
         from dgmm import plot
 
         _save_plot(plot.log_density_histogram(detector), plot_path, quiet)
+
+
+def _predict_dataset(model, ds, store, model_path, out, *, labels, proba, log_density,
+                     contamination, overwrite, quiet) -> None:
+    """Per-point outputs of a model fitted with feature names, as an xarray group at ``out``."""
+    import xarray as xr
+
+    from dgmm import _xarray
+
+    try:
+        outputs = [model.predict(ds)] if labels else []
+        outputs += [model.predict_proba(ds)] if proba else []
+        outputs += [model.score_samples(ds)] if log_density else []
+    except ValueError as exc:  # a feature the model needs is missing from STORE
+        raise CommandError(f"{store}: {exc}") from None
+    if contamination is not None:
+        detector = _outlier_detector(model, ds, contamination, quiet)
+        outputs.append(detector.predict(ds) == -1)
+    result = xr.merge([o.rename(o.name or "outlier") for o in outputs], join="exact")
+    if contamination is not None:
+        result = result.assign_attrs(outlier_threshold=float(detector.threshold_))
+    _xarray.write_dataset(result, out, [store, model_path], overwrite=overwrite)
 
 
 def _outlier_detector(model, X, contamination: float, quiet: bool):
@@ -724,7 +822,9 @@ def info(model_path, verbose):
                    "its scores are in that transformed space")
     click.echo(f"covariance type   {model.covariance_type}")
     click.echo(f"components        {model.n_components}")
-    click.echo(f"features          {model.n_features_in_}")
+    names = getattr(model, "feature_names_in_", None)
+    named = "" if names is None else f" ({', '.join(names)})"
+    click.echo(f"features          {model.n_features_in_}{named}")
     click.echo(f"iterations        {model.n_iter_} (converged={model.converged_})")
     click.echo(f"lower bound       {model.lower_bound_:.6f}")
     order = np.argsort(model.weights_)[::-1]

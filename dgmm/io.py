@@ -969,6 +969,10 @@ _SCALARS = {"bool": (bool, np.bool_), "int": (int, np.int64), "float": (float, n
 def _encode_value(name: str, value) -> tuple[str, np.ndarray]:
     if isinstance(value, np.ndarray) and value.dtype.kind in "biuf":
         return "array", value
+    if isinstance(value, np.ndarray) and value.ndim == 1 and all(
+            isinstance(v, str) for v in value.tolist()):
+        # e.g. feature_names_in_ (an object array, as scikit-learn's): a unicode array on disk
+        return "strings", value.astype(np.str_)
     for kind, (py_type, np_type) in _SCALARS.items():  # bool before int: bool is an int
         if isinstance(value, (py_type, np_type)):
             return kind, np.asarray(value, dtype=np_type)
@@ -982,13 +986,15 @@ def _encode_value(name: str, value) -> tuple[str, np.ndarray]:
         return "tuple", np.stack(value)
     raise TypeError(
         f"Cannot save {name} of type {type(value).__name__}: model files "
-        "hold numeric arrays, scalars and lists of numbers only"
+        "hold numeric arrays, scalars, lists of numbers and arrays of str only"
     )
 
 
 def _decode_value(kind: str, value: np.ndarray):
     if kind == "array":
         return value
+    if kind == "strings":
+        return value.astype(object)
     if kind == "list":
         return value.tolist()
     if kind == "tuple":
@@ -1111,9 +1117,11 @@ def save_model(
       hyper-parameters; ``array_params`` names those stored as arrays;
     * ``params/<name>``: array-valued hyper-parameters (e.g. ``means_init``);
     * ``fitted/<name>``: every fitted attribute with ``kind`` ``'array'``,
-      ``'bool'``, ``'int'``, ``'float'`` (0-d arrays) or ``'list'`` (1-d
-      array of a list of numbers). New estimator state is saved by adding
-      such attributes; no schema change is needed;
+      ``'bool'``, ``'int'``, ``'float'`` (0-d arrays), ``'list'`` (1-d
+      array of a list of numbers), ``'tuple'`` (equal-shape arrays, stacked)
+      or ``'strings'`` (1-d unicode array of a 1-d array of str, read back
+      with object dtype: ``feature_names_in_``). New estimator state is saved
+      by adding such attributes; no schema change is needed;
     * fitted attributes that are records (dicts of JSON values; those named
       in ``RECORD_ATTRIBUTES``: a model's ``provenance_``, see
       :mod:`dgmm.provenance`) are kept in ``metadata.json`` itself, under
@@ -1250,9 +1258,9 @@ def _read_fitted(npz, path, kinds: dict, prefix: str = "") -> dict:
     for name, kind in kinds.items():
         value = _read_member(npz, path, prefix + _FITTED + name)
         arrays = ("array", "list", "tuple")
-        if kind not in (*arrays, *_SCALARS) or value.dtype.kind not in "biuf" or (
-            kind not in arrays and value.ndim != 0
-        ):
+        strings = kind == "strings" and value.dtype.kind == "U" and value.ndim == 1
+        if not strings and (kind not in (*arrays, *_SCALARS) or value.dtype.kind not in "biuf"
+                            or (kind not in arrays and value.ndim != 0)):
             raise model_file_error(path, f"field {name!r} has unexpected kind {kind!r}")
         fitted[name] = _decode_value(kind, value)
     return fitted

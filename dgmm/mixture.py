@@ -19,7 +19,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
-from dgmm import _em, _init, _lock, io
+from dgmm import _em, _init, _lock, _xarray, io
 from dgmm import _kernels as kernels
 from dgmm._covariance import COVARIANCE
 from dgmm._em import ALGORITHMS
@@ -149,6 +149,10 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     lower_bounds_ : list of float
         ``lower_bound`` per iteration of the best run.
     n_features_in_ : int
+    feature_names_in_ : ndarray of str objects, shape (n_features_in_,)
+        Names of the features, set by a fit on xarray input whose variable
+        names (or feature coordinate values) are strings; predictions on
+        xarray input select the features by these names.
     n_steps_ : int
         Stepwise-EM steps taken ('minibatch' fit and :meth:`partial_fit` only).
     n_samples_seen_ : int
@@ -314,13 +318,20 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     # ------------------------------------------------------------------
 
     def fit(self, X, y=None, *, sample_weight=None, labels=None, callback=None,
-            checkpoint=None, resume=False) -> GaussianMixture:
+            checkpoint=None, resume=False, features=None, feature_dim=None,
+            sample_dims=None) -> GaussianMixture:
         """Estimate the parameters with EM, ``n_init`` times, keeping the best.
 
         Parameters
         ----------
         X : array-like, dask array, zarr.Array or str of shape (n_samples, n_features)
-            The data; a string is a path or URL to a Zarr array.
+            The data; a string is a path or URL to a Zarr array. An
+            ``xarray.Dataset`` or ``DataArray`` (needs ``dgmm[xarray]``) is
+            fitted on its points: every dimension but the features is a sample
+            dimension, points NaN in every feature are skipped, and
+            ``feature_names_in_`` is set (see :mod:`dgmm._xarray`); its
+            ``sample_weight`` and ``labels`` are DataArrays on the sample
+            dimensions.
         y : Ignored
             Accepted so that scikit-learn pipelines and model selection work;
             ``fit`` never uses ``y`` (known components go in ``labels``).
@@ -349,11 +360,27 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             made for other data or settings is refused with a ``ValueError``.
             Resuming a checkpoint whose runs have all finished does no pass
             and gives the finished model again.
+        features : sequence of str, optional
+            xarray input only: the Dataset variables (or values of the
+            DataArray's feature coordinate) to use, in this order.
+        feature_dim : str, optional
+            xarray input only: the DataArray's feature dimension (default:
+            the last).
+        sample_dims : sequence of str, optional
+            xarray input only: the sample dimensions, in the order outputs get.
 
         Returns
         -------
         self : GaussianMixture
         """
+        if _xarray.is_xarray(X):
+            return _xarray.fit(self, X, sample_weight=sample_weight, labels=labels,
+                               features=features, feature_dim=feature_dim,
+                               sample_dims=sample_dims, callback=callback,
+                               checkpoint=checkpoint, resume=resume)
+        if (features, feature_dim, sample_dims) != (None, None, None):
+            raise ValueError("features, feature_dim and sample_dims apply to xarray input only")
+        self.__dict__.pop("feature_names_in_", None)  # names come with xarray input only
         Xd, lazy = as_dask_array(X)
         n, d = Xd.shape
         self._check_parameters(d)
@@ -580,6 +607,10 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                 raise ValueError(f"field {name!r} must have shape {shape}; got {got}")
             if not np.isfinite(value).all():
                 raise ValueError(f"field {name!r} contains NaN or infinity")
+        names = getattr(model, "feature_names_in_", None)
+        if names is not None and names.shape != (d,):
+            raise ValueError(f"field 'feature_names_in_' must have shape ({d},); "
+                             f"got {names.shape}")
         return model
 
     def fit_predict(self, X, y=None):
@@ -656,28 +687,46 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             return out.compute(scheduler="threads")
 
     def predict(self, X):
-        """Most likely component of every row, shape (n_samples,)."""
+        """Most likely component of every row, shape (n_samples,).
+
+        For xarray input, a DataArray ``labels`` on X's sample dimensions,
+        -1 where every feature is NaN.
+        """
+        if _xarray.is_xarray(X):
+            return _xarray.per_row(self, X, "predict", "labels", -1)
         return self._per_row(X, "labels")
 
     def predict_proba(self, X):
         """Responsibilities of every component for every row, shape (n_samples, n_components).
 
-        float32 for float32 input, float64 otherwise.
+        float32 for float32 input, float64 otherwise. For xarray input, a
+        DataArray ``proba`` on X's sample dimensions and ``component``, NaN
+        where every feature is NaN.
         """
+        if _xarray.is_xarray(X):
+            return _xarray.per_row(self, X, "predict_proba", "proba", np.nan,
+                                   component=self.n_components)
         return self._per_row(X, "proba")
 
     def score_samples(self, X):
         """Log-likelihood ``log p(x)`` of every row, shape (n_samples,).
 
-        float32 for float32 input, float64 otherwise.
+        float32 for float32 input, float64 otherwise. For xarray input, a
+        DataArray ``log_density`` on X's sample dimensions, NaN where every
+        feature is NaN.
         """
+        if _xarray.is_xarray(X):
+            return _xarray.per_row(self, X, "score_samples", "log_density", np.nan)
         return self._per_row(X, "log_density")
 
     def score(self, X, y=None, sample_weight=None) -> float:
         """Mean log-likelihood per row (a float, computed even for lazy input).
 
-        With ``sample_weight``, the weighted mean.
+        With ``sample_weight``, the weighted mean. For xarray input, the mean
+        over the points with an observed feature.
         """
+        if _xarray.is_xarray(X):
+            return _xarray.mean_score(self, X, "score", sample_weight)
         return self._mean_log_likelihood(X, sample_weight)[0]
 
     def _mean_log_likelihood(self, X, sample_weight=None) -> tuple[float, float]:
@@ -713,10 +762,14 @@ class GaussianMixture(DensityMixin, BaseEstimator):
 
     def bic(self, X, sample_weight=None) -> float:
         """Bayesian information criterion on X (lower is better); weighted count with weights."""
+        if _xarray.is_xarray(X):
+            return _xarray.mean_score(self, X, "bic", sample_weight)
         return self.criteria(*self._mean_log_likelihood(X, sample_weight))["bic"]
 
     def aic(self, X, sample_weight=None) -> float:
         """Akaike information criterion on X (lower is better)."""
+        if _xarray.is_xarray(X):
+            return _xarray.mean_score(self, X, "aic", sample_weight)
         return self.criteria(*self._mean_log_likelihood(X, sample_weight))["aic"]
 
     def sample(self, n_samples: int = 1):

@@ -51,7 +51,7 @@ from sklearn.base import BaseEstimator, OutlierMixin, clone
 from sklearn.utils.validation import check_is_fitted
 
 from dgmm import _kernels as kernels
-from dgmm import io
+from dgmm import _xarray, io
 from dgmm._passes import as_blocks, blas_guard, block_pass, scheduler_for
 from dgmm.io import as_dask_array
 from dgmm.mixture import GaussianMixture
@@ -324,6 +324,8 @@ class GaussianMixtureOutlierDetector(OutlierMixin, BaseEstimator):
         Counts of the training log-densities in narrow bins (the first pass),
         which :func:`dgmm.plot.log_density_histogram` draws without another pass.
     n_features_in_ : int
+    feature_names_in_ : ndarray of str objects, shape (n_features_in_,)
+        Set by a fit on xarray input with string feature names.
 
     Notes
     -----
@@ -354,6 +356,10 @@ class GaussianMixtureOutlierDetector(OutlierMixin, BaseEstimator):
         Parameters
         ----------
         X : array-like, dask array, zarr.Array or str of shape (n_samples, n_features)
+            Or an ``xarray.Dataset``/``DataArray``, as in
+            :meth:`GaussianMixture.fit`: points NaN in every feature count
+            neither in the fit nor in the threshold, and a fitted mixture
+            with feature names gets its features by name.
         y : Ignored
         sample_weight : array-like, dask array, zarr.Array or str of shape (n_samples,), optional
             Row weights, for the mixture's fit and the threshold: the
@@ -363,6 +369,13 @@ class GaussianMixtureOutlierDetector(OutlierMixin, BaseEstimator):
         -------
         self : GaussianMixtureOutlierDetector
         """
+        if _xarray.is_xarray(X):
+            _xarray.fit(self, X, sample_weight=sample_weight,
+                        features=_xarray.fitted_names(self.mixture))
+            if self.mixture_ is not self.mixture and hasattr(self, "feature_names_in_"):
+                self.mixture_.feature_names_in_ = self.feature_names_in_  # a clone fitted here
+            return self
+        self.__dict__.pop("feature_names_in_", None)  # names come with xarray input only
         c = self.contamination
         if not isinstance(c, numbers.Real) or isinstance(c, bool) or not 0 < c <= 0.5:
             raise ValueError(f"contamination must be a number in (0, 0.5]; got {c!r}")
@@ -381,9 +394,12 @@ class GaussianMixtureOutlierDetector(OutlierMixin, BaseEstimator):
     def score_samples(self, X):
         """Log-density of every row under the mixture, float64, shape (n_samples,).
 
-        A dask array for lazy input, NumPy otherwise.
+        A dask array for lazy input, NumPy otherwise; for xarray input a
+        DataArray on its sample dimensions, NaN where every feature is NaN.
         """
         check_is_fitted(self, "threshold_")
+        if _xarray.is_xarray(X):
+            return _xarray.per_row(self, X, "score_samples", "log_density", np.nan)
         return self.mixture_._per_row(X, "log_density", float_dtype=np.float64)
 
     def decision_function(self, X):
@@ -391,7 +407,13 @@ class GaussianMixtureOutlierDetector(OutlierMixin, BaseEstimator):
         return self.score_samples(X) - self.offset_
 
     def predict(self, X):
-        """+1 for inliers, -1 for outliers (log-density below ``threshold_``), (n_samples,)."""
+        """+1 for inliers, -1 for outliers (log-density below ``threshold_``), (n_samples,).
+
+        For xarray input a DataArray on its sample dimensions, 0 where every
+        feature is NaN.
+        """
+        if _xarray.is_xarray(X):
+            return _xarray.per_row(self, X, "predict", "outlier", 0)
         scores = self.score_samples(X)
         where = da.where if isinstance(scores, da.Array) else np.where
         return where(scores < self.threshold_, -1, 1)

@@ -1,4 +1,4 @@
-"""Pictures of a fit: covariance ellipses, selection curves, lower bounds, log-densities.
+"""Pictures of a fit: covariance ellipses, selection curves, lower bounds, log-densities, maps.
 
 Needs matplotlib (``pip install "dgmm[plot]"``), imported only when a function
 is called. Every function draws on ``ax`` when given (so several pictures can
@@ -285,4 +285,52 @@ def log_density_histogram(scores_or_detector, threshold: float | None = None, bi
     ax.set_xlabel("log-density")
     ax.set_ylabel("rows")
     ax.set_title("log-density of every row")
+    return _done(fig, path)
+
+
+# --------------------------------------------------------------------------
+# Labels on a map
+# --------------------------------------------------------------------------
+
+
+def label_map(labels, ax=None, path=None, title: str | None = None):
+    """Component labels of a 2-D spatial output as a map, one colour per component.
+
+    Parameters
+    ----------
+    labels : xarray.DataArray
+        Labels on two dimensions (e.g. ``predict(ds).isel(time=0)`` on
+        (lat, lon)): the first is drawn along y, the second along x, at
+        their coordinates when they have them. -1 (no data, such as land)
+        is left blank. Lazy labels are computed (only this 2-D slice).
+    ax : matplotlib Axes, optional
+    path : str or PathLike, optional
+    title : str, optional
+        Default: the number of components shown.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    _matplotlib()
+    from matplotlib.colors import BoundaryNorm, ListedColormap
+
+    if getattr(labels, "ndim", None) != 2 or not hasattr(labels, "dims"):
+        shape = getattr(labels, "shape", None)
+        raise ValueError(f"label_map draws a 2-D DataArray of labels (select one time step, "
+                         f"e.g. labels.isel(time=0)); got shape {shape}")
+    ydim, xdim = labels.dims
+    values = np.asarray(labels.values)
+    k = max(int(values.max()) + 1, 1)
+    coord = {dim: (np.asarray(labels[dim].values) if dim in labels.coords
+                   else np.arange(labels.sizes[dim])) for dim in (ydim, xdim)}
+    fig, ax = _figure_and_axes(ax)
+    cmap = ListedColormap([f"C{c % 10}" for c in range(k)])
+    mesh = ax.pcolormesh(coord[xdim], coord[ydim], np.ma.masked_less(values, 0), cmap=cmap,
+                         norm=BoundaryNorm(np.arange(-0.5, k), k), shading="auto")
+    bar = fig.colorbar(mesh, ax=ax, ticks=np.arange(k))
+    bar.set_label("component")
+    ax.set_xlabel(xdim)
+    ax.set_ylabel(ydim)
+    ax.set_title(title or f"{k} components")
     return _done(fig, path)

@@ -194,9 +194,9 @@ def test_complete_rows_give_the_kernels_packet(covariance_type):
 @pytest.mark.parametrize("covariance_type", ["full", "tied"])
 def test_many_missing_coordinates(covariance_type):
     """Patterns with more missing values than _SMALL_R go through batched LAPACK."""
-    d = 12
+    d = 16
     params, cov = random_params(covariance_type, K_, d, seed=2)
-    X = incomplete_data(60, d, 0.8, 3)
+    X = incomplete_data(60, d, 0.75, 3)
     assert np.isnan(X).sum(axis=1).max() > _marginal._SMALL_R
     dense = dense_cov(cov, covariance_type, K_, d)
     assert_packet(call_stats(X, params), *reference_packet(X, params, dense))
