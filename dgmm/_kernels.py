@@ -233,7 +233,7 @@ def _soft_normalise(a: np.ndarray, keep: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):  # all -inf: caught by the caller
         log_total = np.log(total)
         np.divide(1.0, total, out=total)
-    a *= total
+        a *= total
     return log_total
 
 

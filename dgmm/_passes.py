@@ -55,6 +55,18 @@ from dgmm._stats import SuffStats, tree_sum
 # Fan-in of the tree that combines the per-block results (``dgmm.split-every``
 # in the Dask config, read at every pass): no task receives more than this many.
 SPLIT_EVERY = 8
+# Data per task when reading a store (config ``dgmm.read-chunk-bytes``): tens
+# of MB keeps scheduler overhead (~1 ms a task) under 1% of the read time while
+# a few chunks in flight per thread stay far below 1 GB. Passes fuse runs of
+# small blocks into tasks of about this size too (:meth:`Blocks.tasks`).
+DEFAULT_READ_CHUNK_BYTES = 32 * 2**20
+# Blocks below this share of ``dgmm.read-chunk-bytes`` count as small and are
+# fused with their neighbours; larger ones (NumPy input's 4 MiB blocks, a
+# store's reads) run one per task, without the copy that fusing costs.
+SMALL_BLOCK_SHARE = 1 / 32
+# Fused tasks hold at most this share of all the data, so a small array still
+# gives every core several tasks.
+MIN_TASKS = 16
 
 
 class BlockFn(Protocol):
@@ -121,6 +133,8 @@ class Blocks:
     fill : ndarray of shape (n_features,), optional
         While set (:meth:`filled`), every pass sees NaN entries as these
         values: how initialisation treats missing values.
+    itemsize : int
+        Bytes per value of the array (to size fused tasks).
     block_reads : int
         Blocks read so far by the passes over these blocks (a pass restricted
         to pieces reads each block it touches once per piece).
@@ -136,6 +150,7 @@ class Blocks:
     total_weight: float = 0.0
     block_reads: int = 0
     fill: np.ndarray | None = None
+    itemsize: int = 8
 
     def __post_init__(self):
         if "weight" not in self.side:
@@ -170,6 +185,30 @@ class Blocks:
         """Rows per block."""
         return np.diff([*self.offsets, self.n_rows]).tolist()
 
+    def tasks(self) -> list[tuple[int, int]]:
+        """Runs ``(first, stop)`` of adjacent blocks that a whole pass processes as one task.
+
+        Blocks smaller than ``SMALL_BLOCK_SHARE`` of ``dgmm.read-chunk-bytes``
+        (config, read at every pass) are concatenated with their small
+        neighbours into tasks of about that size, or of a ``MIN_TASKS``-th of
+        the data if that is less: thousands of tiny chunks would otherwise
+        cost a task and a kernel call each. Other blocks run alone.
+        """
+        target = int(dask.config.get("dgmm.read-chunk-bytes", DEFAULT_READ_CHUNK_BYTES))
+        row_bytes = max(1, self.n_features * self.itemsize)
+        small = target * SMALL_BLOCK_SHARE / row_bytes
+        cap = min(target / row_bytes, self.n_rows / MIN_TASKS)
+        runs: list[tuple[int, int]] = []
+        rows = 0  # in the open run, runs[-1], if it takes more small blocks
+        for b, size in enumerate(self.sizes):
+            if size < small and rows and rows + size <= cap:
+                runs[-1] = (runs[-1][0], b + 1)
+                rows += size
+            else:
+                runs.append((b, b + 1))
+                rows = size if size < small else 0
+        return runs
+
     @cached_property
     def delayed(self) -> list[Delayed]:
         """One delayed object per block (all sharing :attr:`graph`)."""
@@ -190,7 +229,7 @@ class Blocks:
         offsets = np.concatenate([[0], np.cumsum(X.chunks[0])[:-1]]).astype(int).tolist()
         name = X.name if not side_keys else tokenize(X.name, *side_keys.values())
         return cls(graph, keys, offsets, int(X.shape[0]), int(X.shape[1]), name, side_keys,
-                   total_weight)
+                   total_weight, itemsize=X.dtype.itemsize)
 
 
 def _materialise(X: da.Array) -> tuple[list, dict]:
@@ -214,10 +253,13 @@ def _filled(block: np.ndarray, fill: np.ndarray | None) -> np.ndarray:
     return np.where(np.isnan(block), fill.astype(block.dtype), block)
 
 
-def _apply(fn, args, row_offset, index, start, stop, names, fill, block, *parts):
-    # The side arrays arrive positionally (``names`` says which): dask resolves
-    # task references in positional arguments.
-    extra = {k: v[start:stop] for k, v in zip(names, parts, strict=True)}
+def _apply(fn, args, row_offset, index, start, stop, names, fill, count, *parts):
+    # ``count`` adjacent blocks, then as many parts of each side array (``names``
+    # says which), arrive positionally: dask resolves task references there.
+    # Fused blocks are concatenated, so ``fn`` sees one block of their rows.
+    block, *sides = [p[0] if count == 1 else np.concatenate(p)
+                     for p in zip(*[iter(parts)] * count, strict=True)]
+    extra = {k: v[start:stop] for k, v in zip(names, sides, strict=True)}
     return fn(_filled(block[start:stop], fill), row_offset + start, index, *args, **extra)
 
 
@@ -241,7 +283,9 @@ def pass_graph(
     combined in order by ``combine(*parts)`` (default: summing packets) in a
     tree of fan-in ``dgmm.split-every``, so no task receives more than that
     many parts and only the final result travels to the caller. ``args`` enter
-    the graph once, as a single key that every task references.
+    the graph once, as a single key that every task references. A whole pass
+    runs small adjacent blocks as one task (:meth:`Blocks.tasks`): ``fn`` then
+    sees their rows as one block, with the index of the first.
 
     The graph is built directly as one layer on top of the blocks' graph, at
     O(n_pieces) cost with a small constant (a ``dask.delayed`` call per task
@@ -252,21 +296,24 @@ def pass_graph(
     split_every = int(dask.config.get("dgmm.split-every", SPLIT_EVERY))
     if split_every < 2:
         raise ValueError(f"dask config dgmm.split-every must be >= 2; got {split_every}")
+    # (first block, stop block, start row, stop row) of each task
     if pieces is None:
-        pieces = [(b, 0, None) for b in range(len(blocks.keys))]
-    name = f"dgmm-pass-{tokenize(blocks.name, fn, args, combine, pieces, blocks.fill)}"
+        runs = [(first, stop, 0, None) for first, stop in blocks.tasks()]
+    else:
+        runs = [(b, b + 1, start, stop) for b, start, stop in pieces]
+    name = f"dgmm-pass-{tokenize(blocks.name, fn, args, combine, runs, blocks.fill)}"
     args_key = f"{name}-args"
     layer = {args_key: DataNode(args_key, args)}
     args_ref = TaskRef(args_key)
     level = []
-    for i, (b, start, stop) in enumerate(pieces):
+    for i, (first, last, start, stop) in enumerate(runs):
         # Producing a block (a read from the store) and using it are one task:
         # half the tasks per pass, and a block never moves between workers.
-        block = _node(blocks.graph, blocks.keys[b])
-        parts = [_node(blocks.graph, keys[b]) for keys in blocks.side.values()]
+        parts = [_node(blocks.graph, keys[b]) for keys in (blocks.keys, *blocks.side.values())
+                 for b in range(first, last)]
         key = (name, 0, i)
-        layer[key] = Task(key, _apply, fn, args_ref, blocks.offsets[b], b, start, stop,
-                          tuple(blocks.side), blocks.fill, block, *parts)
+        layer[key] = Task(key, _apply, fn, args_ref, blocks.offsets[first], first, start, stop,
+                          tuple(blocks.side), blocks.fill, last - first, *parts)
         level.append(key)
     depth = 0
     while len(level) > 1:
