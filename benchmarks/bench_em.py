@@ -170,6 +170,7 @@ def profile_iteration(X: np.ndarray, params: kernels.Params) -> dict[str, float]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="divide N by 10")
+    parser.add_argument("--scale", type=float, default=1.0, help="divide N by this")
     parser.add_argument("--iters", type=int, default=N_ITER, help="EM iterations per fit")
     parser.add_argument("--cases", type=int, nargs="*", help="case numbers (default: all)")
     parser.add_argument("--no-profile", action="store_true", help="skip the stage profile")
@@ -184,7 +185,7 @@ def main() -> None:
     print("-" * len(header))
     profiles = []
     for n, d, k, cov, dtype in cases:
-        n = n // 10 if args.quick else n
+        n = int(n / (10 if args.quick else args.scale))
         X = make_data(n, d, k).astype(dtype)
         init = initial_parameters(X, k, cov)
         t_sk, sk = iteration_times_sklearn(X, k, cov, init, args.iters)
