@@ -211,7 +211,7 @@ def _normalise_t(a: np.ndarray, label: np.ndarray | None = None) -> np.ndarray:
     if 2 * soft.size > a.shape[1]:
         log_norm += _soft_normalise(a, keep)
     elif soft.size:
-        part = a[:, soft]
+        part = np.take(a, soft, axis=1, out=_WORK.get("soft", (a.shape[0], soft.size)))
         np.copyto(a, keep)  # one-hot rows: exp(0) = 1, the rest negligible
         log_norm[soft] += _soft_normalise(part, keep[:, soft])
         a[:, soft] = part
