@@ -181,11 +181,10 @@ def _weighted_log_prob_t(b: CentredBlock, scorer: Scorer) -> np.ndarray:
 # --------------------------------------------------------------------------
 
 
-# Entries of a row this far below its maximum (log scale) get responsibility 0:
-# e^-60 < 1e-26 is invisible next to the maximum's 1 in the row sum. A row
-# with a single entry above that is one-hot, with no exponential taken (the
-# exponentials are the costliest step of the E-step, and on separated data
-# most rows are such).
+# A row whose other entries all lie this far below its maximum (log scale) is
+# one-hot: e^-60 < 1e-26 is invisible next to the maximum's 1 in the row sum.
+# Such rows need no exponential (the costliest step of the E-step), and on
+# separated data most rows are such.
 _LOG_NEGLIGIBLE = -60.0
 
 
@@ -193,11 +192,12 @@ def _normalise_t(a: np.ndarray, label: np.ndarray | None = None) -> np.ndarray:
     """Turn log-probabilities ``a`` (K, n) into responsibilities in place; return log-norms (n,).
 
     Log-sum-exp about each row's maximum, whose exponentials give both the
-    normaliser and, scaled by its inverse, the responsibilities. Rows whose
-    ``label`` is a component (>= 0) get that one-hot responsibility and the
-    complete-data log-likelihood ``log w_y + log N(x | y)``. A row with a
-    non-finite maximum (bad input, or no component able to explain it) gets
-    a non-finite log-norm, for the caller to report.
+    normaliser and, scaled by its inverse, the responsibilities; one-hot rows
+    (see ``_LOG_NEGLIGIBLE``) skip the exponentials. Rows whose ``label`` is a
+    component (>= 0) get that one-hot responsibility and the complete-data
+    log-likelihood ``log w_y + log N(x | y)``. A row with a non-finite maximum
+    (bad input, or no component able to explain it) gets a non-finite
+    log-norm, for the caller to report.
     """
     known = None
     if label is not None:
@@ -207,13 +207,16 @@ def _normalise_t(a: np.ndarray, label: np.ndarray | None = None) -> np.ndarray:
     log_norm = a.max(axis=0)  # becomes the log-norm: max + log(sum of exp)
     a -= np.where(np.isfinite(log_norm), log_norm, 0.0)
     keep = a > _LOG_NEGLIGIBLE  # False for NaN: the log-norm is NaN already
-    soft = np.flatnonzero(np.count_nonzero(keep, axis=0) != 1)
+    # entries kept per row, summed over the K rows of the mask as bytes (fast)
+    count = np.add.reduce(keep.view(np.uint8), axis=0,
+                          dtype=np.uint8 if a.shape[0] < 256 else np.intp)
+    soft = np.flatnonzero(count != 1)
     if 2 * soft.size > a.shape[1]:
-        log_norm += _soft_normalise(a, keep)
+        log_norm += _soft_normalise(a)
     elif soft.size:
         part = np.take(a, soft, axis=1, out=_WORK.get("soft", (a.shape[0], soft.size)))
         np.copyto(a, keep)  # one-hot rows: exp(0) = 1, the rest negligible
-        log_norm[soft] += _soft_normalise(part, keep[:, soft])
+        log_norm[soft] += _soft_normalise(part)
         a[:, soft] = part
     else:
         np.copyto(a, keep)
@@ -224,11 +227,9 @@ def _normalise_t(a: np.ndarray, label: np.ndarray | None = None) -> np.ndarray:
     return log_norm
 
 
-def _soft_normalise(a: np.ndarray, keep: np.ndarray) -> np.ndarray:
-    """Normalise ``exp(a)`` (max 0 per row) in place over ``keep``; return log of the row sums."""
-    np.maximum(a, -700.0, out=a)  # exp's slow path is underflow; NaN stays NaN
+def _soft_normalise(a: np.ndarray) -> np.ndarray:
+    """Normalise ``exp(a)`` (max 0 per row) in place; return the log of the row sums."""
     np.exp(a, out=a)
-    a *= keep
     total = a.sum(axis=0)
     with np.errstate(divide="ignore", invalid="ignore"):  # all -inf: caught by the caller
         log_total = np.log(total)
