@@ -181,10 +181,11 @@ def _weighted_log_prob_t(b: CentredBlock, scorer: Scorer) -> np.ndarray:
 # --------------------------------------------------------------------------
 
 
-# A row whose other entries all lie this far below its maximum (log scale) is
-# one-hot: e^-60 < 1e-26 is invisible next to the maximum's 1 in the row sum.
-# Such rows need no exponential (the costliest step of the E-step), and on
-# separated data most rows are such.
+# Entries this far below their row's maximum (log scale) get responsibility 0
+# (in every row, so results do not depend on how rows are grouped): e^-60 <
+# 1e-26 is invisible next to the maximum's 1 in the row sum. A row with a
+# single entry above that is one-hot and needs no exponential (the costliest
+# step of the E-step); on separated data most rows are such.
 _LOG_NEGLIGIBLE = -60.0
 
 
@@ -212,11 +213,11 @@ def _normalise_t(a: np.ndarray, label: np.ndarray | None = None) -> np.ndarray:
                           dtype=np.uint8 if a.shape[0] < 256 else np.intp)
     soft = np.flatnonzero(count != 1)
     if 2 * soft.size > a.shape[1]:
-        log_norm += _soft_normalise(a)
+        log_norm += _soft_normalise(a, keep)
     elif soft.size:
         part = np.take(a, soft, axis=1, out=_WORK.get("soft", (a.shape[0], soft.size)))
         np.copyto(a, keep)  # one-hot rows: exp(0) = 1, the rest negligible
-        log_norm[soft] += _soft_normalise(part)
+        log_norm[soft] += _soft_normalise(part, np.take(keep, soft, axis=1))
         a[:, soft] = part
     else:
         np.copyto(a, keep)
@@ -227,9 +228,10 @@ def _normalise_t(a: np.ndarray, label: np.ndarray | None = None) -> np.ndarray:
     return log_norm
 
 
-def _soft_normalise(a: np.ndarray) -> np.ndarray:
-    """Normalise ``exp(a)`` (max 0 per row) in place; return the log of the row sums."""
+def _soft_normalise(a: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """Normalise ``exp(a)`` (max 0 per row) over ``keep`` in place; return log row sums."""
     np.exp(a, out=a)
+    a *= keep  # NaN stays NaN
     total = a.sum(axis=0)
     with np.errstate(divide="ignore", invalid="ignore"):  # all -inf: caught by the caller
         log_total = np.log(total)

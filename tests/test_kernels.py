@@ -237,9 +237,7 @@ def test_normalise_matches_logsumexp_for_hard_soft_and_impossible_rows():
         np.testing.assert_allclose(log_norm, logsumexp(a[:, cols], axis=0), rtol=1e-13)
         expected = np.exp(a[:, cols] - logsumexp(a[:, cols], axis=0))
         np.testing.assert_allclose(block, expected, rtol=1e-12, atol=1e-25)
-        if cols == slice(None):  # few soft rows: the one-hot ones take no exponential
-            one_hot = (expected > 1e-26).sum(axis=0) == 1
-            assert set(np.unique(block[:, one_hot])) == {0.0, 1.0}
+        assert (block[expected < 1e-30] == 0.0).all()  # whichever route a row took
     bad = np.array([[0.0, -np.inf, np.nan], [1.0, -np.inf, 0.0]])
     log_norm = kernels._normalise_t(bad)
     assert np.isfinite(log_norm[0]) and not np.isfinite(log_norm[1:]).any()
