@@ -6,23 +6,44 @@ median is reported, with their ratio and the achieved GFLOP/s against a
 matmul peak measured in the same run (the machine is shared and noisy, so
 only same-run ratios mean anything).
 
-    python -m benchmarks.bench_em            # the three cases of the issue
+It also prints where the time of one iteration goes: the kernel's stages
+timed one after the other on a single thread over all rows (centring,
+features, the densities' GEMM, the log-sum-exp, the statistics' GEMM; the
+reference route: centring, squared distances, log-sum-exp, statistics), the
+rest of the single-threaded kernel (Python, packets) and the pass on the
+default threaded scheduler, whose ratio to the kernel says how many cores
+were kept busy.
+
+    python -m benchmarks.bench_em            # the cases of the issue
     python -m benchmarks.bench_em --quick    # smaller N, for a smoke run
+    python -m benchmarks.bench_em --iters 8 --cases 2 5   # some cases, fewer iterations
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 import warnings
 
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture as SkGM
+from threadpoolctl import threadpool_limits
 
 from dgmm import GaussianMixture, _em
+from dgmm import _kernels as kernels
+from dgmm._covariance import COVARIANCE
 
-CASES = [(1_000_000, 16, 8, "full"), (200_000, 64, 16, "full"), (1_000_000, 16, 8, "diag")]
+# (rows, features, components, covariance type, dtype)
+CASES = [
+    (1_000_000, 16, 8, "full", "float64"),
+    (200_000, 64, 16, "full", "float64"),
+    (1_000_000, 16, 8, "diag", "float64"),
+    (1_000_000, 8, 4, "full", "float64"),
+    (1_000_000, 16, 8, "full", "float32"),
+    (1_000_000, 16, 8, "diag", "float32"),
+]
 N_ITER = 20
 
 
@@ -77,32 +98,98 @@ def fit_timed(gm, owner, name: str, X) -> np.ndarray:
     return np.diff([start, *stamps])
 
 
-def iteration_times_sklearn(X, k, covariance_type, init):
-    gm = SkGM(k, covariance_type=covariance_type, max_iter=N_ITER, tol=0, **init)
+def iteration_times_sklearn(X, k, covariance_type, init, n_iter=N_ITER):
+    gm = SkGM(k, covariance_type=covariance_type, max_iter=n_iter, tol=0, **init)
     return fit_timed(gm, gm, "_m_step", X), gm  # one M-step per iteration
 
 
-def iteration_times_dgmm(X, k, covariance_type, init):
-    gm = GaussianMixture(k, covariance_type=covariance_type, max_iter=N_ITER, tol=0, **init)
+def iteration_times_dgmm(X, k, covariance_type, init, n_iter=N_ITER):
+    gm = GaussianMixture(k, covariance_type=covariance_type, max_iter=n_iter, tol=0, **init)
     return fit_timed(gm, _em, "estep_pass", X), gm  # one data pass per iteration
+
+
+def _clock(stages: dict, name: str, since: float) -> float:
+    now = time.perf_counter()
+    stages[name] = stages.get(name, 0.0) + now - since
+    return now
+
+
+def profile_iteration(X: np.ndarray, params: kernels.Params) -> dict[str, float]:
+    """Seconds of each stage of one E-step over ``X`` on one thread, by route.
+
+    The stages run as in :func:`dgmm._kernels.estep_stats`, one after the
+    other per sub-block; 'kernel' is ``estep_stats`` itself over all rows and
+    'other' what it spends beyond the stages (Python, packets).
+    """
+    scorer = kernels.Scorer.of(params)
+    kind = COVARIANCE[params.covariance_type]
+    d, k = params.n_features, params.n_components
+    stages: dict[str, float] = {}
+    with threadpool_limits(limits=1, user_api="blas"), np.errstate(all="ignore"):
+        if scorer.lin is not None:
+            m1 = scorer.lin.shape[1]
+            for _, sl in kernels.sub_blocks(len(X), kernels.linear_sub_rows(m1, k)):
+                t = time.perf_counter()
+                F = np.empty((m1, sl.stop - sl.start))
+                np.subtract(X[sl].T, scorer.center[:, None], out=F[:d], casting="unsafe")
+                t = _clock(stages, "centre", t)
+                kind.lin_fill(F, d)
+                F[-1] = 1.0
+                t = _clock(stages, "features", t)
+                A = scorer.lin @ F
+                t = _clock(stages, "densities GEMM", t)
+                kernels._normalise_t(A)
+                t = _clock(stages, "log-sum-exp", t)
+                A @ F.T
+                _clock(stages, "statistics GEMM", t)
+        for _, sl in kernels.sub_blocks(len(X)):
+            t = time.perf_counter()
+            b = scorer.block(X[sl])
+            t = _clock(stages, "ref: centre", t)
+            A = kernels._weighted_log_prob_t(b, scorer)
+            t = _clock(stages, "ref: distances", t)
+            kernels._normalise_t(A)
+            t = _clock(stages, "ref: log-sum-exp", t)
+            kernels.stats_from_resp(X[sl], A, params.means, scorer.center,
+                                    params.covariance_type, block=b)
+            _clock(stages, "ref: statistics", t)
+        t = time.perf_counter()
+        kernels.estep_stats(X, params)
+        _clock(stages, "kernel", t)
+        t = time.perf_counter()
+        kernels.estep_stats(X, params, reference=True)
+        _clock(stages, "ref: kernel", t)
+    fast = [v for key, v in stages.items() if key != "kernel" and not key.startswith("ref")]
+    ref = [v for key, v in stages.items() if key.startswith("ref: ") and key != "ref: kernel"]
+    if fast:
+        stages["other"] = stages["kernel"] - sum(fast)
+    stages["ref: other"] = stages["ref: kernel"] - sum(ref)
+    return stages
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="divide N by 10")
+    parser.add_argument("--scale", type=float, default=1.0, help="divide N by this")
+    parser.add_argument("--iters", type=int, default=N_ITER, help="EM iterations per fit")
+    parser.add_argument("--cases", type=int, nargs="*", help="case numbers (default: all)")
+    parser.add_argument("--no-profile", action="store_true", help="skip the stage profile")
     args = parser.parse_args()
+    cases = [CASES[i] for i in args.cases] if args.cases else CASES
     peak = matmul_peak_gflops()
-    print(f"float64 matmul peak on this machine: {peak:.1f} GFLOP/s\n")
-    header = (f"{'case':<26} {'sklearn s/it':>12} {'dgmm s/it':>10} {'speed-up':>9} "
-              f"{'dgmm GFLOP/s':>12} {'% peak':>7} {'max rel diff':>12}")
+    print(f"float64 matmul peak on this machine: {peak:.1f} GFLOP/s, "
+          f"load average {os.getloadavg()[0]:.1f}\n")
+    header = (f"{'case':<34} {'sklearn s/it':>12} {'dgmm s/it':>10} {'speed-up':>9} "
+              f"{'dgmm GFLOP/s':>12} {'% peak':>7} {'max rel diff':>12} {'load':>5}")
     print(header)
     print("-" * len(header))
-    for n, d, k, cov in CASES:
-        n = n // 10 if args.quick else n
-        X = make_data(n, d, k)
+    profiles = []
+    for n, d, k, cov, dtype in cases:
+        n = int(n / (10 if args.quick else args.scale))
+        X = make_data(n, d, k).astype(dtype)
         init = initial_parameters(X, k, cov)
-        t_sk, sk = iteration_times_sklearn(X, k, cov, init)
-        t_dg, dg = iteration_times_dgmm(X, k, cov, init)
+        t_sk, sk = iteration_times_sklearn(X, k, cov, init, args.iters)
+        t_dg, dg = iteration_times_dgmm(X, k, cov, init, args.iters)
         med_sk, med_dg = np.median(t_sk), np.median(t_dg)
         gflops = flops_per_iteration(n, d, k, cov) / med_dg / 1e9
         diff = max(
@@ -110,10 +197,27 @@ def main() -> None:
             np.abs(dg.covariances_ - sk.covariances_).max() / np.abs(sk.covariances_).max(),
             np.abs(dg.weights_ - sk.weights_).max() / np.abs(sk.weights_).max(),
         )
-        name = f"N={n:.0e} d={d} K={k} {cov}"
-        print(f"{name:<26} {med_sk:>12.3f} {med_dg:>10.3f} {med_sk / med_dg:>8.1f}x "
-              f"{gflops:>12.1f} {100 * gflops / peak:>6.1f}% {diff:>12.1e}", flush=True)
-    print(f"\nmedians of {N_ITER} iterations per fit; same initial parameters, tol=0")
+        name = f"N={n:.0e} d={d} K={k} {cov} {dtype}"
+        print(f"{name:<34} {med_sk:>12.3f} {med_dg:>10.3f} {med_sk / med_dg:>8.1f}x "
+              f"{gflops:>12.1f} {100 * gflops / peak:>6.1f}% {diff:>12.1e} "
+              f"{os.getloadavg()[0]:>5.1f}", flush=True)
+        if not args.no_profile:
+            params = kernels.Params(cov, dg.weights_, dg.means_, dg.precisions_cholesky_)
+            profiles.append((name, med_dg, profile_iteration(X, params)))
+    print(f"\nmedians of {args.iters} iterations per fit; same initial parameters, tol=0")
+    for name, pass_s, stages in profiles:
+        print(f"\none iteration of {name}, seconds on one thread by stage:")
+        for route, prefix in (("linear route", ""), ("reference route", "ref: ")):
+            keys = [key for key in stages if key.startswith(prefix)
+                    and (prefix or not key.startswith("ref: "))]
+            if not keys:
+                continue
+            kernel = stages[f"{prefix}kernel"]
+            cells = ", ".join(f"{key[len(prefix):]} {stages[key]:.3f}" for key in keys
+                              if not key.endswith("kernel"))
+            print(f"  {route}: {cells}; kernel {kernel:.3f}")
+        print(f"  pass on the threaded scheduler: {pass_s:.3f} s, "
+              f"{stages['kernel'] / pass_s:.2f} cores busy with the kernel's work")
 
 
 if __name__ == "__main__":

@@ -63,6 +63,9 @@ class SuffStats(Protocol):
 #   Q         scatter statistic (qk), shape per type (see SuffStats)
 #   m         sk / nk: new means relative to the shifts, (K, d)
 #   reg       reg_covar, added to the diagonal of every covariance
+#   F         linear features of a block, (m + 1, n): ZT, then the type's m - d
+#             extra rows (sqT, |z|^2 or phiT), then a row of ones
+#   extra     R @ (extra rows of F)^T, (K, m - d): what the scatter needs beyond S0
 # --------------------------------------------------------------------------
 
 
@@ -75,6 +78,15 @@ def use_outer_features(n_components: int, n_features: int) -> bool:
     dominates and per-component GEMMs win.
     """
     return 8 * n_components > n_features  # measured on 2 cores: d=16..64, K=1..16
+
+
+def _outer_rows(ZT: np.ndarray, out: np.ndarray) -> None:
+    """Write the upper triangle of each row's outer product ``z z^T`` into ``out``."""
+    d = ZT.shape[0]
+    pos = 0
+    for i in range(d):
+        np.multiply(ZT[i], ZT[i:], out=out[pos : pos + d - i])
+        pos += d - i
 
 
 @dataclass(frozen=True)
@@ -115,10 +127,7 @@ class CentredBlock:
         phiT = None
         if COVARIANCE[covariance_type].outer_route and use_outer_features(n_components, d):
             phiT = np.empty((d * (d + 1) // 2, n))
-            pos = 0
-            for i in range(d):
-                np.multiply(ZT[i], ZT[i:], out=phiT[pos : pos + d - i])
-                pos += d - i
+            _outer_rows(ZT, phiT)
         return cls(ZT, phiT)
 
 
@@ -305,19 +314,24 @@ def _sq_maha_spherical(b: CentredBlock, coef: tuple) -> np.ndarray:
 # --------------------------------------------------------------------------
 
 
+def _q_full_of(tri, S0, nk, shift_c) -> np.ndarray:
+    """Scatter matrices about each c_k from ``tri = R phi`` (about the centre)."""
+    K, d = S0.shape
+    iu = np.triu_indices(d)
+    Q = np.empty((K, d, d))
+    Q[:, iu[0], iu[1]] = tri
+    Q[:, iu[1], iu[0]] = tri
+    Q -= S0[:, :, None] * shift_c[:, None, :] + shift_c[:, :, None] * S0[:, None, :]
+    Q += nk[:, None, None] * shift_c[:, :, None] * shift_c[:, None, :]
+    return Q
+
+
 def _q_full(b: CentredBlock, R, S0, nk, shift_c) -> np.ndarray:
     K = R.shape[0]
     d = b.Z.shape[1]
     if b.phiT is not None:
         # All scatter matrices about the centre in one GEMM, then moved to each c_k.
-        tri = R @ b.phiT.T
-        iu = np.triu_indices(d)
-        Q = np.empty((K, d, d))
-        Q[:, iu[0], iu[1]] = tri
-        Q[:, iu[1], iu[0]] = tri
-        Q -= S0[:, :, None] * shift_c[:, None, :] + shift_c[:, :, None] * S0[:, None, :]
-        Q += nk[:, None, None] * shift_c[:, :, None] * shift_c[:, None, :]
-        return Q
+        return _q_full_of(R @ b.phiT.T, S0, nk, shift_c)
     Q = np.empty((K, d, d))
     for k in range(K):  # few components: one GEMM each, about c_k directly
         D = b.ZT - shift_c[k][:, None]
@@ -329,13 +343,23 @@ def _q_tied(b: CentredBlock, R, S0, nk, shift_c) -> np.ndarray:
     return (b.ZT * R.sum(axis=0)) @ b.Z
 
 
-def _q_diag(b: CentredBlock, R, S0, nk, shift_c) -> np.ndarray:
+def _q_diag_of(RZ2, S0, nk, shift_c) -> np.ndarray:
     # sum_n r_nk (z - m_k)^2 = R Z^2 - 2 m_k (R Z) + N_k m_k^2, exact algebra
-    return R @ b.sqT.T - 2.0 * shift_c * S0 + nk[:, None] * shift_c**2
+    return RZ2 - 2.0 * shift_c * S0 + nk[:, None] * shift_c**2
+
+
+def _q_spherical_of(RZ2, S0, nk, shift_c) -> np.ndarray:
+    # RZ2: R |z|^2, (K,) or (K, 1); the trace of the diag statistic
+    return (RZ2.reshape(-1) - 2.0 * np.einsum("kd,kd->k", shift_c, S0)
+            + nk * np.einsum("kd,kd->k", shift_c, shift_c))
+
+
+def _q_diag(b: CentredBlock, R, S0, nk, shift_c) -> np.ndarray:
+    return _q_diag_of(R @ b.sqT.T, S0, nk, shift_c)
 
 
 def _q_spherical(b: CentredBlock, R, S0, nk, shift_c) -> np.ndarray:
-    return _q_diag(b, R, S0, nk, shift_c).sum(axis=1)
+    return _q_spherical_of(R @ b.sqT.sum(axis=0), S0, nk, shift_c)
 
 
 def _shift_q_full(st: SuffStats, delta: np.ndarray, center: np.ndarray) -> np.ndarray:
@@ -465,6 +489,41 @@ def _sample_scaled(rng, mean: np.ndarray, covariances: np.ndarray, k: int, n: in
 
 
 # --------------------------------------------------------------------------
+# Linear route (the fast kernel): for full (many components), diag and
+# spherical, the log-densities and all statistics are linear in per-row
+# features [z; extra; 1], so a sub-block costs one GEMM for the densities of
+# every component (the offsets ride on the row of ones) and one GEMM for nk,
+# S0 and the scatter together. ``lin_rows`` gives m, the feature rows before
+# the ones (None: no linear route), ``lin_fill`` writes the extra rows of F
+# from its first d, ``lin_coef`` turns ``prep``'s coefficients into the (K, m)
+# matrix with ``sq_maha = coef @ F[:m]``, and ``lin_scatter`` the extra
+# statistics into Q.  The table's ``sq_maha``/``scatter`` stay the reference.
+# --------------------------------------------------------------------------
+
+
+def _lin_rows_full(k: int, d: int) -> int | None:
+    return d + d * (d + 1) // 2 if use_outer_features(k, d) else None
+
+
+def _fill_full(F: np.ndarray, d: int) -> None:
+    _outer_rows(F[:d], F[d : d + d * (d + 1) // 2])
+
+
+def _fill_diag(F: np.ndarray, d: int) -> None:
+    np.multiply(F[:d], F[:d], out=F[d : 2 * d])
+
+
+def _fill_spherical(F: np.ndarray, d: int) -> None:
+    np.einsum("dn,dn->n", F[:d], F[:d], out=F[d])
+
+
+def _lin_coef(coef: tuple) -> np.ndarray:
+    # prep's (quadratic, linear) pair of full/diag/spherical: [linear | quadratic]
+    quad, lin = coef
+    return np.hstack([lin, quad.reshape(lin.shape[0], -1)])
+
+
+# --------------------------------------------------------------------------
 # The table
 # --------------------------------------------------------------------------
 
@@ -514,6 +573,14 @@ class CovarianceType:
         Random covariances with eigenvalues of order 1 (synthetic data).
     sample_component : callable (rng, mean, covariances, k, n) -> ndarray of shape (n, d)
         ``n`` draws from component ``k``.
+    lin_rows : callable (K, d) -> int or None
+        Rows ``m`` of the linear features ``[z; extra]`` (None: no linear route).
+    lin_fill : callable (F, d) -> None
+        Writes the extra feature rows ``F[d:m]`` from the centred rows ``F[:d]``.
+    lin_coef : callable (coef) -> ndarray of shape (K, m)
+        ``prep``'s coefficients as one matrix: ``sq_maha = lin_coef @ F[:m]``.
+    lin_scatter : callable (extra, S0, nk, shift_c) -> Q
+        The scatter statistic from ``extra = R @ F[d:m]^T``.
     """
 
     name: str
@@ -534,6 +601,10 @@ class CovarianceType:
     dense: Callable[[np.ndarray, int, int], np.ndarray]
     random: Callable[[np.random.Generator, int, int], np.ndarray]
     sample_component: Callable[..., np.ndarray]
+    lin_rows: Callable[[int, int], int | None] = lambda k, d: None
+    lin_fill: Callable[[np.ndarray, int], None] | None = None
+    lin_coef: Callable[[tuple], np.ndarray] | None = None
+    lin_scatter: Callable[..., np.ndarray] | None = None
 
     def sample(self, rng, means: np.ndarray, covariances: np.ndarray, counts) -> np.ndarray:
         """``counts[k]`` draws from each component in turn, stacked, shape (sum(counts), d)."""
@@ -563,6 +634,10 @@ COVARIANCE = {
         dense=_dense_full,
         random=_random_full,
         sample_component=_sample_full,
+        lin_rows=_lin_rows_full,
+        lin_fill=_fill_full,
+        lin_coef=_lin_coef,
+        lin_scatter=_q_full_of,
     ),
     "tied": CovarianceType(
         name="tied",
@@ -603,6 +678,10 @@ COVARIANCE = {
         dense=_dense_diag,
         random=_random_diag,
         sample_component=_sample_scaled,
+        lin_rows=lambda k, d: 2 * d,
+        lin_fill=_fill_diag,
+        lin_coef=_lin_coef,
+        lin_scatter=_q_diag_of,
     ),
     "spherical": CovarianceType(
         name="spherical",
@@ -623,6 +702,10 @@ COVARIANCE = {
         dense=_dense_spherical,
         random=_random_spherical,
         sample_component=_sample_scaled,
+        lin_rows=lambda k, d: d + 1,
+        lin_fill=_fill_spherical,
+        lin_coef=_lin_coef,
+        lin_scatter=_q_spherical_of,
     ),
 }
 COVARIANCE_TYPES = tuple(COVARIANCE)

@@ -275,11 +275,17 @@ def initial_runs(
     return [[next(runs) for _ in range(g.n_init)] for g in groups]
 
 
+# Lower bounds this close (relative) are equal: runs that reached one optimum
+# (often with permuted components) differ only by rounding, which must not choose.
+TIED_BOUND_RTOL = 1e-12
+
+
 def best_run(runs: Sequence[Run]) -> Run:
-    """The run with the highest lower bound (the first of equals)."""
+    """The run with the highest lower bound (the first of equals up to rounding)."""
     best = runs[0]
     for r in runs[1:]:
-        if r.lower_bound > best.lower_bound:
+        margin = TIED_BOUND_RTOL * abs(best.lower_bound) if np.isfinite(best.lower_bound) else 0
+        if r.lower_bound > best.lower_bound + margin:
             best = r
     return best
 

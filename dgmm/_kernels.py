@@ -16,6 +16,7 @@ Sections: parameters, log-densities, E-step, chunk statistics, M-step.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
@@ -151,12 +152,17 @@ class Scorer:
     offset : ndarray of shape (K,)
         ``log w_k + log|det U_k| - d/2 log 2 pi - 1/2 (constant part of the distance)``
         (``log w_k``: :attr:`Params.weight_terms`).
+    lin : ndarray of shape (K, m + 1) or None
+        ``[-1/2 lin_coef | offset]``: the weighted log-densities as one matrix
+        against the linear features ``[z; extra; 1]`` (None: the covariance
+        type has no linear route for this K and d).
     """
 
     params: Params
     center: np.ndarray
     coef: tuple
     offset: np.ndarray
+    lin: np.ndarray | None = None
 
     @classmethod
     def of(cls, params: Params) -> Scorer:
@@ -168,7 +174,10 @@ class Scorer:
             log_det - 0.5 * params.n_features * _LOG_2PI + params.weight_terms
             - 0.5 * quad_const
         )
-        return cls(params, center, coef, offset)
+        lin = None
+        if kind.lin_rows(params.n_components, params.n_features) is not None:
+            lin = np.hstack([-0.5 * kind.lin_coef(coef), offset[:, None]])
+        return cls(params, center, coef, offset, lin)
 
     def block(self, X: np.ndarray) -> CentredBlock:
         p = self.params
@@ -188,34 +197,69 @@ def _weighted_log_prob_t(b: CentredBlock, scorer: Scorer) -> np.ndarray:
 # --------------------------------------------------------------------------
 
 
-def _resp_t(b: CentredBlock, scorer: Scorer, label: np.ndarray | None = None):
-    """Per-row log-likelihood (n,) and responsibilities (K, n), by log-sum-exp.
+# Entries this far below their row's maximum (log scale) get responsibility 0
+# (in every row, so results do not depend on how rows are grouped): e^-60 <
+# 1e-26 is invisible next to the maximum's 1 in the row sum. A row with a
+# single entry above that is one-hot and needs no exponential (the costliest
+# step of the E-step); on separated data most rows are such.
+_LOG_NEGLIGIBLE = -60.0
 
-    One exp per entry: the exponentials shifted by the row maximum give both
-    the normaliser and, divided by it, the responsibilities. Rows whose
-    ``label`` is a component (>= 0) get that one-hot responsibility and the
-    complete-data log-likelihood ``log w_y + log N(x | y)``.
+
+def _normalise_t(a: np.ndarray, label: np.ndarray | None = None) -> np.ndarray:
+    """Turn log-probabilities ``a`` (K, n) into responsibilities in place; return log-norms (n,).
+
+    Log-sum-exp about each row's maximum, whose exponentials give both the
+    normaliser and, scaled by its inverse, the responsibilities; one-hot rows
+    (see ``_LOG_NEGLIGIBLE``) skip the exponentials. Rows whose ``label`` is a
+    component (>= 0) get that one-hot responsibility and the complete-data
+    log-likelihood ``log w_y + log N(x | y)``. A row with a non-finite maximum
+    (bad input, or no component able to explain it) gets a non-finite
+    log-norm, for the caller to report.
     """
-    a = _weighted_log_prob_t(b, scorer)
     known = None
     if label is not None:
         known = np.flatnonzero(label >= 0)
         known_label = label[known]
         known_loglik = a[known_label, known]
-    amax = a.max(axis=0)
-    amax[~np.isfinite(amax)] = 0.0
-    a -= amax
-    resp = np.exp(a, out=a)
-    total = resp.sum(axis=0)
-    with np.errstate(divide="ignore", invalid="ignore"):  # all -inf: caught by the caller
-        log_norm = np.log(total)
-        resp /= total
-    log_norm += amax
+    log_norm = a.max(axis=0)  # becomes the log-norm: max + log(sum of exp)
+    a -= np.where(np.isfinite(log_norm), log_norm, 0.0)
+    keep = a > _LOG_NEGLIGIBLE  # False for NaN: the log-norm is NaN already
+    # entries kept per row, summed over the K rows of the mask as bytes (fast)
+    count = np.add.reduce(keep.view(np.uint8), axis=0,
+                          dtype=np.uint8 if a.shape[0] < 256 else np.intp)
+    soft = np.flatnonzero(count != 1)
+    if 2 * soft.size > a.shape[1]:
+        log_norm += _soft_normalise(a, keep)
+    elif soft.size:
+        part = np.take(a, soft, axis=1, out=_WORK.get("soft", (a.shape[0], soft.size)))
+        np.copyto(a, keep)  # one-hot rows: exp(0) = 1, the rest negligible
+        log_norm[soft] += _soft_normalise(part, np.take(keep, soft, axis=1))
+        a[:, soft] = part
+    else:
+        np.copyto(a, keep)
     if known is not None and known.size:
-        resp[:, known] = 0.0
-        resp[known_label, known] = 1.0
+        a[:, known] = 0.0
+        a[known_label, known] = 1.0
         log_norm[known] = known_loglik
-    return log_norm, resp
+    return log_norm
+
+
+def _soft_normalise(a: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """Normalise ``exp(a)`` (max 0 per row) over ``keep`` in place; return log row sums."""
+    np.exp(a, out=a)
+    a *= keep  # NaN stays NaN
+    total = a.sum(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):  # all -inf: caught by the caller
+        log_total = np.log(total)
+        np.divide(1.0, total, out=total)
+        a *= total
+    return log_total
+
+
+def _resp_t(b: CentredBlock, scorer: Scorer, label: np.ndarray | None = None):
+    """Per-row log-likelihood (n,) and responsibilities (K, n) (:func:`_normalise_t`)."""
+    a = _weighted_log_prob_t(b, scorer)
+    return _normalise_t(a, label), a
 
 
 def log_gaussian_prob(X: np.ndarray, params: Params) -> np.ndarray:
@@ -242,29 +286,101 @@ def _checked_resp_t(X, scorer: Scorer, row_offset: int, label: np.ndarray | None
     with np.errstate(invalid="ignore", over="ignore"):
         b = scorer.block(X)
         log_norm, resp = _resp_t(b, scorer, label)
+    _check_log_norm(log_norm, X, row_offset)
+    return b, log_norm, resp
+
+
+def _check_log_norm(log_norm: np.ndarray, X: np.ndarray, row_offset: int) -> None:
+    """Raise if some row's log-likelihood is not finite, naming bad input if that is why."""
     if not np.isfinite(log_norm).all():
         check_finite_block(X, row_offset)
         raise FloatingPointError(
             f"Non-finite log-likelihood in rows {row_offset}..{row_offset + len(X) - 1} "
             "with finite data; increase reg_covar or scale the input data."
         )
-    return b, log_norm, resp
 
 
-# Rows per sub-block inside a chunk: the work arrays of a sub-block stay in
-# cache and bounded in size however large the storage chunk is.
+# Rows per sub-block inside a chunk on the reference route: the work arrays
+# of a sub-block stay in cache and bounded in size however large the chunk is.
 SUB_ROWS = 2048
+# Bytes of the linear route's per-thread work arrays (features and
+# log-probabilities of one sub-block): small enough that each sub-block's
+# features are still cached when the second GEMM reads them; 4 MiB measured
+# best of 1-8 MiB on 2 cores for d=8..64 (full) and d=16 (diag, spherical).
+LINEAR_WORK_BYTES = 4 * 2**20
 
 
-def sub_blocks(n: int):
-    """``(start, slice)`` of consecutive sub-blocks of at most ``SUB_ROWS`` of ``n`` rows."""
-    for start in range(0, n, SUB_ROWS):
-        yield start, slice(start, min(start + SUB_ROWS, n))
+def sub_blocks(n: int, rows: int = SUB_ROWS):
+    """``(start, slice)`` of consecutive sub-blocks of at most ``rows`` of ``n`` rows."""
+    for start in range(0, n, rows):
+        yield start, slice(start, min(start + rows, n))
+
+
+def linear_sub_rows(n_lin: int, n_components: int) -> int:
+    """Rows per sub-block of the linear route with ``n_lin`` feature rows (ones included)."""
+    return int(np.clip(LINEAR_WORK_BYTES // (8 * (n_lin + n_components)), 128, 16384))
+
+
+class _Work(threading.local):
+    """Work arrays of the linear route, one set per thread, reused from block to block.
+
+    Fresh arrays of a few MB per sub-block would be mapped and faulted in anew
+    each time under some allocator settings (a dask nanny's
+    ``MALLOC_TRIM_THRESHOLD_``); reused ones cost nothing after the first.
+    """
+
+    def __init__(self):
+        self.arrays: dict[str, np.ndarray] = {}
+
+    def get(self, name: str, shape: tuple[int, int]) -> np.ndarray:
+        """A C-contiguous float64 array of ``shape`` on this thread's buffer ``name``."""
+        size = shape[0] * shape[1]
+        buf = self.arrays.get(name)
+        if buf is None or buf.size < size:
+            buf = self.arrays[name] = np.empty(size)
+        return buf[:size].reshape(shape)
+
+
+_WORK = _Work()
+
+
+def _responsibilities(X: np.ndarray, scorer: Scorer, row_offset: int,
+                      label: np.ndarray | None = None, reference: bool = False):
+    """Responsibilities of the rows of ``X``, sub-block by sub-block.
+
+    Yields ``(slice, features, log_norm, resp)``: ``features`` is the
+    sub-block's linear features ``F`` (m + 1, rows) on the linear route, its
+    :class:`CentredBlock` on the reference route (``reference``, or a type
+    without a linear route). On the linear route ``F`` and ``resp`` are this
+    thread's work arrays, overwritten at the next step: use them before.
+    """
+    if reference or scorer.lin is None:
+        for start, sl in sub_blocks(len(X)):
+            lab = None if label is None else label[sl]
+            b, log_norm, resp = _checked_resp_t(X[sl], scorer, row_offset + start, lab)
+            yield sl, b, log_norm, resp
+        return
+    kind = COVARIANCE[scorer.params.covariance_type]
+    W, center, d = scorer.lin, scorer.center, scorer.params.n_features
+    (K, m1), n = W.shape, len(X)
+    step = min(linear_sub_rows(m1, K), max(n, 1))
+    for start, sl in sub_blocks(n, step):
+        rows = sl.stop - start
+        F = _WORK.get("features", (m1, rows))
+        A = _WORK.get("log_prob", (K, rows))
+        with np.errstate(invalid="ignore", over="ignore"):  # bad input: named below
+            np.subtract(X[sl].T, center[:, None], out=F[:d], casting="unsafe")
+            kind.lin_fill(F, d)
+            F[m1 - 1] = 1.0
+            np.matmul(W, F, out=A)
+            log_norm = _normalise_t(A, None if label is None else label[sl])
+        _check_log_norm(log_norm, X[sl], row_offset + start)
+        yield sl, F, log_norm, A
 
 
 _PER_ROW = {
     "labels": lambda log_norm, resp: resp.argmax(axis=0),
-    "proba": lambda log_norm, resp: resp.T,
+    "proba": lambda log_norm, resp: resp.T.copy(),  # resp may be a work array
     "log_density": lambda log_norm, resp: log_norm,
 }
 PER_ROW_OUTPUTS = tuple(_PER_ROW)
@@ -277,32 +393,35 @@ def per_row_outputs(
     """Several per-row outputs of one block from a single E-step.
 
     ``whats`` names outputs among 'labels' (n,), 'proba' (n, K) and
-    'log_density' (n,); the block is processed in sub-blocks of ``SUB_ROWS``.
-    With ``missing``, rows with NaN are evaluated under the marginal
-    densities of their observed coordinates (:mod:`dgmm._marginal`).
+    'log_density' (n,). With ``missing``, rows with NaN are evaluated under
+    the marginal densities of their observed coordinates (:mod:`dgmm._marginal`).
     """
     scorer = Scorer.of(params)
-    parts = []
+    gaps = incomplete_rows(X, row_offset) if missing else None
+    if gaps is None:
+        parts = [[_PER_ROW[w](log_norm, resp) for w in whats]
+                 for _, _, log_norm, resp in _responsibilities(X, scorer, row_offset)]
+        if not parts:
+            return [_PER_ROW[w](np.empty(0), np.empty((params.n_components, 0)))
+                    for w in whats]
+        return [np.concatenate(p) for p in zip(*parts, strict=True)]
+    outs = [np.empty((len(X), params.n_components) if w == "proba" else len(X),
+                     dtype=np.int64 if w == "labels" else np.float64) for w in whats]
+    if not gaps.all():
+        # Rows keep their global numbers in errors only up to the first gap.
+        done = per_row_outputs(X[~gaps], params, whats, row_offset)
+        for out, value in zip(outs, done, strict=True):
+            out[~gaps] = value
+    p = params
     for start, sl in sub_blocks(len(X)):
-        sub, offset = X[sl], row_offset + start
-        gaps = incomplete_rows(sub, offset) if missing else None
-        if gaps is None:
-            _, log_norm, resp = _checked_resp_t(sub, scorer, offset)
-            parts.append([_PER_ROW[w](log_norm, resp) for w in whats])
-            continue
-        outs = [np.empty((len(sub), params.n_components) if w == "proba" else len(sub),
-                         dtype=np.int64 if w == "labels" else np.float64) for w in whats]
-        if not gaps.all():
-            _, log_norm, resp = _checked_resp_t(sub[~gaps], scorer, offset)
-            for out, w in zip(outs, whats, strict=True):
-                out[~gaps] = _PER_ROW[w](log_norm, resp)
-        p = params
-        found = _marginal.incomplete_outputs(sub[gaps], p.covariance_type, p.weights, p.means,
-                                             p.precisions_cholesky, whats, offset)
-        for out, value in zip(outs, found, strict=True):
-            out[gaps] = value
-        parts.append(outs)
-    return [np.concatenate(p) for p in zip(*parts, strict=True)]
+        g = gaps[sl]
+        if g.any():
+            found = _marginal.incomplete_outputs(X[sl][g], p.covariance_type, p.weights,
+                                                 p.means, p.precisions_cholesky, whats,
+                                                 row_offset + start)
+            for out, value in zip(outs, found, strict=True):
+                out[sl][g] = value
+    return outs
 
 
 def predict_block(X: np.ndarray, params: Params, what: str, row_offset: int = 0,
@@ -367,16 +486,21 @@ def stats_from_resp(
     nk = R.sum(axis=1)
     S0 = R @ block.Z
     qk = COVARIANCE[covariance_type].scatter(block, R, S0, nk, shift_c)
+    return _packet(covariance_type, shift, center, nk, S0, qk, loglik, X.shape[0])
+
+
+def _packet(covariance_type, shift, center, nk, S0, qk, loglik, n_rows) -> SuffStats:
+    """The packet from statistics about the centre (``S0``) and ``qk`` about the shifts."""
     return SuffStats(
         covariance_type=covariance_type,
         shift=shift,
         center=center,
         n=float(nk.sum()),
         nk=nk,
-        sk=S0 - nk[:, None] * shift_c,
+        sk=S0 - nk[:, None] * (shift - center),
         qk=qk,
         loglik=float(loglik),
-        n_rows=int(X.shape[0]),
+        n_rows=int(n_rows),
     )
 
 
@@ -387,6 +511,7 @@ def estep_stats(
     row_offset: int = 0,
     label: np.ndarray | None = None,
     missing: bool = False,
+    reference: bool = False,
 ) -> SuffStats:
     """One E-step over a block: its statistics about the current means, plus log-likelihood.
 
@@ -396,50 +521,58 @@ def estep_stats(
     the block raises ``ValueError`` naming its row, except that with
     ``missing`` rows with NaN enter through their observed coordinates (the
     statistics of :mod:`dgmm._marginal`); complete rows cost what they always
-    do. The block is processed in sub-blocks of ``SUB_ROWS``.
+    do. The block is processed in sub-blocks, on the linear route where the
+    covariance type has one (one GEMM for the densities, one for all the
+    statistics), else, or with ``reference``, on the reference route.
     """
     scorer = Scorer.of(params)
-    total = None
-    for start, sl in sub_blocks(len(X)):
-        w = None if sample_weight is None else sample_weight[sl]
-        lab = None if label is None else label[sl]
-        sub, offset = X[sl], row_offset + start
-        gaps = incomplete_rows(sub, offset) if missing else None
-        if gaps is None:
-            st = _estep_sub(sub, scorer, w, lab, offset)
-        else:
-            st = _estep_incomplete(sub, gaps, scorer, w, lab, offset)
-        total = st if total is None else total + st
-    return total
-
-
-def _estep_incomplete(X, gaps, scorer: Scorer, sample_weight, label, row_offset) -> SuffStats:
-    """The packet of a sub-block with incomplete rows: complete ones as usual, the rest marginal."""
-    p = scorer.params
+    gaps = incomplete_rows(X, row_offset) if missing else None
+    if gaps is None:
+        return _estep_complete(X, scorer, sample_weight, label, row_offset, reference)
 
     def part(rows):
         return (None if sample_weight is None else sample_weight[rows],
                 None if label is None else label[rows])
 
+    p = scorer.params
     w, lab = part(gaps)
-    st = _marginal.incomplete_stats(X[gaps], p.covariance_type, p.weights, p.means,
-                                    p.precisions_cholesky, scorer.center, w, lab, row_offset)
+    total = _marginal.incomplete_stats(X[gaps], p.covariance_type, p.weights, p.means,
+                                       p.precisions_cholesky, scorer.center, w, lab,
+                                       row_offset)
     if not gaps.all():
+        # Rows keep their global numbers in errors only up to the first gap.
         w, lab = part(~gaps)
-        st = st + _estep_sub(X[~gaps], scorer, w, lab, row_offset)
-    return st
+        total = total + _estep_complete(X[~gaps], scorer, w, lab, row_offset, reference)
+    return total
 
 
-def _estep_sub(X, scorer: Scorer, sample_weight, label, row_offset: int) -> SuffStats:
-    block, log_norm, resp = _checked_resp_t(X, scorer, row_offset, label)
-    params = scorer.params
-    if sample_weight is not None:
-        resp *= sample_weight[None, :]
-        log_norm = log_norm * sample_weight
-    return stats_from_resp(
-        X, resp, params.means, scorer.center, params.covariance_type,
-        loglik=log_norm.sum(), block=block,
-    )
+def _estep_complete(X, scorer: Scorer, sample_weight, label, row_offset: int,
+                    reference: bool = False) -> SuffStats:
+    """The packet of rows without missing values (see :func:`_responsibilities`)."""
+    p = scorer.params
+    kind = COVARIANCE[p.covariance_type]
+    total, loglik, G = None, 0.0, None
+    for sl, features, log_norm, resp in _responsibilities(X, scorer, row_offset, label,
+                                                          reference):
+        if sample_weight is not None:
+            resp *= sample_weight[sl]
+            log_norm *= sample_weight[sl]
+        if isinstance(features, CentredBlock):
+            st = stats_from_resp(X[sl], resp, p.means, scorer.center, p.covariance_type,
+                                 loglik=log_norm.sum(), block=features)
+            total = st if total is None else total + st
+            continue
+        # Linear route: nk, S0 and the extra statistics of every component in
+        # one GEMM, summed over the sub-blocks and turned into a packet once.
+        part = resp @ features.T
+        G = part if G is None else np.add(G, part, out=G)
+        loglik += log_norm.sum()
+    if G is None:
+        return total
+    d, m = p.n_features, G.shape[1] - 1
+    nk, S0 = G[:, m].copy(), G[:, :d]
+    qk = kind.lin_scatter(G[:, d:m], S0, nk, p.means - scorer.center)
+    return _packet(p.covariance_type, p.means, scorer.center, nk, S0, qk, loglik, len(X))
 
 
 # --------------------------------------------------------------------------

@@ -75,6 +75,18 @@ RANGE_FACTOR = 1e6
 # Fan-in of the tree that combines the per-block results (``dgmm.split-every``
 # in the Dask config, read at every pass): no task receives more than this many.
 SPLIT_EVERY = 8
+# Data per task when reading a store (config ``dgmm.read-chunk-bytes``): tens
+# of MB keeps scheduler overhead (~1 ms a task) under 1% of the read time while
+# a few chunks in flight per thread stay far below 1 GB. Passes fuse runs of
+# small blocks into tasks of about this size too (:meth:`Blocks.tasks`).
+DEFAULT_READ_CHUNK_BYTES = 32 * 2**20
+# Blocks below this share of ``dgmm.read-chunk-bytes`` count as small and are
+# fused with their neighbours; larger ones (NumPy input's 4 MiB blocks, a
+# store's reads) run one per task, without the copy that fusing costs.
+SMALL_BLOCK_SHARE = 1 / 32
+# Fused tasks hold at most this share of all the data, so a small array still
+# gives every core several tasks.
+MIN_TASKS = 16
 
 
 class DataChangedError(ValueError):
@@ -149,6 +161,8 @@ class Blocks:
     fill : ndarray of shape (n_features,), optional
         While set (:meth:`filled`), every pass sees NaN entries as these
         values: how initialisation treats missing values.
+    itemsize : int
+        Bytes per value of the array (to size fused tasks).
     block_reads : int
         Blocks read so far by the passes over these blocks (a pass restricted
         to pieces reads each block it touches once per piece).
@@ -168,6 +182,7 @@ class Blocks:
     block_reads: int = 0
     fill: np.ndarray | None = None
     seen: dict = field(default_factory=dict)
+    itemsize: int = 8
 
     def __post_init__(self):
         if "weight" not in self.side:
@@ -254,6 +269,30 @@ class Blocks:
         """Rows per block."""
         return np.diff([*self.offsets, self.n_rows]).tolist()
 
+    def tasks(self) -> list[tuple[int, int]]:
+        """Runs ``(first, stop)`` of adjacent blocks that a whole pass processes as one task.
+
+        Blocks smaller than ``SMALL_BLOCK_SHARE`` of ``dgmm.read-chunk-bytes``
+        (config, read at every pass) are concatenated with their small
+        neighbours into tasks of about that size, or of a ``MIN_TASKS``-th of
+        the data if that is less: thousands of tiny chunks would otherwise
+        cost a task and a kernel call each. Other blocks run alone.
+        """
+        target = int(dask.config.get("dgmm.read-chunk-bytes", DEFAULT_READ_CHUNK_BYTES))
+        row_bytes = max(1, self.n_features * self.itemsize)
+        small = target * SMALL_BLOCK_SHARE / row_bytes
+        cap = min(target / row_bytes, self.n_rows / MIN_TASKS)
+        runs: list[tuple[int, int]] = []
+        rows = 0  # in the open run, runs[-1], if it takes more small blocks
+        for b, size in enumerate(self.sizes):
+            if size < small and rows and rows + size <= cap:
+                runs[-1] = (runs[-1][0], b + 1)
+                rows += size
+            else:
+                runs.append((b, b + 1))
+                rows = size if size < small else 0
+        return runs
+
     @cached_property
     def delayed(self) -> list[Delayed]:
         """One delayed object per block (all sharing :attr:`graph`)."""
@@ -274,7 +313,7 @@ class Blocks:
         offsets = np.concatenate([[0], np.cumsum(X.chunks[0])[:-1]]).astype(int).tolist()
         name = X.name if not side_keys else tokenize(X.name, *side_keys.values())
         return cls(graph, keys, offsets, int(X.shape[0]), int(X.shape[1]), name, side_keys,
-                   total_weight)
+                   total_weight, itemsize=X.dtype.itemsize)
 
 
 def _materialise(X: da.Array) -> tuple[list, dict]:
@@ -313,14 +352,22 @@ def _value_range(rows: np.ndarray) -> tuple[float, float]:
     return float(rows.min()), float(rows.max())
 
 
-def _apply(fn, args, row_offset, index, start, stop, names, fill, block, *parts):
-    # The side arrays arrive positionally (``names`` says which): dask resolves
-    # task references in positional arguments.
-    rows = block[start:stop]
-    sides = [v[start:stop] for v in parts]
-    read = (index, start, stop, _crc([rows, *sides]), *_value_range(rows))
-    extra = dict(zip(names, sides, strict=True))
-    return fn(_filled(rows, fill), row_offset + start, index, *args, **extra), (read,)
+def _apply(fn, args, row_offset, index, start, stop, names, fill, count, *parts):
+    # ``count`` adjacent blocks, then as many parts of each side array (``names``
+    # says which), arrive positionally: dask resolves task references there.
+    # Fused blocks are concatenated, so ``fn`` sees one block of their rows;
+    # each block's read is recorded on its own, as the fingerprint counts blocks.
+    blocks, *sides = [list(p) for p in zip(*[iter(parts)] * count, strict=True)]
+    reads = []
+    for j, part in enumerate(blocks):
+        rows = part[start:stop]
+        hashed = [rows, *(side[j][start:stop] for side in sides)]
+        reads.append((index + j, start, stop, _crc(hashed), *_value_range(rows)))
+    block = blocks[0] if count == 1 else np.concatenate(blocks)
+    extra = {k: (v[0] if count == 1 else np.concatenate(v))[start:stop]
+             for k, v in zip(names, sides, strict=True)}
+    result = fn(_filled(block[start:stop], fill), row_offset + start, index, *args, **extra)
+    return result, tuple(reads)
 
 
 def _combine_reads(combine: Callable, *parts):
@@ -377,7 +424,9 @@ def pass_graph(
     combined in order by ``combine(*parts)`` (default: summing packets) in a
     tree of fan-in ``dgmm.split-every``, so no task receives more than that
     many parts and only the final result travels to the caller. ``args`` enter
-    the graph once, as a single key that every task references.
+    the graph once, as a single key that every task references. A whole pass
+    runs small adjacent blocks as one task (:meth:`Blocks.tasks`): ``fn`` then
+    sees their rows as one block, with the index of the first.
 
     The graph computes ``(result, reads)``: ``reads`` holds ``(block, start,
     stop, crc, low, high)`` of every piece, in order, for
@@ -392,21 +441,24 @@ def pass_graph(
     split_every = int(dask.config.get("dgmm.split-every", SPLIT_EVERY))
     if split_every < 2:
         raise ValueError(f"dask config dgmm.split-every must be >= 2; got {split_every}")
+    # (first block, stop block, start row, stop row) of each task
     if pieces is None:
-        pieces = [(b, 0, None) for b in range(len(blocks.keys))]
-    name = f"dgmm-pass-{tokenize(blocks.name, fn, args, combine, pieces, blocks.fill)}"
+        runs = [(first, stop, 0, None) for first, stop in blocks.tasks()]
+    else:
+        runs = [(b, b + 1, start, stop) for b, start, stop in pieces]
+    name = f"dgmm-pass-{tokenize(blocks.name, fn, args, combine, runs, blocks.fill)}"
     args_key = f"{name}-args"
     layer = {args_key: DataNode(args_key, args)}
     args_ref = TaskRef(args_key)
     level = []
-    for i, (b, start, stop) in enumerate(pieces):
+    for i, (first, last, start, stop) in enumerate(runs):
         # Producing a block (a read from the store) and using it are one task:
         # half the tasks per pass, and a block never moves between workers.
-        block = _node(blocks.graph, blocks.keys[b])
-        parts = [_node(blocks.graph, keys[b]) for keys in blocks.side.values()]
+        parts = [_node(blocks.graph, keys[b]) for keys in (blocks.keys, *blocks.side.values())
+                 for b in range(first, last)]
         key = (name, 0, i)
-        layer[key] = Task(key, _apply, fn, args_ref, blocks.offsets[b], b, start, stop,
-                          tuple(blocks.side), blocks.fill, block, *parts)
+        layer[key] = Task(key, _apply, fn, args_ref, blocks.offsets[first], first, start, stop,
+                          tuple(blocks.side), blocks.fill, last - first, *parts)
         level.append(key)
     depth = 0
     while len(level) > 1:

@@ -32,16 +32,19 @@ from sklearn.utils.validation import check_is_fitted
 from dgmm import _kernels as kernels
 from dgmm import _lock
 from dgmm import _variational as variational
-from dgmm._passes import RowData, as_blocks, blas_guard, block_pass, scheduler_for
+from dgmm._passes import (
+    DEFAULT_READ_CHUNK_BYTES,
+    RowData,
+    as_blocks,
+    blas_guard,
+    block_pass,
+    scheduler_for,
+)
 from dgmm._version import __version__
 
 # Row chunk for in-memory NumPy input: big enough that per-task overhead is
 # negligible, small enough that a block's (rows x K*d) work arrays stay modest.
 NUMPY_CHUNK_BYTES = 4 * 2**20
-# Data per task when reading a store (config ``dgmm.read-chunk-bytes``): tens
-# of MB keeps scheduler overhead (~1 ms a task) under 1% of the read time while
-# a few chunks in flight per thread stay far below 1 GB.
-DEFAULT_READ_CHUNK_BYTES = 32 * 2**20
 
 
 def open_array(path: str | os.PathLike, array: str | None = None) -> zarr.Array:

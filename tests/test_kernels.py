@@ -138,7 +138,11 @@ def test_covariance_table_entry_is_complete_and_consistent(covariance_type):
     kind = COVARIANCE[covariance_type]
     assert kind.name == covariance_type
     assert set(kernels.COVARIANCE_TYPES) == set(COVARIANCE) == set(COVARIANCE_TYPES)
-    assert all(getattr(kind, f.name) is not None for f in dataclasses.fields(kind))
+    # The linear route's functions are optional, all together.
+    optional = {"lin_fill", "lin_coef", "lin_scatter"}
+    assert all(getattr(kind, f.name) is not None for f in dataclasses.fields(kind)
+               if f.name not in optional)
+    assert len({getattr(kind, name) is None for name in optional}) == 1
     shape = kind.shape(k, d)
     assert kernels.covariance_shape(covariance_type, k, d) == shape
 
@@ -185,3 +189,55 @@ def test_covariance_table_entry_is_complete_and_consistent(covariance_type):
     counts = np.array([2, 0, 5])
     draws = kind.sample(np.random.default_rng(9), params.means, cov, counts)
     assert draws.shape == (counts.sum(), d)
+
+
+@pytest.mark.parametrize("covariance_type,k,d", [
+    ("full", 4, 3), ("full", 1, 12), ("tied", 3, 4), ("diag", 5, 3), ("spherical", 3, 4),
+])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_linear_route_equals_reference_route(monkeypatch, covariance_type, k, d, dtype):
+    # Small work arrays: many sub-blocks per chunk, and a last one that is short.
+    monkeypatch.setattr(kernels, "LINEAR_WORK_BYTES", 1)
+    params, _ = random_params(covariance_type, k, d, seed=3)
+    rng = np.random.default_rng(6)
+    n = 3 * 128 + 41
+    X = (params.means[rng.integers(0, k, n)]
+         + rng.normal(scale=2.0, size=(n, d))).astype(dtype)
+    X[:40] = params.means.mean(axis=0)  # rows shared by several components (soft)
+    weight = rng.uniform(0.0, 2.0, n)
+    label = np.where(rng.random(n) < 0.3, rng.integers(0, k, n), -1)
+    for kw in ({}, {"sample_weight": weight}, {"label": label},
+               {"sample_weight": weight, "label": label, "row_offset": 7}):
+        fast = kernels.estep_stats(X, params, **kw)
+        ref = kernels.estep_stats(X, params, reference=True, **kw)
+        for field in ("nk", "sk", "qk"):
+            a, b = getattr(fast, field), getattr(ref, field)
+            np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12 * np.abs(b).max())
+        np.testing.assert_allclose(fast.loglik, ref.loglik, rtol=1e-12)
+        assert fast.n_rows == ref.n_rows == n
+    scorer = kernels.Scorer.of(params)
+    assert (scorer.lin is None) == (COVARIANCE[covariance_type].lin_rows(k, d) is None)
+    # per-row outputs (linear route where there is one) against the reference route
+    ref = list(kernels._responsibilities(X, scorer, 0, reference=True))
+    log_density, proba = kernels.per_row_outputs(X, params, ("log_density", "proba"))
+    np.testing.assert_allclose(log_density, np.concatenate([r[2] for r in ref]), rtol=1e-12)
+    np.testing.assert_allclose(proba, np.concatenate([r[3].T for r in ref]), atol=1e-12)
+
+
+def test_normalise_matches_logsumexp_for_hard_soft_and_impossible_rows():
+    from scipy.special import logsumexp
+
+    rng = np.random.default_rng(0)
+    a = rng.normal(scale=200.0, size=(6, 400))  # mostly one-hot rows
+    a[:, :50] = rng.normal(size=(6, 50))  # soft rows
+    a[2, 50:60] = -np.inf  # an empty component
+    for cols in (slice(None), slice(0, 60)):  # few soft rows, then mostly soft
+        block = a[:, cols].copy()
+        log_norm = kernels._normalise_t(block)
+        np.testing.assert_allclose(log_norm, logsumexp(a[:, cols], axis=0), rtol=1e-13)
+        expected = np.exp(a[:, cols] - logsumexp(a[:, cols], axis=0))
+        np.testing.assert_allclose(block, expected, rtol=1e-12, atol=1e-25)
+        assert (block[expected < 1e-30] == 0.0).all()  # whichever route a row took
+    bad = np.array([[0.0, -np.inf, np.nan], [1.0, -np.inf, 0.0]])
+    log_norm = kernels._normalise_t(bad)
+    assert np.isfinite(log_norm[0]) and not np.isfinite(log_norm[1:]).any()

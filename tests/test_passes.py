@@ -75,3 +75,49 @@ def test_blas_guard_limits_threads_only_for_local_threads():
         assert all(i["num_threads"] == 1 for i in threadpool_info() if i["user_api"] == "blas")
     with _passes.blas_guard("sync"):
         pass  # the synchronous scheduler runs one task at a time: nothing to limit
+
+
+def test_fused_tasks_take_runs_of_small_blocks():
+    sizes = [4000, 10, 10, 10, 10, 4000, 10, 3, 10]
+    X = da.zeros((sum(sizes), 4), chunks=(tuple(sizes), 4))
+    blks = _passes.as_blocks(X)
+    # 4 float64 columns: blocks under 32 * 32 bytes = 32 rows count as small
+    with dask.config.set({"dgmm.read-chunk-bytes": 32 * 32 * 32}):
+        assert blks.tasks() == [(0, 1), (1, 5), (5, 6), (6, 9)]
+        # at most a MIN_TASKS-th of the rows (40) per task
+        tiny = _passes.as_blocks(da.zeros((640, 4), chunks=(10, 4)))
+        assert tiny.tasks() == [(b, b + 4) for b in range(0, 64, 4)]
+    with dask.config.set({"dgmm.read-chunk-bytes": 32}):  # nothing is small
+        assert blks.tasks() == [(b, b + 1) for b in range(len(sizes))]
+
+
+@pytest.mark.parametrize("covariance_type", ["full", "diag"])
+def test_fused_tiny_blocks_give_the_statistics_of_unfused_ones(covariance_type):
+    X, y, _ = mixture_data(n=3000, d=3, k=3)
+    rng = np.random.default_rng(1)
+    weight = rng.uniform(0.0, 2.0, len(X))
+    label = np.where(rng.random(len(X)) < 0.2, y, -1)
+    chunks = (37,)
+    rows = _passes.RowData(weight=da.from_array(weight, chunks=500),
+                           label=da.from_array(label, chunks=chunks),
+                           total_weight=float(weight.sum()), n_classes=3)
+    blks = _passes.as_blocks(da.from_array(X, chunks=(chunks[0], 3)), rows)
+    params, _ = random_params(covariance_type, 3, 3)
+    ref = K.estep_stats(X, params, sample_weight=weight, label=label)
+    with dask.config.set({"dgmm.read-chunk-bytes": 32}):
+        assert len(blks.tasks()) == len(blks.keys)
+        (unfused,) = _passes.estep_pass(blks, [params])
+    # at most 3000 / MIN_TASKS rows a task: 5 blocks of 37 rows, 17 tasks for 82 blocks
+    assert blks.tasks()[:2] == [(0, 5), (5, 10)] and len(blks.tasks()) == 17
+    (fused,) = _passes.estep_pass(blks, [params])
+    graph = dict(_passes.pass_graph(blks, _passes._estep_block, ([params], False))
+                 .__dask_graph__())
+    kernel_tasks = [key for key in graph if isinstance(key, tuple)
+                    and str(key[0]).startswith("dgmm-pass") and key[1] == 0]
+    assert len(kernel_tasks) == 17
+    for st in (unfused, fused):
+        for field in ("nk", "sk", "qk"):
+            np.testing.assert_allclose(getattr(st, field), getattr(ref, field), rtol=1e-10)
+        np.testing.assert_allclose(st.loglik, ref.loglik, rtol=1e-12)
+        assert st.n_rows == len(X)
+    assert blks.n_passes == 2  # every block read once per pass, fused or not
