@@ -412,15 +412,13 @@ def per_row_outputs(
         done = per_row_outputs(X[~gaps], params, whats, row_offset)
         for out, value in zip(outs, done, strict=True):
             out[~gaps] = value
+    # One call for all the block's incomplete rows: _marginal groups them by
+    # pattern and bounds its own work arrays; per-call overheads then count once.
     p = params
-    for start, sl in sub_blocks(len(X)):
-        g = gaps[sl]
-        if g.any():
-            found = _marginal.incomplete_outputs(X[sl][g], p.covariance_type, p.weights,
-                                                 p.means, p.precisions_cholesky, whats,
-                                                 row_offset + start)
-            for out, value in zip(outs, found, strict=True):
-                out[sl][g] = value
+    found = _marginal.incomplete_outputs(X[gaps], p.covariance_type, p.weights, p.means,
+                                         p.precisions_cholesky, whats, row_offset)
+    for out, value in zip(outs, found, strict=True):
+        out[gaps] = value
     return outs
 
 
