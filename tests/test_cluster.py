@@ -500,21 +500,40 @@ def _params(d: int, k: int = 2) -> K.Params:
                     np.stack([np.eye(d)] * k))
 
 
+def _tree_tasks(n: int, split_every: int = 8) -> int:
+    """Combine tasks of a tree of fan-in ``split_every`` over ``n`` parts."""
+    total = 0
+    while n > 1:
+        n = -(-n // split_every)
+        total += n
+    return total
+
+
 def test_fit_with_10000_chunks():
     X = np.random.default_rng(0).normal(size=(10_000, 2))
     Xd = da.from_array(X, chunks=(1, 2))
     blocks = _passes.as_blocks(Xd)
     params = [_params(2)]
-    t0 = time.perf_counter()
-    graph = dict(_passes.pass_graph(blocks, _passes._estep_block, (params,)).__dask_graph__())
-    build = time.perf_counter() - t0
-    tasks = {k: v for k, v in graph.items() if k not in blocks.graph}
     n = len(blocks.keys)
     assert n == 10_000
-    # one task per chunk (its read fused in), a tree of fan-in 8, one parameter key
-    assert len(tasks) == n + sum(-(-n // 8**i) for i in range(1, 6)) + 1
+    # A whole pass fuses the tiny chunks into a few tasks ...
+    fused = dict(_passes.pass_graph(blocks, _passes._estep_block, (params, False))
+                 .__dask_graph__())
+    fused_tasks = {k: v for k, v in fused.items() if k not in blocks.graph}
+    m = len(blocks.tasks())
+    assert m == _passes.MIN_TASKS
+    assert len(fused_tasks) == m + _tree_tasks(m) + 1
+    # ... and a pass over pieces (a minibatch of every block) keeps one task per chunk,
+    # its read fused in, a tree of fan-in 8 and one parameter key, built in seconds.
+    pieces = [(b, 0, None) for b in range(n)]
+    t0 = time.perf_counter()
+    graph = dict(_passes.pass_graph(blocks, _passes._estep_block, (params, False),
+                                    pieces=pieces).__dask_graph__())
+    build = time.perf_counter() - t0
+    tasks = {k: v for k, v in graph.items() if k not in blocks.graph}
+    assert len(tasks) == n + _tree_tasks(n) + 1
     holding = [k for k, v in tasks.items() if isinstance(v, dask.task_spec.DataNode)]
-    assert len(holding) == 1 and tasks[holding[0]].value == (params,)
+    assert len(holding) == 1 and tasks[holding[0]].value == (params, False)
     assert max(len(v.dependencies) for v in tasks.values()) <= 8
     assert build < 5.0, f"building the graph of one pass took {build:.1f}s"
 
