@@ -103,6 +103,24 @@ def target_rank(n: int, q: float) -> int:
     return min(int(np.ceil((n - 1) * q)), n - 1)
 
 
+def _tally(keys: np.ndarray, weight: np.ndarray | None = None):
+    """Distinct ``keys`` (ascending) and their counts: int64, or summed weights with ``weight``."""
+    if weight is None:
+        values, counts = np.unique(keys, return_counts=True)
+        return values, counts.astype(np.int64)
+    values, index = np.unique(keys, return_inverse=True)
+    return values, np.bincount(index, weights=weight, minlength=len(values))
+
+
+def _merge_tallies(values: list[np.ndarray], counts: list[np.ndarray]):
+    """The tally of several tallies (:func:`_tally`), keys ascending."""
+    merged, index = np.unique(np.concatenate(values), return_inverse=True)
+    weights = np.concatenate(counts)
+    total = np.zeros(len(merged), dtype=weights.dtype)
+    np.add.at(total, index, weights)
+    return merged, total
+
+
 @dataclass(frozen=True)
 class KeyHistogram:
     """Counts of scores per bin (:func:`bins_of`), sparse.
@@ -127,23 +145,16 @@ class KeyHistogram:
 
     @classmethod
     def of(cls, scores: np.ndarray, shift: int, weight: np.ndarray | None = None) -> KeyHistogram:
-        if weight is None:
-            bins, counts = np.unique(bins_of(scores, shift), return_counts=True)
-            counts = counts.astype(np.int64)
-        else:  # rows of zero weight are not in the data
+        if weight is not None:  # rows of zero weight are not in the data
             scores, weight = scores[weight > 0], weight[weight > 0]
-            bins, index = np.unique(bins_of(scores, shift), return_inverse=True)
-            counts = np.bincount(index, weights=weight, minlength=len(bins))
+        bins, counts = _tally(bins_of(scores, shift), weight)
         if not len(scores):
             return cls(bins, counts, np.inf, -np.inf, shift)
         return cls(bins, counts, float(scores.min()), float(scores.max()), shift)
 
     @classmethod
     def merge(cls, *parts: KeyHistogram) -> KeyHistogram:
-        bins, index = np.unique(np.concatenate([p.bins for p in parts]), return_inverse=True)
-        weights = np.concatenate([p.counts for p in parts])
-        counts = np.zeros(len(bins), dtype=weights.dtype)
-        np.add.at(counts, index, weights)
+        bins, counts = _merge_tallies([p.bins for p in parts], [p.counts for p in parts])
         return cls(bins, counts, min(p.low for p in parts), max(p.high for p in parts),
                    parts[0].shift)
 
@@ -194,21 +205,13 @@ class Candidates:
     @classmethod
     def of(cls, scores: np.ndarray, need: float, from_bottom: bool,
            weight: np.ndarray | None = None) -> Candidates:
-        if weight is None:
-            values, counts = np.unique(scores, return_counts=True)
-            counts = counts.astype(np.int64)
-        else:
+        if weight is not None:
             scores, weight = scores[weight > 0], weight[weight > 0]
-            values, index = np.unique(scores, return_inverse=True)
-            counts = np.bincount(index, weights=weight, minlength=len(values))
-        return cls.build(values, counts, need, from_bottom)
+        return cls.build(*_tally(scores, weight), need, from_bottom)
 
     @classmethod
     def merge(cls, *parts: Candidates) -> Candidates:
-        values, index = np.unique(np.concatenate([p.values for p in parts]), return_inverse=True)
-        weights = np.concatenate([p.counts for p in parts])
-        counts = np.zeros(len(values), dtype=weights.dtype)
-        np.add.at(counts, index, weights)
+        values, counts = _merge_tallies([p.values for p in parts], [p.counts for p in parts])
         return cls.build(values, counts, parts[0].need, parts[0].from_bottom)
 
     def select(self) -> float:
