@@ -227,7 +227,7 @@ def _factor_missing(Lam: np.ndarray, miss: np.ndarray, order: np.ndarray, rp: in
         LamT = np.ascontiguousarray(Lam.transpose(1, 2, 0)).reshape(d1 * d1, Kf)
         A = np.take(LamT, midx.T[:, None, :] * d1 + midx.T[None, :, :], axis=0)  # (rp, rp, G, Kf)
         A[diag, diag] += pad.T[:, :, None]
-        C, log_det = _sweep_inverse(A.reshape(rp, rp, -1))
+        C, log_det = _sweep_inverse(A.reshape(rp, rp, -1))  # A is a scratch copy
         hld_mm = 0.5 * log_det.reshape(G, Kf).T
         C = C.reshape(rp, rp, G, Kf).transpose(1, 3, 2, 0)
     else:
@@ -246,14 +246,13 @@ def _factor_missing(Lam: np.ndarray, miss: np.ndarray, order: np.ndarray, rp: in
 def _sweep_inverse(A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Inverses and log-determinants of SPD matrices ``A`` (r, r, B), batch last.
 
-    Gauss-Jordan elimination in place (the sweep operator of regression), in
-    the natural order: on a positive definite matrix its pivots are the
-    Schur complements, positive, so no pivoting is needed, and the inverse is
-    as accurate as one through a Cholesky factor. One rank-one update of all
-    matrices per step.
+    Gauss-Jordan elimination in place, ``A`` overwritten by the inverses (the
+    sweep operator of regression), in the natural order: on a positive definite
+    matrix its pivots are the Schur complements, positive, so no pivoting is
+    needed, and the inverse is as accurate as one through a Cholesky factor.
+    One rank-one update of all matrices per step.
     """
     r = A.shape[0]
-    A = A.copy()
     pivots = np.empty((r, A.shape[2]))
     outer = np.empty_like(A)  # one buffer for the rank-one updates
     # Pivots are checked once, at the end: one <= 0 or NaN makes the sum of their
