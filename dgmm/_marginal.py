@@ -261,7 +261,7 @@ def _sweep_inverse(A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         for k in range(r):
             pivot = pivots[k]
             pivot[:] = A[k, k]
-            row = A[k].copy()  # A_kj = A_jk
+            row = A[k]  # A_kj = A_jk; a view, read before A is updated
             col = row / pivot
             A -= np.multiply(row[:, None, :], col[None, :, :], out=outer)
             A[k] = col
