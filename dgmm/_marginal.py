@@ -325,9 +325,20 @@ def _dense_parts(model: _Model, X: np.ndarray, mask: np.ndarray) -> Iterator[_Pa
     pats, inverse = _patterns(mask)
     r_pat = pats.sum(axis=1)
     order = np.argsort(~pats, axis=1, kind="stable")  # missing coordinates first
-    local = np.empty(len(pats), dtype=np.intp)
-    member = np.zeros(len(pats), dtype=bool)
-    for rp, group in _pattern_groups(r_pat, np.bincount(inverse, minlength=len(pats))):
+    groups = list(_pattern_groups(r_pat, np.bincount(inverse, minlength=len(pats))))
+    if not groups:  # no rows
+        return
+    # The groups are consecutive runs of all the patterns: rows sorted once by
+    # their pattern's place in that sequence make each group's rows one slice,
+    # a pattern's rows together and ascending, without a pass per group.
+    place = np.empty(len(pats), dtype=np.intp)
+    place[np.concatenate([group for _, group in groups])] = np.arange(len(pats))
+    key = place[inverse]
+    by_place = np.argsort(key, kind="stable")
+    key = key[by_place]
+    firsts = np.cumsum([0, *(len(group) for _, group in groups)])
+    bounds = np.searchsorted(key, firsts)
+    for i, (rp, group) in enumerate(groups):
         arrays = plain
         if r_pat[group].min() < rp:
             # One scratch coordinate (index d), zero in the rows, the means, U and
@@ -336,13 +347,8 @@ def _dense_parts(model: _Model, X: np.ndarray, mask: np.ndarray) -> Iterator[_Pa
             if padded is None:
                 padded = tuple(_pad_last(a, n) for a, n in zip(plain, (1, 1, 2, 2), strict=True))
             arrays = padded
-        local[group] = np.arange(len(group))
-        member[:] = False
-        member[group] = True
-        rows = np.flatnonzero(member[inverse])
-        g = local[inverse[rows]]
-        together = np.argsort(g, kind="stable")  # a pattern's rows together, g ascending
-        rows, g = rows[together], g[together]
+        rows = by_place[bounds[i] : bounds[i + 1]]
+        g = key[bounds[i] : bounds[i + 1]] - firsts[i]  # each row's pattern's index in group
         midx, hld_mm, C = _factor_missing(arrays[2], pats[group], order[group], rp)
         step = max(1, min(SUB_ROWS, _WORK_ENTRIES // (K * max(d, rp * rp))))
         for start in range(0, len(rows), step):
