@@ -197,11 +197,13 @@ def _patterns(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 # --------------------------------------------------------------------------
 
 
-def _factor_missing(Lam: np.ndarray, miss: np.ndarray, rp: int):
+def _factor_missing(Lam: np.ndarray, miss: np.ndarray, order: np.ndarray, rp: int):
     """What the rows of a group of patterns ``miss`` (G, d), padded to ``rp`` missing, need.
 
-    ``Lam`` is (Kf, d, d), or (Kf, d + 1, d + 1) with the scratch coordinate
-    ``d`` when some patterns have fewer than ``rp`` missing values. Returns
+    ``order`` (G, d) lists each pattern's missing coordinates first, ascending
+    (a stable argsort of ``~miss``, done once for all patterns). ``Lam`` is
+    (Kf, d, d), or (Kf, d + 1, d + 1) with the scratch coordinate ``d`` when
+    some patterns have fewer than ``rp`` missing values. Returns
     ``midx`` (G, rp): each pattern's missing coordinates, ascending, then ``d``
     as padding; ``hld_mm`` (Kf, G); ``C`` laid out (rp, Kf, G, rp), so that the
     per-row products gather contiguous rows of it, with the identity on the
@@ -210,7 +212,7 @@ def _factor_missing(Lam: np.ndarray, miss: np.ndarray, rp: int):
     G, d = miss.shape
     Kf = Lam.shape[0]
     r_g = miss.sum(axis=1)
-    midx = np.argsort(~miss, axis=1, kind="stable")[:, :rp]
+    midx = order[:, :rp].copy()
     pad = np.arange(rp)[None, :] >= r_g[:, None]  # (G, rp)
     midx[pad] = d
     if rp == 0:
@@ -219,10 +221,13 @@ def _factor_missing(Lam: np.ndarray, miss: np.ndarray, rp: int):
     if rp <= _SMALL_R:
         # batch-last layout (rp, rp, G * Kf): rp steps, each a vector operation over
         # all the patterns and components of the group at once
-        LamT = np.ascontiguousarray(Lam.transpose(1, 2, 0))
-        A = LamT[midx.T[:, None, :], midx.T[None, :, :]]  # (rp, rp, G, Kf)
+        # one flat index into (d * d, Kf): a single-index take is several times
+        # faster than indexing two axes at once
+        d1 = Lam.shape[1]
+        LamT = np.ascontiguousarray(Lam.transpose(1, 2, 0)).reshape(d1 * d1, Kf)
+        A = np.take(LamT, midx.T[:, None, :] * d1 + midx.T[None, :, :], axis=0)  # (rp, rp, G, Kf)
         A[diag, diag] += pad.T[:, :, None]
-        C, log_det = _sweep_inverse(A.reshape(rp, rp, -1))
+        C, log_det = _sweep_inverse(A.reshape(rp, rp, -1))  # A is a scratch copy
         hld_mm = 0.5 * log_det.reshape(G, Kf).T
         C = C.reshape(rp, rp, G, Kf).transpose(1, 3, 2, 0)
     else:
@@ -241,26 +246,30 @@ def _factor_missing(Lam: np.ndarray, miss: np.ndarray, rp: int):
 def _sweep_inverse(A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Inverses and log-determinants of SPD matrices ``A`` (r, r, B), batch last.
 
-    Gauss-Jordan elimination in place (the sweep operator of regression), in
-    the natural order: on a positive definite matrix its pivots are the
-    Schur complements, positive, so no pivoting is needed, and the inverse is
-    as accurate as one through a Cholesky factor. One rank-one update of all
-    matrices per step.
+    Gauss-Jordan elimination in place, ``A`` overwritten by the inverses (the
+    sweep operator of regression), in the natural order: on a positive definite
+    matrix its pivots are the Schur complements, positive, so no pivoting is
+    needed, and the inverse is as accurate as one through a Cholesky factor.
+    One rank-one update of all matrices per step.
     """
     r = A.shape[0]
-    A = A.copy()
-    log_det = np.zeros(A.shape[2])
-    for k in range(r):
-        pivot = A[k, k].copy()
-        if not np.all(pivot > 0.0):  # also catches NaN
-            raise _singular_error()
-        log_det += np.log(pivot)
-        row = A[k].copy()  # A_kj = A_jk
-        col = row / pivot
-        A -= row[:, None, :] * col[None, :, :]
-        A[k] = col
-        A[:, k] = col
-        A[k, k] = -1.0 / pivot
+    pivots = np.empty((r, A.shape[2]))
+    outer = np.empty_like(A)  # one buffer for the rank-one updates
+    # Pivots are checked once, at the end: one <= 0 or NaN makes the sum of their
+    # logs NaN or -inf whatever the later steps give, so their warnings are moot.
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        for k in range(r):
+            pivot = pivots[k]
+            pivot[:] = A[k, k]
+            row = A[k]  # A_kj = A_jk; a view, read before A is updated
+            col = row / pivot
+            A -= np.multiply(row[:, None, :], col[None, :, :], out=outer)
+            A[k] = col
+            A[:, k] = col
+            A[k, k] = -1.0 / pivot
+        log_det = np.log(pivots).sum(axis=0)
+    if not np.isfinite(log_det).all():
+        raise _singular_error()
     A *= -1.0
     return A, log_det
 
@@ -315,9 +324,21 @@ def _dense_parts(model: _Model, X: np.ndarray, mask: np.ndarray) -> Iterator[_Pa
     padded = None
     pats, inverse = _patterns(mask)
     r_pat = pats.sum(axis=1)
-    local = np.empty(len(pats), dtype=np.intp)
-    member = np.zeros(len(pats), dtype=bool)
-    for rp, group in _pattern_groups(r_pat, np.bincount(inverse, minlength=len(pats))):
+    order = np.argsort(~pats, axis=1, kind="stable")  # missing coordinates first
+    groups = list(_pattern_groups(r_pat, np.bincount(inverse, minlength=len(pats))))
+    if not groups:  # no rows
+        return
+    # The groups are consecutive runs of all the patterns: rows sorted once by
+    # their pattern's place in that sequence make each group's rows one slice,
+    # a pattern's rows together and ascending, without a pass per group.
+    place = np.empty(len(pats), dtype=np.intp)
+    place[np.concatenate([group for _, group in groups])] = np.arange(len(pats))
+    key = place[inverse]
+    by_place = np.argsort(key, kind="stable")
+    key = key[by_place]
+    firsts = np.cumsum([0, *(len(group) for _, group in groups)])
+    bounds = np.searchsorted(key, firsts)
+    for i, (rp, group) in enumerate(groups):
         arrays = plain
         if r_pat[group].min() < rp:
             # One scratch coordinate (index d), zero in the rows, the means, U and
@@ -326,14 +347,9 @@ def _dense_parts(model: _Model, X: np.ndarray, mask: np.ndarray) -> Iterator[_Pa
             if padded is None:
                 padded = tuple(_pad_last(a, n) for a, n in zip(plain, (1, 1, 2, 2), strict=True))
             arrays = padded
-        local[group] = np.arange(len(group))
-        member[:] = False
-        member[group] = True
-        rows = np.flatnonzero(member[inverse])
-        g = local[inverse[rows]]
-        together = np.argsort(g, kind="stable")  # a pattern's rows together, g ascending
-        rows, g = rows[together], g[together]
-        midx, hld_mm, C = _factor_missing(arrays[2], pats[group], rp)
+        rows = by_place[bounds[i] : bounds[i + 1]]
+        g = key[bounds[i] : bounds[i + 1]] - firsts[i]  # each row's pattern's index in group
+        midx, hld_mm, C = _factor_missing(arrays[2], pats[group], order[group], rp)
         step = max(1, min(SUB_ROWS, _WORK_ENTRIES // (K * max(d, rp * rp))))
         for start in range(0, len(rows), step):
             sl = slice(start, start + step)
@@ -345,17 +361,20 @@ def _dense_part(rows, g, arrays, model, hld, midx, hld_mm, C, r_g, d) -> _Part:
     Z, M, Lam, Uf = arrays  # with or without the scratch coordinate
     K, d1 = M.shape
     nb, rp = len(rows), midx.shape[1]
-    at = np.arange(nb)[:, None]
-    mi = midx[g]  # (nb, rp)
+    # the missing entries of D as flat indices into D.reshape(K, nb * d1): a
+    # single-index take/put is several times faster than indexing (rows, cols)
+    flat = (np.arange(nb)[:, None] * d1 + midx[g]).ravel()  # (nb * rp,)
     D = Z[rows][None, :, :] - M[:, None, :]
-    D[:, at, mi] = 0.0
+    Dv = D.reshape(K, nb * d1)  # a view
+    Dv[:, flat] = 0.0
     if rp:
-        t = (D @ Lam)[:, at, mi]  # (Lambda z)_m, (K, nb, rp); 0 on the padding
-        Cg = C[:, :, g]  # (rp, Kf, nb, rp)
+        # (Lambda z)_m, (K, nb, rp); 0 on the padding
+        t = np.take((D @ Lam).reshape(K, nb * d1), flat, axis=1).reshape(K, nb, rp)
+        Cg = np.take(C, g, axis=2)  # (rp, Kf, nb, rp)
         u = np.zeros((K, nb, rp))  # C t; a loop over rp beats a reduction along a short axis
         for j in range(rp):
             u += Cg[j] * t[:, :, j, None]
-        D[:, at, mi] = -u  # E[x_m | x_o, k] - mu_k,m: D is now x_hat - c_k (0 on scratch)
+        Dv[:, flat] = -u.reshape(K, nb * rp)  # E[x_m | x_o, k] - mu_k,m: D is now x_hat - c_k
     # The marginal distance z_o^T Sigma_oo^-1 z_o is the full one at x_hat (x_hat
     # minimises it over x_m): through U, as for complete rows, and not as the
     # difference z^T Lambda z - t^T C t, which cancels when Lambda is large.
@@ -374,10 +393,12 @@ def _dense_part(rows, g, arrays, model, hld, midx, hld_mm, C, r_g, d) -> _Part:
             G = g[-1] - g0 + 1
             key = ((g - g0)[:, None] * K + np.arange(K)).ravel()
             Rg = np.bincount(key, weights=R.T.ravel(), minlength=G * K).reshape(G, K)
-            Cw = Rg[:, :, None, None] * C[:, :, g0 : g0 + G].transpose(2, 1, 3, 0)
+            # in C's own layout (rp, K, G, rp), read in order; entry [a, k, g, b] goes
+            # to Q[k, m_gb, m_ga], its flat index built from a small (rp, G, rp) one
+            Cw = C[:, :, g0 : g0 + G] * Rg.T[None, :, :, None]
             mg = midx[g0 : g0 + G]
-            flat = ((np.arange(K)[None, :, None, None] * d1 + mg[:, None, :, None]) * d1
-                    + mg[:, None, None, :])
+            pair = mg[None, :, :] * d1 + mg.T[:, :, None]  # (rp, G, rp)
+            flat = pair[:, None] + (np.arange(K) * (d1 * d1))[None, :, None, None]
             Q += np.bincount(flat.ravel(), weights=Cw.ravel(), minlength=K * d1 * d1).reshape(
                 K, d1, d1)
         return S[:, :d], Q[:, :d, :d]  # the scratch coordinate dropped
