@@ -55,15 +55,14 @@ the missing coordinates are conditionally independent of the observed ones
 (``E[x_m] = mu_m``, ``C`` the missing variances), so the marginal densities
 and the statistics are masked versions of the complete-data products,
 O(n K d) per block. Measured (``benchmarks/bench_missing.py``, d=16, K=8,
-N=1e6, blocks of 100k rows, one BLAS thread, on a shared and loaded machine,
-so +-20%): a pass with 5% of the rows incomplete costs 1.3-1.6x a complete
-pass for full and at most 1.3x for diag covariances; with 20% of all entries
-missing (97% of the rows incomplete, ~13000 patterns per 100k rows), 5-7x
-for full and 1.1-2x for diag. Call it once per block with all of the block's
+N=1e6, blocks of 100k rows through ``estep_stats(missing=True)``, one BLAS
+thread, quiet 2-core AVX2 machine, two runs): a pass with 5% of the rows
+incomplete costs 1.27-1.46x a complete pass for full and 1.37-1.41x for diag
+covariances; with 5% of all entries missing (56% of the rows incomplete)
+2.7-2.8x and 1.8x; with 20% (97% of the rows, ~13000 patterns per 100k rows)
+6.1-6.7x and 2.1x. Call it once per block with all of the block's
 incomplete rows rather than once per small sub-block: the groups' fixed
-costs then fall on many rows (5% of rows incomplete, full: 3x a complete
-pass when dispatched per 2048-row sub-block, against 1.45x per 100k-row
-block).
+costs then fall on many rows.
 
 Numerics: all arithmetic in float64 about the block centre; responsibilities
 by log-sum-exp; a non-finite result raises (``ValueError`` for infinite input,
