@@ -125,14 +125,11 @@ class RowData:
         Known component of a row, -1 where unknown.
     total_weight : float
         Sum of the weights (the row count without weights).
-    n_classes : int
-        One more than the largest known label (0 without labels).
     """
 
     weight: da.Array | None = None
     label: da.Array | None = None
     total_weight: float = 0.0
-    n_classes: int = 0
 
 
 @dataclass

@@ -343,7 +343,7 @@ def row_data(
         lab = lab.astype(np.int64)
         high = np.iinfo(np.int64).max if n_components is None else n_components
         bad = (lab < -1) | (lab >= high)
-        checks.update(l_bad=bad.any(), l_first=da.argmax(bad), l_max=lab.max())
+        checks.update(l_bad=bad.any(), l_first=da.argmax(bad))
     names = list(checks)
     with blas_guard(scheduler):
         got = dict(zip(names, dask.compute(*checks.values(), scheduler=scheduler), strict=True))
@@ -366,7 +366,6 @@ def row_data(
     return RowData(
         weight=w, label=lab,
         total_weight=float(got["w_sum"]) if w is not None else float(n_rows),
-        n_classes=int(got["l_max"]) + 1 if lab is not None else 0,
     )
 
 

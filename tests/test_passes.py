@@ -100,7 +100,7 @@ def test_fused_tiny_blocks_give_the_statistics_of_unfused_ones(covariance_type):
     chunks = (37,)
     rows = _passes.RowData(weight=da.from_array(weight, chunks=500),
                            label=da.from_array(label, chunks=chunks),
-                           total_weight=float(weight.sum()), n_classes=3)
+                           total_weight=float(weight.sum()))
     blks = _passes.as_blocks(da.from_array(X, chunks=(chunks[0], 3)), rows)
     params, _ = random_params(covariance_type, 3, 3)
     ref = K.estep_stats(X, params, sample_weight=weight, label=label)
