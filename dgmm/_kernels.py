@@ -16,6 +16,7 @@ Sections: parameters, log-densities, E-step, chunk statistics, M-step.
 
 from __future__ import annotations
 
+import functools
 import threading
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
@@ -342,17 +343,28 @@ class _Work(threading.local):
 
 
 _WORK = _Work()
+_NO_LABEL = np.empty(0, dtype=np.int64)
+
+
+@functools.cache
+def _compiled():
+    """The compiled loops (:mod:`dgmm._jit`), loaded on first use: numba takes ~0.5 s to import."""
+    from dgmm import _jit
+
+    return _jit
 
 
 def _responsibilities(X: np.ndarray, scorer: Scorer, row_offset: int,
                       label: np.ndarray | None = None, reference: bool = False):
     """Responsibilities of the rows of ``X``, sub-block by sub-block.
 
-    Yields ``(slice, features, log_norm, resp)``: ``features`` is the
-    sub-block's linear features ``F`` (m + 1, rows) on the linear route, its
-    :class:`CentredBlock` on the reference route (``reference``, or a type
-    without a linear route). On the linear route ``F`` and ``resp`` are this
-    thread's work arrays, overwritten at the next step: use them before.
+    Yields ``(slice, features, log_norm, resp)`` with ``resp`` of shape
+    (K, rows): ``features`` is the sub-block's linear features ``F`` (rows,
+    m + 1) on the linear route, its :class:`CentredBlock` on the reference
+    route (``reference``, or a type without a linear route). The linear route
+    builds ``F`` and normalises with the compiled loops of :mod:`dgmm._jit`;
+    its ``F`` and ``resp`` are this thread's work arrays, overwritten at the
+    next step: use them before.
     """
     if reference or scorer.lin is None:
         for start, sl in sub_blocks(len(X)):
@@ -360,22 +372,21 @@ def _responsibilities(X: np.ndarray, scorer: Scorer, row_offset: int,
             b, log_norm, resp = _checked_resp_t(X[sl], scorer, row_offset + start, lab)
             yield sl, b, log_norm, resp
         return
-    kind = COVARIANCE[scorer.params.covariance_type]
-    W, center, d = scorer.lin, scorer.center, scorer.params.n_features
+    fill = _compiled().FILL[scorer.params.covariance_type]
+    W, center = scorer.lin, scorer.center
     (K, m1), n = W.shape, len(X)
+    label = _NO_LABEL if label is None else np.asarray(label, dtype=np.int64)
     step = min(linear_sub_rows(m1, K), max(n, 1))
     for start, sl in sub_blocks(n, step):
         rows = sl.stop - start
-        F = _WORK.get("features", (m1, rows))
-        A = _WORK.get("log_prob", (K, rows))
-        with np.errstate(invalid="ignore", over="ignore"):  # bad input: named below
-            np.subtract(X[sl].T, center[:, None], out=F[:d], casting="unsafe")
-            kind.lin_fill(F, d)
-            F[m1 - 1] = 1.0
-            np.matmul(W, F, out=A)
-            log_norm = _normalise_t(A, None if label is None else label[sl])
-        _check_log_norm(log_norm, X[sl], row_offset + start)
-        yield sl, F, log_norm, A
+        F = _WORK.get("features", (rows, m1))
+        P = _WORK.get("log_prob", (rows, K))
+        log_norm = np.empty(rows)
+        fill(X[sl], center, F)
+        np.matmul(F, W.T, out=P)
+        if not _compiled().normalise_rows(P, label[sl], log_norm, _LOG_NEGLIGIBLE):
+            _check_log_norm(log_norm, X[sl], row_offset + start)
+        yield sl, F, log_norm, P.T
 
 
 _PER_ROW = {
@@ -562,7 +573,7 @@ def _estep_complete(X, scorer: Scorer, sample_weight, label, row_offset: int,
             continue
         # Linear route: nk, S0 and the extra statistics of every component in
         # one GEMM, summed over the sub-blocks and turned into a packet once.
-        part = resp @ features.T
+        part = resp @ features
         G = part if G is None else np.add(G, part, out=G)
         loglik += log_norm.sum()
     if G is None:
