@@ -124,3 +124,30 @@ def normalise_rows(P, label, log_norm, negligible):
             row[k] *= inverse
         log_norm[i] = top + np.log(total)
     return finite
+
+
+@numba.njit(**_JIT)
+def add_sparse_products(R, F, G, max_share):
+    """``G += R^T F`` over the nonzero entries of ``R`` (n, K), if they are few.
+
+    On separated data most rows are one-hot, and a row then adds one row of
+    ``F`` to one row of ``G`` (m + 1 products) instead of K of them; a GEMM
+    also spends K per row and, for this tall-skinny shape, does not scale
+    across threads. Returns False, touching nothing, when more than
+    ``max_share`` of the entries are nonzero: a GEMM is faster then.
+    """
+    n, K = R.shape
+    m = F.shape[1]
+    nonzero = 0
+    for i in range(n):
+        for k in range(K):
+            nonzero += R[i, k] != 0.0
+    if nonzero > max_share * n * K:
+        return False
+    for i in range(n):
+        for k in range(K):
+            r = R[i, k]
+            if r != 0.0:
+                for j in range(m):
+                    G[k, j] += r * F[i, j]
+    return True
