@@ -7,10 +7,12 @@ matmul peak measured in the same run (the machine is shared and noisy, so
 only same-run ratios mean anything).
 
 It also prints where the time of one iteration goes: the kernel's stages
-timed one after the other on a single thread over all rows (centring,
-features, the densities' GEMM, the log-sum-exp, the statistics' GEMM; the
-reference route: centring, squared distances, log-sum-exp, statistics), the
-rest of the single-threaded kernel (Python, packets) and the pass on the
+timed one after the other on a single thread over all rows (the linear
+route's compiled features, the densities' GEMM, the compiled log-sum-exp,
+the statistics; the NumPy reference route, which was the kernel before the
+linear route: centring, squared distances, log-sum-exp, statistics), the
+rest of the single-threaded kernel (Python, packets), what the pass adds per
+block read (CRC-32 and value range of the fingerprint) and the pass on the
 default threaded scheduler, whose ratio to the kernel says how many cores
 were kept busy.
 
@@ -31,9 +33,8 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture as SkGM
 from threadpoolctl import threadpool_limits
 
-from dgmm import GaussianMixture, _em
+from dgmm import GaussianMixture, _em, _passes
 from dgmm import _kernels as kernels
-from dgmm._covariance import COVARIANCE
 
 # (rows, features, components, covariance type, dtype)
 CASES = [
@@ -122,26 +123,27 @@ def profile_iteration(X: np.ndarray, params: kernels.Params) -> dict[str, float]
     'other' what it spends beyond the stages (Python, packets).
     """
     scorer = kernels.Scorer.of(params)
-    kind = COVARIANCE[params.covariance_type]
-    d, k = params.n_features, params.n_components
+    k = params.n_components
     stages: dict[str, float] = {}
     with threadpool_limits(limits=1, user_api="blas"), np.errstate(all="ignore"):
         if scorer.lin is not None:
-            m1 = scorer.lin.shape[1]
-            for _, sl in kernels.sub_blocks(len(X), kernels.linear_sub_rows(m1, k)):
+            compiled = kernels._compiled()
+            fill, W = compiled.FILL[params.covariance_type], scorer.lin
+            rows = kernels.linear_sub_rows(W.shape[1], k)
+            F, P = np.empty((rows, W.shape[1])), np.empty((rows, k))
+            log_norm, G, no_label = np.empty(rows), np.zeros((k, W.shape[1])), np.empty(0, int)
+            for _, sl in kernels.sub_blocks(len(X), rows):
+                n = sl.stop - sl.start
                 t = time.perf_counter()
-                F = np.empty((m1, sl.stop - sl.start))
-                np.subtract(X[sl].T, scorer.center[:, None], out=F[:d], casting="unsafe")
-                t = _clock(stages, "centre", t)
-                kind.lin_fill(F, d)
-                F[-1] = 1.0
+                fill(X[sl], scorer.center, F[:n])
                 t = _clock(stages, "features", t)
-                A = scorer.lin @ F
+                np.matmul(F[:n], W.T, out=P[:n])
                 t = _clock(stages, "densities GEMM", t)
-                kernels._normalise_t(A)
+                compiled.normalise_rows(P[:n], no_label, log_norm[:n], kernels._LOG_NEGLIGIBLE)
                 t = _clock(stages, "log-sum-exp", t)
-                A @ F.T
-                _clock(stages, "statistics GEMM", t)
+                if not compiled.add_sparse_products(P[:n], F[:n], G, kernels.SPARSE_SHARE):
+                    G += P[:n].T @ F[:n]
+                _clock(stages, "statistics", t)
         for _, sl in kernels.sub_blocks(len(X)):
             t = time.perf_counter()
             b = scorer.block(X[sl])
@@ -157,9 +159,15 @@ def profile_iteration(X: np.ndarray, params: kernels.Params) -> dict[str, float]
         kernels.estep_stats(X, params)
         _clock(stages, "kernel", t)
         t = time.perf_counter()
+        for sl in np.array_split(np.arange(len(X)), max(1, X.nbytes // 2**22)):
+            rows = X[sl[0] : sl[-1] + 1]
+            _passes._crc([rows]), _passes._value_range(rows)
+        _clock(stages, "pass: reads: CRC-32 and range", t)
+        t = time.perf_counter()
         kernels.estep_stats(X, params, reference=True)
         _clock(stages, "ref: kernel", t)
-    fast = [v for key, v in stages.items() if key != "kernel" and not key.startswith("ref")]
+    fast = [v for key, v in stages.items()
+            if key != "kernel" and not key.startswith(("ref", "pass"))]
     ref = [v for key, v in stages.items() if key.startswith("ref: ") and key != "ref: kernel"]
     if fast:
         stages["other"] = stages["kernel"] - sum(fast)
@@ -209,13 +217,15 @@ def main() -> None:
         print(f"\none iteration of {name}, seconds on one thread by stage:")
         for route, prefix in (("linear route", ""), ("reference route", "ref: ")):
             keys = [key for key in stages if key.startswith(prefix)
-                    and (prefix or not key.startswith("ref: "))]
+                    and (prefix or not key.startswith(("ref: ", "pass: ")))]
             if not keys:
                 continue
             kernel = stages[f"{prefix}kernel"]
             cells = ", ".join(f"{key[len(prefix):]} {stages[key]:.3f}" for key in keys
                               if not key.endswith("kernel"))
             print(f"  {route}: {cells}; kernel {kernel:.3f}")
+        print(f"  beside the kernel, each pass: reads' CRC-32 and value range "
+              f"{stages['pass: reads: CRC-32 and range']:.3f}")
         print(f"  pass on the threaded scheduler: {pass_s:.3f} s, "
               f"{stages['kernel'] / pass_s:.2f} cores busy with the kernel's work")
 

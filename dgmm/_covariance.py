@@ -491,30 +491,19 @@ def _sample_scaled(rng, mean: np.ndarray, covariances: np.ndarray, k: int, n: in
 # --------------------------------------------------------------------------
 # Linear route (the fast kernel): for full (many components), diag and
 # spherical, the log-densities and all statistics are linear in per-row
-# features [z; extra; 1], so a sub-block costs one GEMM for the densities of
-# every component (the offsets ride on the row of ones) and one GEMM for nk,
-# S0 and the scatter together. ``lin_rows`` gives m, the feature rows before
-# the ones (None: no linear route), ``lin_fill`` writes the extra rows of F
-# from its first d, ``lin_coef`` turns ``prep``'s coefficients into the (K, m)
-# matrix with ``sq_maha = coef @ F[:m]``, and ``lin_scatter`` the extra
-# statistics into Q.  The table's ``sq_maha``/``scatter`` stay the reference.
+# features [z | extra | 1], so a sub-block costs one GEMM for the densities
+# of every component (the offsets ride on the column of ones) and one product
+# for nk, S0 and the scatter together. ``lin_rows`` gives m, the feature
+# columns before the ones (None: no linear route); the compiled loop
+# ``dgmm._jit.FILL[name]`` writes the features of a block of rows;
+# ``lin_coef`` turns ``prep``'s coefficients into the (K, m) matrix with
+# ``sq_maha = coef @ F[:, :m]^T``, and ``lin_scatter`` the extra statistics
+# into Q.  The table's ``sq_maha``/``scatter`` stay the reference.
 # --------------------------------------------------------------------------
 
 
 def _lin_rows_full(k: int, d: int) -> int | None:
     return d + d * (d + 1) // 2 if use_outer_features(k, d) else None
-
-
-def _fill_full(F: np.ndarray, d: int) -> None:
-    _outer_rows(F[:d], F[d : d + d * (d + 1) // 2])
-
-
-def _fill_diag(F: np.ndarray, d: int) -> None:
-    np.multiply(F[:d], F[:d], out=F[d : 2 * d])
-
-
-def _fill_spherical(F: np.ndarray, d: int) -> None:
-    np.einsum("dn,dn->n", F[:d], F[:d], out=F[d])
 
 
 def _lin_coef(coef: tuple) -> np.ndarray:
@@ -575,12 +564,10 @@ class CovarianceType:
         ``n`` draws from component ``k``.
     lin_rows : callable (K, d) -> int or None
         Rows ``m`` of the linear features ``[z; extra]`` (None: no linear route).
-    lin_fill : callable (F, d) -> None
-        Writes the extra feature rows ``F[d:m]`` from the centred rows ``F[:d]``.
     lin_coef : callable (coef) -> ndarray of shape (K, m)
-        ``prep``'s coefficients as one matrix: ``sq_maha = lin_coef @ F[:m]``.
+        ``prep``'s coefficients as one matrix: ``sq_maha = lin_coef @ F[:, :m]^T``.
     lin_scatter : callable (extra, S0, nk, shift_c) -> Q
-        The scatter statistic from ``extra = R @ F[d:m]^T``.
+        The scatter statistic from ``extra = R @ F[:, d:m]``.
     """
 
     name: str
@@ -602,7 +589,6 @@ class CovarianceType:
     random: Callable[[np.random.Generator, int, int], np.ndarray]
     sample_component: Callable[..., np.ndarray]
     lin_rows: Callable[[int, int], int | None] = lambda k, d: None
-    lin_fill: Callable[[np.ndarray, int], None] | None = None
     lin_coef: Callable[[tuple], np.ndarray] | None = None
     lin_scatter: Callable[..., np.ndarray] | None = None
 
@@ -635,7 +621,6 @@ COVARIANCE = {
         random=_random_full,
         sample_component=_sample_full,
         lin_rows=_lin_rows_full,
-        lin_fill=_fill_full,
         lin_coef=_lin_coef,
         lin_scatter=_q_full_of,
     ),
@@ -679,7 +664,6 @@ COVARIANCE = {
         random=_random_diag,
         sample_component=_sample_scaled,
         lin_rows=lambda k, d: 2 * d,
-        lin_fill=_fill_diag,
         lin_coef=_lin_coef,
         lin_scatter=_q_diag_of,
     ),
@@ -703,7 +687,6 @@ COVARIANCE = {
         random=_random_spherical,
         sample_component=_sample_scaled,
         lin_rows=lambda k, d: d + 1,
-        lin_fill=_fill_spherical,
         lin_coef=_lin_coef,
         lin_scatter=_q_spherical_of,
     ),

@@ -9,6 +9,7 @@ import pytest
 from scipy.stats import multivariate_normal
 from sklearn.mixture import GaussianMixture as SkGM
 
+from dgmm import _jit
 from dgmm import _kernels as kernels
 from dgmm._covariance import COVARIANCE, use_outer_features
 from tests.helpers import COVARIANCE_TYPES, dense_cov, random_params
@@ -139,10 +140,12 @@ def test_covariance_table_entry_is_complete_and_consistent(covariance_type):
     assert kind.name == covariance_type
     assert set(kernels.COVARIANCE_TYPES) == set(COVARIANCE) == set(COVARIANCE_TYPES)
     # The linear route's functions are optional, all together.
-    optional = {"lin_fill", "lin_coef", "lin_scatter"}
+    optional = {"lin_coef", "lin_scatter"}
     assert all(getattr(kind, f.name) is not None for f in dataclasses.fields(kind)
                if f.name not in optional)
     assert len({getattr(kind, name) is None for name in optional}) == 1
+    # ... and the compiled feature fill exists exactly for the types that have them
+    assert (covariance_type in _jit.FILL) == (kind.lin_coef is not None)
     shape = kind.shape(k, d)
     assert kernels.covariance_shape(covariance_type, k, d) == shape
 
