@@ -349,17 +349,20 @@ def _value_range(rows: np.ndarray) -> tuple[float, float]:
     return float(rows.min()), float(rows.max())
 
 
-def _apply(fn, args, row_offset, index, start, stop, names, fill, count, *parts):
+def _apply(fn, args, row_offset, index, start, stop, names, fill, ranged, count, *parts):
     # ``count`` adjacent blocks, then as many parts of each side array (``names``
     # says which), arrive positionally: dask resolves task references there.
     # Fused blocks are concatenated, so ``fn`` sees one block of their rows;
     # each block's read is recorded on its own, as the fingerprint counts blocks.
+    # Value ranges are only looked at from a block's first whole read
+    # (:meth:`Blocks.observe`): later passes skip them (``ranged`` False).
     blocks, *sides = [list(p) for p in zip(*[iter(parts)] * count, strict=True)]
     reads = []
     for j, part in enumerate(blocks):
         rows = part[start:stop]
         hashed = [rows, *(side[j][start:stop] for side in sides)]
-        reads.append((index + j, start, stop, _crc(hashed), *_value_range(rows)))
+        low_high = _value_range(rows) if ranged else (float("nan"), float("nan"))
+        reads.append((index + j, start, stop, _crc(hashed), *low_high))
     block = blocks[0] if count == 1 else np.concatenate(blocks)
     extra = {k: (v[0] if count == 1 else np.concatenate(v))[start:stop]
              for k, v in zip(names, sides, strict=True)}
@@ -443,7 +446,8 @@ def pass_graph(
         runs = [(first, stop, 0, None) for first, stop in blocks.tasks()]
     else:
         runs = [(b, b + 1, start, stop) for b, start, stop in pieces]
-    name = f"dgmm-pass-{tokenize(blocks.name, fn, args, combine, runs, blocks.fill)}"
+    ranged = blocks.block_hashes is None  # no whole pass yet, whose ranges are checked
+    name = f"dgmm-pass-{tokenize(blocks.name, fn, args, combine, runs, blocks.fill, ranged)}"
     args_key = f"{name}-args"
     layer = {args_key: DataNode(args_key, args)}
     args_ref = TaskRef(args_key)
@@ -455,7 +459,7 @@ def pass_graph(
                  for b in range(first, last)]
         key = (name, 0, i)
         layer[key] = Task(key, _apply, fn, args_ref, blocks.offsets[first], first, start, stop,
-                          tuple(blocks.side), blocks.fill, last - first, *parts)
+                          tuple(blocks.side), blocks.fill, ranged, last - first, *parts)
         level.append(key)
     depth = 0
     while len(level) > 1:
