@@ -322,9 +322,15 @@ def sub_blocks(n: int, rows: int = SUB_ROWS):
         yield start, slice(start, min(start + rows, n))
 
 
+# Rows of the linear route's sub-blocks come in multiples of this (see
+# :func:`_responsibilities`).
+_ROW_TILE = 8
+
+
 def linear_sub_rows(n_lin: int, n_components: int) -> int:
-    """Rows per sub-block of the linear route with ``n_lin`` feature rows (ones included)."""
-    return int(np.clip(LINEAR_WORK_BYTES // (8 * (n_lin + n_components)), 128, 16384))
+    """Rows per sub-block of the linear route with ``n_lin`` features (ones included)."""
+    rows = int(np.clip(LINEAR_WORK_BYTES // (8 * (n_lin + n_components)), 128, 16384))
+    return rows // _ROW_TILE * _ROW_TILE
 
 
 class _Work(threading.local):
@@ -384,11 +390,18 @@ def _responsibilities(X: np.ndarray, scorer: Scorer, row_offset: int,
     step = min(linear_sub_rows(m1, K), max(n, 1))
     for start, sl in sub_blocks(n, step):
         rows = sl.stop - start
-        F = _WORK.get("features", (rows, m1))
-        P = _WORK.get("log_prob", (rows, K))
+        # Rows padded to whole tiles of BLAS's kernels, so that a row's densities
+        # come out the same to the last bit in any block (edge tiles round
+        # differently): a row at the outlier threshold stays on its side.
+        padded = -(-rows // _ROW_TILE) * _ROW_TILE
+        F = _WORK.get("features", (padded, m1))
+        P = _WORK.get("log_prob", (padded, K))
         log_norm = np.empty(rows)
-        fill(X[sl], center, F)
-        np.matmul(F, W.T, out=P)
+        fill(X[sl], center, F[:rows])
+        F[rows:] = 0.0
+        with np.errstate(invalid="ignore", over="ignore"):  # bad input: named below
+            np.matmul(F, W.T, out=P)
+        F, P = F[:rows], P[:rows]
         if not _compiled().normalise_rows(P, label[sl], log_norm, _LOG_NEGLIGIBLE):
             _check_log_norm(log_norm, X[sl], row_offset + start)
         yield sl, F, log_norm, P.T

@@ -244,3 +244,17 @@ def test_normalise_matches_logsumexp_for_hard_soft_and_impossible_rows():
     bad = np.array([[0.0, -np.inf, np.nan], [1.0, -np.inf, 0.0]])
     log_norm = kernels._normalise_t(bad)
     assert np.isfinite(log_norm[0]) and not np.isfinite(log_norm[1:]).any()
+
+
+@pytest.mark.parametrize("covariance_type,k,d", [("full", 6, 4), ("diag", 5, 3),
+                                                 ("spherical", 3, 4)])
+def test_a_rows_densities_do_not_depend_on_its_block(covariance_type, k, d):
+    # A row at the outlier threshold must land on the same side whichever rows
+    # it is predicted with (scikit-learn's check_methods_subset_invariance).
+    params, _ = random_params(covariance_type, k, d, seed=9)
+    X = np.random.default_rng(10).normal(scale=3.0, size=(20, d))
+    assert kernels.Scorer.of(params).lin is not None
+    whole = kernels.predict_block(X, params, "log_density")
+    alone = np.concatenate([kernels.predict_block(X[i : i + 1], params, "log_density")
+                            for i in range(len(X))])
+    np.testing.assert_array_equal(alone, whole)
