@@ -166,6 +166,11 @@ class Blocks:
     seen : dict
         ``(block, start, stop) -> (crc, low, high)`` of the first read of
         those rows (see :meth:`observe`).
+    resident : bool
+        The blocks sit in memory for the whole fit (NumPy input, or data
+        persisted by the cache policy), so a second read cannot differ from
+        the first: once a whole pass has hashed every block (the
+        fingerprint), later passes skip the CRC-32 of what they read.
     """
 
     graph: dict
@@ -180,6 +185,7 @@ class Blocks:
     fill: np.ndarray | None = None
     seen: dict = field(default_factory=dict)
     itemsize: int = 8
+    resident: bool = False
 
     def __post_init__(self):
         if "weight" not in self.side:
@@ -217,7 +223,7 @@ class Blocks:
         for b, start, stop, crc, low, high in reads:
             stop = self.sizes[b] if stop is None else stop
             first = self.seen.setdefault((b, start, stop), (crc, low, high))
-            if first[0] != crc:
+            if None not in (first[0], crc) and first[0] != crc:
                 lo, hi = self.offsets[b] + start, self.offsets[b] + stop - 1
                 raise DataChangedError(
                     f"the input changed while it was being read: rows {lo}-{hi} differ from "
@@ -296,7 +302,7 @@ class Blocks:
         return [Delayed(key, self.graph) for key in self.keys]
 
     @classmethod
-    def from_array(cls, X: da.Array, total_weight: float = 0.0,
+    def from_array(cls, X: da.Array, total_weight: float = 0.0, resident: bool = False,
                    **side: da.Array | None) -> Blocks:
         """Blocks of ``X``, with per-row ``side`` arrays (None: absent) cut into its row chunks."""
         keys, graph = _materialise(X)
@@ -310,7 +316,7 @@ class Blocks:
         offsets = np.concatenate([[0], np.cumsum(X.chunks[0])[:-1]]).astype(int).tolist()
         name = X.name if not side_keys else tokenize(X.name, *side_keys.values())
         return cls(graph, keys, offsets, int(X.shape[0]), int(X.shape[1]), name, side_keys,
-                   total_weight, itemsize=X.dtype.itemsize)
+                   total_weight, itemsize=X.dtype.itemsize, resident=resident)
 
 
 def _materialise(X: da.Array) -> tuple[list, dict]:
@@ -349,20 +355,22 @@ def _value_range(rows: np.ndarray) -> tuple[float, float]:
     return float(rows.min()), float(rows.max())
 
 
-def _apply(fn, args, row_offset, index, start, stop, names, fill, ranged, count, *parts):
+def _apply(fn, args, row_offset, index, start, stop, names, fill, ranged, hashed, count,
+           *parts):
     # ``count`` adjacent blocks, then as many parts of each side array (``names``
     # says which), arrive positionally: dask resolves task references there.
     # Fused blocks are concatenated, so ``fn`` sees one block of their rows;
     # each block's read is recorded on its own, as the fingerprint counts blocks.
     # Value ranges are only looked at from a block's first whole read
-    # (:meth:`Blocks.observe`): later passes skip them (``ranged`` False).
+    # (:meth:`Blocks.observe`): later passes skip them (``ranged`` False), and
+    # passes over resident blocks skip the CRC once all are known (``hashed``).
     blocks, *sides = [list(p) for p in zip(*[iter(parts)] * count, strict=True)]
     reads = []
     for j, part in enumerate(blocks):
         rows = part[start:stop]
-        hashed = [rows, *(side[j][start:stop] for side in sides)]
+        checked = [rows, *(side[j][start:stop] for side in sides)]
         low_high = _value_range(rows) if ranged else (float("nan"), float("nan"))
-        reads.append((index + j, start, stop, _crc(hashed), *low_high))
+        reads.append((index + j, start, stop, _crc(checked) if hashed else None, *low_high))
     block = blocks[0] if count == 1 else np.concatenate(blocks)
     extra = {k: (v[0] if count == 1 else np.concatenate(v))[start:stop]
              for k, v in zip(names, sides, strict=True)}
@@ -447,7 +455,9 @@ def pass_graph(
     else:
         runs = [(b, b + 1, start, stop) for b, start, stop in pieces]
     ranged = blocks.block_hashes is None  # no whole pass yet, whose ranges are checked
-    name = f"dgmm-pass-{tokenize(blocks.name, fn, args, combine, runs, blocks.fill, ranged)}"
+    hashed = ranged or not blocks.resident
+    token = tokenize(blocks.name, fn, args, combine, runs, blocks.fill, hashed, ranged)
+    name = f"dgmm-pass-{token}"
     args_key = f"{name}-args"
     layer = {args_key: DataNode(args_key, args)}
     args_ref = TaskRef(args_key)
@@ -459,7 +469,8 @@ def pass_graph(
                  for b in range(first, last)]
         key = (name, 0, i)
         layer[key] = Task(key, _apply, fn, args_ref, blocks.offsets[first], first, start, stop,
-                          tuple(blocks.side), blocks.fill, ranged, last - first, *parts)
+                          tuple(blocks.side), blocks.fill, ranged, hashed, last - first,
+                          *parts)
         level.append(key)
     depth = 0
     while len(level) > 1:
@@ -601,11 +612,16 @@ def apply_cache_policy(
     return X.persist(scheduler=scheduler) if persist else X
 
 
-def as_blocks(X: da.Array, rows: RowData | None = None) -> Blocks:
-    """Blocks of ``X`` (rows chunked, one column chunk), with its per-row side arrays."""
+def as_blocks(X: da.Array, rows: RowData | None = None, resident: bool = False) -> Blocks:
+    """Blocks of ``X`` (rows chunked, one column chunk), with its per-row side arrays.
+
+    ``resident``: ``X`` is in memory for as long as the blocks are used
+    (:attr:`Blocks.resident`).
+    """
     if X.numblocks[1] != 1:
         X = X.rechunk({1: -1})
     if rows is None:
-        return Blocks.from_array(X)
-    return Blocks.from_array(X, rows.total_weight, weight=rows.weight, label=rows.label)
+        return Blocks.from_array(X, resident=resident)
+    return Blocks.from_array(X, rows.total_weight, resident, weight=rows.weight,
+                             label=rows.label)
 

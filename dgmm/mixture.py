@@ -849,9 +849,11 @@ def _fit_groups(
     elif resume:
         raise ValueError("resume=True needs a checkpoint directory")
     scheduler = scheduler_for(lazy)
+    streamed = Xd
     if lazy:
         Xd = apply_cache_policy(Xd, cache, scheduler, log=log if settings.verbose >= 1 else None)
-    blocks = as_blocks(Xd, rows)
+    # NumPy input and persisted data cannot change under the fit: hashed once
+    blocks = as_blocks(Xd, rows, resident=not lazy or Xd is not streamed)
     save = None
     with blas_guard(scheduler):
         if checkpoint is not None:

@@ -121,3 +121,42 @@ def test_fused_tiny_blocks_give_the_statistics_of_unfused_ones(covariance_type):
         np.testing.assert_allclose(st.loglik, ref.loglik, rtol=1e-12)
         assert st.n_rows == len(X)
     assert blks.n_passes == 2  # every block read once per pass, fused or not
+
+
+@pytest.mark.parametrize("resident", [False, True])
+def test_resident_blocks_are_hashed_once_and_ranged_once(monkeypatch, resident):
+    X, _, _ = mixture_data(n=2000, d=3, k=3)
+    blks = _passes.as_blocks(da.from_array(X, chunks=(500, 3)), resident=resident)
+    params, _ = random_params("diag", 3, 3)
+    calls = {"crc": 0, "range": 0}
+    def counting(key, real):
+        def counted(*a):
+            calls[key] += 1
+            return real(*a)
+        return counted
+
+    monkeypatch.setattr(_passes, "_crc", counting("crc", _passes._crc))
+    monkeypatch.setattr(_passes, "_value_range", counting("range", _passes._value_range))
+    first = _passes.estep_pass(blks, [params])[0]
+    hashes = blks.block_hashes
+    assert calls == {"crc": 4, "range": 4} and None not in hashes
+    again = _passes.estep_pass(blks, [params])[0]
+    # value ranges only on the first whole pass; CRCs again unless resident
+    assert calls == {"crc": 4 if resident else 8, "range": 4}
+    assert blks.block_hashes == hashes
+    np.testing.assert_array_equal(again.qk, first.qk)
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_a_fit_on_numpy_input_hashes_its_blocks_once(monkeypatch):
+    from dgmm import GaussianMixture
+
+    X, _, _ = mixture_data(n=3000, d=2, k=2)
+    seen = []
+    real = _passes.Blocks.observe
+    monkeypatch.setattr(_passes.Blocks, "observe",
+                        lambda self, reads: (seen.append([r[3] for r in reads]),
+                                             real(self, reads))[1])
+    GaussianMixture(2, max_iter=4, tol=0, random_state=0).fit(X)
+    hashed = [all(crc is not None for crc in reads) for reads in seen]
+    assert hashed[0] and not any(hashed[-3:])  # the last passes are EM iterations
