@@ -199,11 +199,14 @@ def _weighted_log_prob_t(b: CentredBlock, scorer: Scorer) -> np.ndarray:
 
 
 # Entries this far below their row's maximum (log scale) get responsibility 0
-# (in every row, so results do not depend on how rows are grouped): e^-60 <
-# 1e-26 is invisible next to the maximum's 1 in the row sum. A row with a
-# single entry above that is one-hot and needs no exponential (the costliest
-# step of the E-step); on separated data most rows are such.
-_LOG_NEGLIGIBLE = -60.0
+# (in every row, so results do not depend on how rows are grouped): e^-37 =
+# 8.5e-17 is below half an ulp of the maximum's 1 in the row sum, so it can
+# change a row's log-likelihood by rounding only, and a component fed only
+# such entries holds less than 1e-16 of the data, far below what the M-step
+# treats as empty (EMPTY_COMPONENT_SHARE). A row with a single entry above
+# it is one-hot and needs no exponential (the costliest step of the E-step);
+# on separated data most rows are such.
+_LOG_NEGLIGIBLE = -37.0
 
 
 def _normalise_t(a: np.ndarray, label: np.ndarray | None = None) -> np.ndarray:
