@@ -2,7 +2,10 @@
 
 Nothing here knows about Dask. Every function takes in-memory blocks and small
 parameter arrays and returns small arrays, so the orchestration layer can map
-them over chunks and the estimator can call them on NumPy data directly.
+them over chunks and the estimator can call them on NumPy data directly. The
+E-step's fast (linear) route hands its elementwise loops to the compiled
+functions of :mod:`dgmm._jit`; the NumPy reference route here computes the
+same numbers.
 
 Conventions follow scikit-learn so results compare number for number:
 ``precisions_cholesky`` holds, per component, a factor ``U`` with
