@@ -1,13 +1,16 @@
-"""Compiled loops of the linear-route E-step (numba), one call per sub-block.
+"""The compiled linear-route E-step (numba): one call per block, without the GIL.
 
 The linear route of :mod:`dgmm._kernels` spends its flops in two GEMMs
 (BLAS); what lies between them is elementwise: centring the rows and building
 their features, and turning log-probabilities into responsibilities. In NumPy
-those are a dozen passes over the sub-block and as many Python calls, each of
-which takes the GIL, so two threads share one core's worth of Python. Here
-each is one pass over the rows, compiled, without the GIL, so the threads of a
-Dask pass run side by side. The NumPy reference route of :mod:`dgmm._kernels`
-(``reference=True``) computes the same numbers and the tests hold these to it.
+those are a dozen passes over each sub-block and as many Python calls, each
+of which takes the GIL, so two threads share one core's worth of Python.
+Here :func:`linear_estep` runs a whole block, sub-block by sub-block, in one
+compiled call that never takes the GIL (the GEMMs included, through numba's
+BLAS binding), so the threads of a Dask pass run side by side and the
+sub-blocks can be small enough to stay in each core's cache. The NumPy
+reference route of :mod:`dgmm._kernels` (``reference=True``) computes the
+same numbers and the tests hold these loops to it.
 
 Layouts are row-major: features ``F`` (n, m + 1) and log-probabilities ``P``
 (n, K), so every loop runs along contiguous memory.
@@ -69,6 +72,9 @@ def _fill_spherical(X, center, F):
 
 FILL = {"full": _fill_full, "diag": _fill_diag, "spherical": _fill_spherical}
 """Per covariance type with a linear route: ``fill(X, center, F)`` writes the features."""
+
+KIND = {name: code for code, name in enumerate(FILL)}
+"""The ``kind`` code of each covariance type in :func:`linear_estep`."""
 
 
 @numba.njit(**_JIT)
@@ -151,3 +157,56 @@ def add_sparse_products(R, F, G, max_share):
                 for j in range(m):
                     G[k, j] += r * F[i, j]
     return True
+
+
+@numba.njit(**_JIT)
+def linear_estep(X, center, W, kind, label, weight, negligible, max_share, F, P,
+                 log_norm, resp, G):
+    """The linear-route E-step of a block ``X`` (n, d), in sub-blocks of ``len(F)`` rows.
+
+    ``W`` (K, m + 1) maps the features of :data:`FILL` (``kind``: see
+    :data:`KIND`) to weighted log-densities; ``F`` (rows, m + 1) and ``P``
+    (rows, K) are work arrays, ``rows`` a multiple of 8. Writes every row's
+    log-likelihood to ``log_norm`` (n,) and, if ``resp`` has n rows, its
+    responsibilities (:func:`normalise_rows`; ``label``: as there). If ``G``
+    has K rows, adds ``R^T F`` to it, the responsibilities ``R`` multiplied
+    by ``weight`` (n,; empty: none): by rows where they are mostly zero
+    (:func:`add_sparse_products`), else by a GEMM. Returns the first row
+    whose log-likelihood is not finite, or -1.
+
+    A sub-block's rows are padded to a multiple of 8 with zeros, so that
+    every row meets the same BLAS micro-kernel and gets the same densities,
+    to the last bit, in any block (edge tiles round differently).
+    """
+    n = X.shape[0]
+    step = F.shape[0]
+    Wt = np.ascontiguousarray(W.T)
+    bad = -1
+    for start in range(0, n, step):
+        stop = min(start + step, n)
+        rows = stop - start
+        padded = (rows + 7) // 8 * 8
+        if kind == 0:
+            _fill_full(X[start:stop], center, F[:rows])
+        elif kind == 1:
+            _fill_diag(X[start:stop], center, F[:rows])
+        else:
+            _fill_spherical(X[start:stop], center, F[:rows])
+        F[rows:padded] = 0.0
+        np.dot(F[:padded], Wt, P[:padded])
+        Ps, ln = P[:rows], log_norm[start:stop]
+        lab = label[start:stop] if label.shape[0] > 0 else label
+        if not normalise_rows(Ps, lab, ln, negligible) and bad < 0:
+            for i in range(rows):
+                if not np.isfinite(ln[i]):
+                    bad = start + i
+                    break
+        if resp.shape[0] > 0:
+            resp[start:stop] = Ps
+        if G.shape[0] > 0:
+            if weight.shape[0] > 0:
+                for i in range(rows):
+                    Ps[i] *= weight[start + i]
+            if not add_sparse_products(Ps, F[:rows], G, max_share):
+                G += np.dot(Ps.T, F[:rows])
+    return bad

@@ -361,6 +361,7 @@ class _Work(threading.local):
 
 _WORK = _Work()
 _NO_LABEL = np.empty(0, dtype=np.int64)
+_NO_WEIGHT = np.empty(0)
 
 
 @functools.cache
@@ -372,50 +373,51 @@ def _compiled():
 
 
 def _responsibilities(X: np.ndarray, scorer: Scorer, row_offset: int,
-                      label: np.ndarray | None = None, reference: bool = False):
-    """Responsibilities of the rows of ``X``, sub-block by sub-block.
+                      label: np.ndarray | None = None):
+    """Responsibilities of the rows of ``X`` on the reference route, sub-block by sub-block.
 
-    Yields ``(slice, features, log_norm, resp)`` with ``resp`` of shape
-    (K, rows): ``features`` is the sub-block's linear features ``F`` (rows,
-    m + 1) on the linear route, its :class:`CentredBlock` on the reference
-    route (``reference``, or a type without a linear route). The linear route
-    builds ``F`` and normalises with the compiled loops of :mod:`dgmm._jit`;
-    its ``F`` and ``resp`` are this thread's work arrays, overwritten at the
-    next step: use them before.
+    Yields ``(slice, block, log_norm, resp)``: the sub-block's
+    :class:`CentredBlock`, its rows' log-likelihoods and responsibilities
+    (K, rows).
     """
-    if reference or scorer.lin is None:
-        for start, sl in sub_blocks(len(X)):
-            lab = None if label is None else label[sl]
-            b, log_norm, resp = _checked_resp_t(X[sl], scorer, row_offset + start, lab)
-            yield sl, b, log_norm, resp
-        return
-    fill = _compiled().FILL[scorer.params.covariance_type]
-    W, center = scorer.lin, scorer.center
+    for start, sl in sub_blocks(len(X)):
+        lab = None if label is None else label[sl]
+        b, log_norm, resp = _checked_resp_t(X[sl], scorer, row_offset + start, lab)
+        yield sl, b, log_norm, resp
+
+
+def _linear_estep(X: np.ndarray, scorer: Scorer, row_offset: int,
+                  label: np.ndarray | None = None, weight: np.ndarray | None = None,
+                  resp: bool = False, stats: bool = True):
+    """The linear route over a block in one compiled call (:func:`dgmm._jit.linear_estep`).
+
+    Returns the rows' log-likelihoods (n,), their responsibilities (n, K) if
+    ``resp`` (else None) and, if ``stats``, ``G = R^T F`` (K, m + 1) with the
+    responsibilities multiplied by ``weight``. Raises, naming the row, if a
+    log-likelihood is not finite.
+    """
+    jit = _compiled()
+    W = scorer.lin
     (K, m1), n = W.shape, len(X)
-    label = _NO_LABEL if label is None else np.asarray(label, dtype=np.int64)
-    step = min(linear_sub_rows(m1, K), max(n, 1))
-    for start, sl in sub_blocks(n, step):
-        rows = sl.stop - start
-        # Rows padded to whole tiles of BLAS's kernels, so that a row's densities
-        # come out the same to the last bit in any block (edge tiles round
-        # differently): a row at the outlier threshold stays on its side.
-        padded = -(-rows // _ROW_TILE) * _ROW_TILE
-        F = _WORK.get("features", (padded, m1))
-        P = _WORK.get("log_prob", (padded, K))
-        log_norm = np.empty(rows)
-        fill(X[sl], center, F[:rows])
-        F[rows:] = 0.0
-        with np.errstate(invalid="ignore", over="ignore"):  # bad input: named below
-            np.matmul(F, W.T, out=P)
-        F, P = F[:rows], P[:rows]
-        if not _compiled().normalise_rows(P, label[sl], log_norm, _LOG_NEGLIGIBLE):
-            _check_log_norm(log_norm, X[sl], row_offset + start)
-        yield sl, F, log_norm, P.T
+    rows = min(linear_sub_rows(m1, K), -(-max(n, 1) // _ROW_TILE) * _ROW_TILE)
+    log_norm = np.empty(n)
+    R = np.empty((n if resp else 0, K))
+    G = np.zeros((K if stats else 0, m1))
+    bad = jit.linear_estep(
+        X, scorer.center, W, jit.KIND[scorer.params.covariance_type],
+        _NO_LABEL if label is None else np.asarray(label, dtype=np.int64),
+        _NO_WEIGHT if weight is None else np.asarray(weight, dtype=np.float64),
+        _LOG_NEGLIGIBLE, SPARSE_SHARE, _WORK.get("features", (rows, m1)),
+        _WORK.get("log_prob", (rows, K)), log_norm, R, G)
+    if bad >= 0:
+        sl = slice(bad // rows * rows, min(bad // rows * rows + rows, n))
+        _check_log_norm(log_norm[sl], X[sl], row_offset + sl.start)
+    return log_norm, (R if resp else None), (G if stats else None)
 
 
 _PER_ROW = {
     "labels": lambda log_norm, resp: resp.argmax(axis=0),
-    "proba": lambda log_norm, resp: resp.T.copy(),  # resp may be a work array
+    "proba": lambda log_norm, resp: np.ascontiguousarray(resp.T),
     "log_density": lambda log_norm, resp: log_norm,
 }
 PER_ROW_OUTPUTS = tuple(_PER_ROW)
@@ -433,6 +435,9 @@ def per_row_outputs(
     """
     scorer = Scorer.of(params)
     gaps = incomplete_rows(X, row_offset) if missing else None
+    if gaps is None and scorer.lin is not None:
+        log_norm, R, _ = _linear_estep(X, scorer, row_offset, resp=True, stats=False)
+        return [_PER_ROW[w](log_norm, R.T) for w in whats]
     if gaps is None:
         parts = [[_PER_ROW[w](log_norm, resp) for w in whats]
                  for _, _, log_norm, resp in _responsibilities(X, scorer, row_offset)]
@@ -581,33 +586,29 @@ def estep_stats(
 
 def _estep_complete(X, scorer: Scorer, sample_weight, label, row_offset: int,
                     reference: bool = False) -> SuffStats:
-    """The packet of rows without missing values (see :func:`_responsibilities`)."""
+    """The packet of rows without missing values.
+
+    On the linear route (:func:`_linear_estep`), nk, S0 and the extra
+    statistics of every component come as one product ``R^T F`` and are
+    turned into a packet once; on the reference route
+    (:func:`_responsibilities`), sub-block by sub-block.
+    """
     p = scorer.params
-    kind = COVARIANCE[p.covariance_type]
-    total, loglik, G = None, 0.0, None
-    for sl, features, log_norm, resp in _responsibilities(X, scorer, row_offset, label,
-                                                          reference):
-        if sample_weight is not None:
-            resp *= sample_weight[sl]
-            log_norm *= sample_weight[sl]
-        if isinstance(features, CentredBlock):
+    if reference or scorer.lin is None:
+        total = None
+        for sl, block, log_norm, resp in _responsibilities(X, scorer, row_offset, label):
+            if sample_weight is not None:
+                resp *= sample_weight[sl]
+                log_norm *= sample_weight[sl]
             st = stats_from_resp(X[sl], resp, p.means, scorer.center, p.covariance_type,
-                                 loglik=log_norm.sum(), block=features)
+                                 loglik=log_norm.sum(), block=block)
             total = st if total is None else total + st
-            continue
-        # Linear route: nk, S0 and the extra statistics of every component as
-        # one product R F, summed over the sub-blocks and turned into a packet
-        # once; by rows where responsibilities are mostly zero, else a GEMM.
-        if G is None:
-            G = np.zeros((resp.shape[0], features.shape[1]))
-        if not _compiled().add_sparse_products(resp.T, features, G, SPARSE_SHARE):
-            G += resp @ features
-        loglik += log_norm.sum()
-    if G is None:
         return total
+    log_norm, _, G = _linear_estep(X, scorer, row_offset, label, sample_weight)
+    loglik = log_norm.sum() if sample_weight is None else log_norm @ sample_weight
     d, m = p.n_features, G.shape[1] - 1
     nk, S0 = G[:, m].copy(), G[:, :d]
-    qk = kind.lin_scatter(G[:, d:m], S0, nk, p.means - scorer.center)
+    qk = COVARIANCE[p.covariance_type].lin_scatter(G[:, d:m], S0, nk, p.means - scorer.center)
     return _packet(p.covariance_type, p.means, scorer.center, nk, S0, qk, loglik, len(X))
 
 

@@ -221,7 +221,7 @@ def test_linear_route_equals_reference_route(monkeypatch, covariance_type, k, d,
     scorer = kernels.Scorer.of(params)
     assert (scorer.lin is None) == (COVARIANCE[covariance_type].lin_rows(k, d) is None)
     # per-row outputs (linear route where there is one) against the reference route
-    ref = list(kernels._responsibilities(X, scorer, 0, reference=True))
+    ref = list(kernels._responsibilities(X, scorer, 0))
     log_density, proba = kernels.per_row_outputs(X, params, ("log_density", "proba"))
     np.testing.assert_allclose(log_density, np.concatenate([r[2] for r in ref]), rtol=1e-12)
     np.testing.assert_allclose(proba, np.concatenate([r[3].T for r in ref]), atol=1e-12)
