@@ -312,9 +312,11 @@ def _check_log_norm(log_norm: np.ndarray, X: np.ndarray, row_offset: int) -> Non
 SUB_ROWS = 2048
 # Bytes of the linear route's per-thread work arrays (features and
 # log-probabilities of one sub-block): small enough that each sub-block's
-# features are still cached when the second GEMM reads them; 4 MiB measured
-# best of 1-8 MiB on 2 cores for d=8..64 (full) and d=16 (diag, spherical).
-LINEAR_WORK_BYTES = 4 * 2**20
+# features are still cached when the second GEMM reads them. With the whole
+# block in one compiled call a sub-block costs no Python, and 1 MiB measured
+# best of 0.5-4 MiB on 2 threads (d=8, K=4 full 18% faster than 4 MiB, d=16
+# diag 6%, d=64 5%; d=16, K=8 full 2% slower).
+LINEAR_WORK_BYTES = 2**20
 # Share of nonzero responsibilities up to which the statistics' product R F
 # is summed by rows (:func:`dgmm._jit.add_sparse_products`) rather than by a
 # GEMM: measured on 2 cores, it is as fast at half of them, and faster when
@@ -329,7 +331,7 @@ def sub_blocks(n: int, rows: int = SUB_ROWS):
 
 
 # Rows of the linear route's sub-blocks come in multiples of this (see
-# :func:`_responsibilities`).
+# :func:`dgmm._jit.linear_estep`).
 _ROW_TILE = 8
 
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import zlib
+
 import dask
 import dask.array as da
+import google_crc32c
 import numpy as np
 import pytest
 
@@ -128,7 +131,7 @@ def test_resident_blocks_are_hashed_once_and_ranged_once(monkeypatch, resident):
     X, _, _ = mixture_data(n=2000, d=3, k=3)
     blks = _passes.as_blocks(da.from_array(X, chunks=(500, 3)), resident=resident)
     params, _ = random_params("diag", 3, 3)
-    calls = {"crc": 0, "range": 0}
+    calls = {"crc": 0, "check": 0, "range": 0}
     def counting(key, real):
         def counted(*a):
             calls[key] += 1
@@ -136,15 +139,27 @@ def test_resident_blocks_are_hashed_once_and_ranged_once(monkeypatch, resident):
         return counted
 
     monkeypatch.setattr(_passes, "_crc", counting("crc", _passes._crc))
+    monkeypatch.setattr(_passes, "_check", counting("check", _passes._check))
     monkeypatch.setattr(_passes, "_value_range", counting("range", _passes._value_range))
     first = _passes.estep_pass(blks, [params])[0]
     hashes = blks.block_hashes
-    assert calls == {"crc": 4, "range": 4} and None not in hashes
+    assert calls == {"crc": 4, "check": 4, "range": 4} and None not in hashes
     again = _passes.estep_pass(blks, [params])[0]
-    # value ranges only on the first whole pass; CRCs again unless resident
-    assert calls == {"crc": 4 if resident else 8, "range": 4}
+    # CRC-32 (the fingerprint) and value ranges only on the first whole pass;
+    # the cheaper CRC-32C again unless resident
+    assert calls == {"crc": 4, "check": 4 if resident else 8, "range": 4}
     assert blks.block_hashes == hashes
     np.testing.assert_array_equal(again.qk, first.qk)
+
+
+def test_the_fingerprint_is_the_crc32_of_the_blocks():
+    # Checkpoints written before the CRC-32C check hold these values: they must not change.
+    X = np.arange(24, dtype=np.float64).reshape(8, 3)
+    blks = _passes.as_blocks(da.from_array(X, chunks=(4, 3)))
+    _passes.block_pass(blks, lambda rows, offset, index: None, combine=lambda *p: None)
+    assert blks.block_hashes == [zlib.crc32(X[:4].tobytes()), zlib.crc32(X[4:].tobytes())]
+    assert [blks.seen[b, 0, 4][3] for b in (0, 1)] == [
+        google_crc32c.value(X[:4].tobytes()), google_crc32c.value(X[4:].tobytes())]
 
 
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
