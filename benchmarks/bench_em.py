@@ -133,6 +133,7 @@ def profile_iteration(X: np.ndarray, params: kernels.Params) -> dict[str, float]
             rows = kernels.linear_sub_rows(W.shape[1], k)
             F, P = np.empty((rows, W.shape[1])), np.empty((rows, k))
             log_norm, G, no_label = np.empty(rows), np.zeros((k, W.shape[1])), np.empty(0, int)
+            hot = np.empty(rows, dtype=np.int64)
             for _, sl in kernels.sub_blocks(len(X), rows):
                 n = sl.stop - sl.start
                 t = time.perf_counter()
@@ -140,9 +141,12 @@ def profile_iteration(X: np.ndarray, params: kernels.Params) -> dict[str, float]
                 t = _clock(stages, "features", t)
                 np.matmul(F[:n], W.T, out=P[:n])
                 t = _clock(stages, "densities GEMM", t)
-                compiled.normalise_rows(P[:n], no_label, log_norm[:n], kernels._LOG_NEGLIGIBLE)
+                _, nonzero = compiled.normalise_rows(P[:n], no_label, log_norm[:n],
+                                                     kernels._LOG_NEGLIGIBLE, hot)
                 t = _clock(stages, "log-sum-exp", t)
-                if not compiled.add_sparse_products(P[:n], F[:n], G, kernels.SPARSE_SHARE):
+                if nonzero <= kernels.SPARSE_SHARE * P[:n].size:
+                    compiled.add_sparse_products(P[:n], F[:n], G, hot)
+                else:
                     G += P[:n].T @ F[:n]
                 _clock(stages, "statistics", t)
         for _, sl in kernels.sub_blocks(len(X)):

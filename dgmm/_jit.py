@@ -78,26 +78,32 @@ KIND = {name: code for code, name in enumerate(FILL)}
 
 
 @numba.njit(**_JIT)
-def normalise_rows(P, label, log_norm, negligible):
+def normalise_rows(P, label, log_norm, negligible, hot):
     """Turn log-probabilities ``P`` (n, K) into responsibilities in place.
 
     Each row's log-sum-exp about its maximum goes to ``log_norm`` (n,).
     Entries more than ``-negligible`` below the maximum get responsibility 0;
     a row with a single entry left is one-hot without exponentials. A row with
     ``label >= 0`` (``label`` of length n, or empty: no labels) is one-hot at
-    its label with log-norm ``P[label]``. Returns whether every log-norm is
-    finite (a NaN anywhere in a row makes its log-norm NaN).
+    its label with log-norm ``P[label]``. ``hot`` (n,) receives the component
+    of each one-hot row, -1 for the others. Returns whether every log-norm is
+    finite (a NaN anywhere in a row makes its log-norm NaN) and the number of
+    nonzero responsibilities.
     """
     n, K = P.shape
     labelled = label.shape[0] > 0
     finite = True
+    nonzero = 0
     for i in range(n):
         row = P[i]
+        hot[i] = -1
         if labelled and label[i] >= 0:
             value = row[label[i]]
             for k in range(K):
                 row[k] = 0.0
             row[label[i]] = 1.0
+            hot[i] = label[i]
+            nonzero += 1
             log_norm[i] = value
             finite = finite and np.isfinite(value)
             continue
@@ -114,10 +120,13 @@ def normalise_rows(P, label, log_norm, negligible):
         kept = 0
         for k in range(K):
             kept += row[k] - top > negligible
+        nonzero += kept
+        log_norm[i] = top
         if kept == 1:
             for k in range(K):
+                if row[k] == top:
+                    hot[i] = k
                 row[k] = 1.0 if row[k] == top else 0.0
-            log_norm[i] = top
             continue
         total = 0.0
         for k in range(K):
@@ -128,35 +137,33 @@ def normalise_rows(P, label, log_norm, negligible):
         inverse = 1.0 / total
         for k in range(K):
             row[k] *= inverse
-        log_norm[i] = top + np.log(total)
-    return finite
+        log_norm[i] += np.log(total)
+    return finite, nonzero
 
 
 @numba.njit(**_JIT)
-def add_sparse_products(R, F, G, max_share):
-    """``G += R^T F`` over the nonzero entries of ``R`` (n, K), if they are few.
+def add_sparse_products(R, F, G, hot):
+    """``G += R^T F`` over the nonzero entries of ``R`` (n, K).
 
-    On separated data most rows are one-hot, and a row then adds one row of
-    ``F`` to one row of ``G`` (m + 1 products) instead of K of them; a GEMM
-    also spends K per row and, for this tall-skinny shape, does not scale
-    across threads. Returns False, touching nothing, when more than
-    ``max_share`` of the entries are nonzero: a GEMM is faster then.
+    On separated data most rows are one-hot (``hot``: the component of such
+    a row, as :func:`normalise_rows` gives it, else -1), and a row then adds
+    one row of ``F`` to one row of ``G`` (m + 1 products) instead of K of
+    them; other rows add theirs for each nonzero responsibility.
     """
     n, K = R.shape
     m = F.shape[1]
-    nonzero = 0
     for i in range(n):
-        for k in range(K):
-            nonzero += R[i, k] != 0.0
-    if nonzero > max_share * n * K:
-        return False
-    for i in range(n):
+        k = hot[i]
+        if k >= 0:
+            r = R[i, k]
+            for j in range(m):
+                G[k, j] += r * F[i, j]
+            continue
         for k in range(K):
             r = R[i, k]
             if r != 0.0:
                 for j in range(m):
                     G[k, j] += r * F[i, j]
-    return True
 
 
 @numba.njit(**_JIT)
@@ -170,8 +177,9 @@ def linear_estep(X, center, W, kind, label, weight, negligible, max_share, F, P,
     log-likelihood to ``log_norm`` (n,) and, if ``resp`` has n rows, its
     responsibilities (:func:`normalise_rows`; ``label``: as there). If ``G``
     has K rows, adds ``R^T F`` to it, the responsibilities ``R`` multiplied
-    by ``weight`` (n,; empty: none): by rows where they are mostly zero
-    (:func:`add_sparse_products`), else by a GEMM. Returns the first row
+    by ``weight`` (n,; empty: none): by rows where at most ``max_share`` of
+    them are nonzero (:func:`add_sparse_products`), else by a GEMM, which is
+    faster then. Returns the first row
     whose log-likelihood is not finite, or -1.
 
     A sub-block's rows are padded to a multiple of 8 with zeros, so that
@@ -181,6 +189,7 @@ def linear_estep(X, center, W, kind, label, weight, negligible, max_share, F, P,
     n = X.shape[0]
     step = F.shape[0]
     Wt = np.ascontiguousarray(W.T)
+    hot = np.empty(step, dtype=np.int64)
     bad = -1
     for start in range(0, n, step):
         stop = min(start + step, n)
@@ -196,7 +205,8 @@ def linear_estep(X, center, W, kind, label, weight, negligible, max_share, F, P,
         np.dot(F[:padded], Wt, P[:padded])
         Ps, ln = P[:rows], log_norm[start:stop]
         lab = label[start:stop] if label.shape[0] > 0 else label
-        if not normalise_rows(Ps, lab, ln, negligible) and bad < 0:
+        finite, nonzero = normalise_rows(Ps, lab, ln, negligible, hot)
+        if not finite and bad < 0:
             for i in range(rows):
                 if not np.isfinite(ln[i]):
                     bad = start + i
@@ -207,6 +217,8 @@ def linear_estep(X, center, W, kind, label, weight, negligible, max_share, F, P,
             if weight.shape[0] > 0:
                 for i in range(rows):
                     Ps[i] *= weight[start + i]
-            if not add_sparse_products(Ps, F[:rows], G, max_share):
+            if nonzero <= max_share * rows * Ps.shape[1]:
+                add_sparse_products(Ps, F[:rows], G, hot)
+            else:
                 G += np.dot(Ps.T, F[:rows])
     return bad

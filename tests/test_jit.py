@@ -46,12 +46,17 @@ def test_normalise_rows_matches_logsumexp_for_hard_soft_and_impossible_rows():
     a[:50] = rng.normal(size=(50, 6))  # soft rows
     a[50:60, 2] = -np.inf  # an empty component
     a[60, :2] = a[60, 2:4].max() + 1.0  # a tie at the maximum: not one-hot
-    P, log_norm = a.copy(), np.empty(len(a))
-    assert _jit.normalise_rows(P, NO_LABEL, log_norm, kernels._LOG_NEGLIGIBLE)
+    P, log_norm, hot = a.copy(), np.empty(len(a)), np.empty(len(a), dtype=np.int64)
+    finite, nonzero = _jit.normalise_rows(P, NO_LABEL, log_norm, kernels._LOG_NEGLIGIBLE, hot)
+    assert finite and nonzero == np.count_nonzero(P)
     np.testing.assert_allclose(log_norm, logsumexp(a, axis=1), rtol=1e-13)
     expected = np.exp(a - logsumexp(a, axis=1, keepdims=True))
     np.testing.assert_allclose(P, expected, rtol=1e-12, atol=1e-16)
     assert (P[expected < 1e-17] == 0.0).all()
+    # one-hot rows name their component, the others -1
+    one_hot = np.count_nonzero(P, axis=1) == 1
+    assert 200 < one_hot.sum() < 350  # both kinds present
+    np.testing.assert_array_equal(hot, np.where(one_hot, P.argmax(axis=1), -1))
     # the same as the NumPy normalisation of the reference route
     ref = a.T.copy()
     np.testing.assert_allclose(kernels._normalise_t(ref), log_norm, rtol=1e-14)
@@ -61,33 +66,34 @@ def test_normalise_rows_matches_logsumexp_for_hard_soft_and_impossible_rows():
 def test_normalise_rows_reports_non_finite_rows_and_fixes_labelled_ones():
     a = np.array([[0.0, -1.0], [np.nan, 0.0], [-np.inf, -np.inf], [np.inf, 0.0],
                   [-3.0, -1.0], [2.0, np.nan]])
-    P, log_norm = a.copy(), np.empty(len(a))
-    assert not _jit.normalise_rows(P, NO_LABEL, log_norm, kernels._LOG_NEGLIGIBLE)
+    P, log_norm, hot = a.copy(), np.empty(len(a)), np.empty(len(a), dtype=np.int64)
+    assert not _jit.normalise_rows(P, NO_LABEL, log_norm, kernels._LOG_NEGLIGIBLE, hot)[0]
     assert np.isfinite(log_norm[[0, 4]]).all()
     assert np.isnan(log_norm[[1, 5]]).all()
     assert log_norm[2] == -np.inf and log_norm[3] == np.inf
     # labelled rows: one-hot at the label, log-norm the labelled entry
     label = np.array([1, -1, -1, -1, 0, -1])
     P, log_norm = a.copy(), np.empty(len(a))
-    _jit.normalise_rows(P, label, log_norm, kernels._LOG_NEGLIGIBLE)
+    _jit.normalise_rows(P, label, log_norm, kernels._LOG_NEGLIGIBLE, hot)
     np.testing.assert_array_equal(P[[0, 4]], [[0.0, 1.0], [1.0, 0.0]])
     np.testing.assert_array_equal(log_norm[[0, 4]], [-1.0, -3.0])
+    np.testing.assert_array_equal(hot[[0, 4]], [1, 0])
     P, log_norm = a[[0, 4]].copy(), np.empty(2)
-    assert _jit.normalise_rows(P, label[[0, 4]], log_norm, kernels._LOG_NEGLIGIBLE)
+    assert _jit.normalise_rows(P, label[[0, 4]], log_norm, kernels._LOG_NEGLIGIBLE, hot) == (
+        True, 2)
 
 
-def test_sparse_products_sum_by_rows_or_decline():
+def test_sparse_products_sum_by_rows():
     rng = np.random.default_rng(2)
     R = np.eye(4)[rng.integers(0, 4, 300)] * rng.uniform(0.5, 2.0, (300, 1))  # one-hot
     R[:30] = rng.dirichlet(np.ones(4), 30)  # and some soft rows
+    R[30:40, 1:] = 0.0  # one-hot, but not said so: taken as soft rows
+    hot = np.where(np.count_nonzero(R, axis=1) == 1, R.argmax(axis=1), -1)
+    hot[30:40] = -1
     F = rng.normal(size=(300, 9))
     G = np.ones((4, 9))
-    assert _jit.add_sparse_products(R, F, G, 0.5)
+    _jit.add_sparse_products(R, F, G, hot)
     np.testing.assert_allclose(G, 1.0 + R.T @ F, rtol=1e-12, atol=1e-13)
-    dense = rng.uniform(size=(300, 4))
-    G = np.ones((4, 9))
-    assert not _jit.add_sparse_products(dense, F, G, 0.5)
-    np.testing.assert_array_equal(G, 1.0)  # untouched: the caller runs a GEMM
 
 
 @pytest.mark.parametrize("share", [0.0, 1.0])  # GEMM only, rows only
