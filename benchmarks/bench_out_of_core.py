@@ -4,12 +4,14 @@ For each store size (rows of ``--features`` float32 columns) this script
 
 1. writes a synthetic mixture store with :func:`dgmm.datasets.make_mixture_zarr`;
 2. times a bare streaming read of ``X`` (dask reads every chunk and sums it),
-   cold and warm;
+   cold, and warm (median of ``--iters`` reads);
 3. times EM passes for diag and full covariance with ``cache=False`` (the
    store is streamed on every pass), started from the true parameters so no
    initialisation pass is timed: one pass right after evicting the store
    from the OS page cache (cold: read from disk), then a fit of ``--iters``
-   iterations (warm: page cache as the OS leaves it);
+   iterations (warm: page cache as the OS leaves it), each pass timed by the
+   fit itself (its callback's ``seconds``) and their median reported, beside
+   the whole fit's time over its passes;
 4. samples the resident memory of the whole process tree every 10 ms
    (psutil) and reports the peak of each phase;
 
@@ -125,21 +127,26 @@ def bench_size(args, n_rows: int, monitor: PeakRSS) -> dict:
     evict(path)
     row["read_cold_s"], peak_cold, _ = timed(monitor, lambda: X.sum(axis=0).compute(),
                                              "bare read, cold")
-    row["read_s"], peak_warm, _ = timed(monitor, lambda: X.sum(axis=0).compute(),
-                                        "bare read, warm")
-    row["read_peak"] = max(peak_cold, peak_warm)
+    warm = [timed(monitor, lambda: X.sum(axis=0).compute(), "bare read, warm")
+            for _ in range(args.iters)]
+    row["read_s"] = float(np.median([seconds for seconds, _, _ in warm]))
+    row["read_peak"] = max(peak_cold, *(peak for _, peak, _ in warm))
     for cov in ("diag", "full"):
-        def fit(max_iter, cov=cov):
+        passes = []  # each pass's own seconds, as the fit reports them
+
+        def fit(max_iter, cov=cov, passes=passes):
             gm = GaussianMixture(k, covariance_type=cov, max_iter=max_iter, tol=0.0,
                                  cache=False, **init_for(truth, cov))
-            return gm.fit(source)
+            return gm.fit(source, callback=lambda info: passes.append(info["seconds"]))
 
         evict(path)  # one pass from disk, then passes over a warm page cache
         row[f"{cov}_cold_s"], peak_cold, _ = timed(monitor, lambda fit=fit: fit(1),
                                                    f"{cov}: one pass, cold")
+        passes.clear()
         fit_s, peak_warm, gm = timed(monitor, lambda fit=fit: fit(args.iters),
                                      f"{cov}: {args.iters} passes, warm")
-        row[f"{cov}_pass_s"] = fit_s / gm.n_iter_
+        row[f"{cov}_pass_s"] = float(np.median(passes))
+        row[f"{cov}_fit_s"] = fit_s / gm.n_iter_
         row[f"{cov}_peak"] = max(peak_cold, peak_warm)
     row["full_gflops"] = 4 * n_rows * k * d * d / row["full_pass_s"] / 1e9
     if not args.keep:
@@ -167,12 +174,14 @@ def main():
     mb = 2**20
     print(f"d={args.features} K={args.components} float32, compressors={args.compressors}, "
           f"threaded scheduler, {psutil.cpu_count()} cores, baseline RSS {baseline / mb:.0f} MiB")
-    print(f"cold: store evicted from the page cache first; warm: mean of {args.iters} "
-          "EM passes (cache=False: every pass streams the store)")
+    print(f"cold: store evicted from the page cache first (a fit of one pass); warm: median "
+          f"of {args.iters} reads, and of the {args.iters} EM passes of one fit as it reports "
+          "them (cache=False: every pass streams the store; the first also makes the "
+          "fingerprint); 'fit / iters': that fit's whole time over its passes")
     print("| rows | store GB | chunk MB | bare read s cold / warm | diag pass s cold / warm "
-          "(x read) | full pass s cold / warm (x read) | full GFLOP/s warm "
-          "| peak RSS MiB read / diag / full | load avg |", flush=True)
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|", flush=True)
+          "(x read) | full pass s cold / warm (x read) | fit / iters s diag / full "
+          "| full GFLOP/s warm | peak RSS MiB read / diag / full | load avg |", flush=True)
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|", flush=True)
     rows = []
     for n in args.rows:
         r = bench_size(args, n, monitor)
@@ -183,6 +192,7 @@ def main():
             cold, warm = r[f"{cov}_cold_s"], r[f"{cov}_pass_s"]
             cells.append(f"{cold:.2f} / {warm:.2f} ({cold / r['read_cold_s']:.2f}x / "
                          f"{warm / r['read_s']:.2f}x)")
+        cells.append(f"{r['diag_fit_s']:.2f} / {r['full_fit_s']:.2f}")
         cells.append(f"{r['full_gflops']:.1f}")
         cells.append(" / ".join(f"{r[key] / mb:.0f}" for key in
                                 ("read_peak", "diag_peak", "full_peak")))

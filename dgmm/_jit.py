@@ -111,8 +111,9 @@ def normalise_rows(P, label, log_norm, negligible, hot):
         top = -np.inf
         check = 0.0
         for k in range(K):
-            top = max(top, row[k])
-            check += row[k]
+            value = row[k]
+            top = value if value > top else top
+            check += value
         if np.isnan(check) or not np.isfinite(top):
             log_norm[i] = np.nan if np.isnan(check) else top
             finite = False
@@ -123,10 +124,12 @@ def normalise_rows(P, label, log_norm, negligible, hot):
         nonzero += kept
         log_norm[i] = top
         if kept == 1:
-            for k in range(K):
-                if row[k] == top:
-                    hot[i] = k
-                row[k] = 1.0 if row[k] == top else 0.0
+            h = 0
+            for k in range(K):  # branch-free: where the maximum sits is random
+                at_top = 1 if row[k] == top else 0
+                h += k * at_top
+                row[k] = at_top
+            hot[i] = h
             continue
         total = 0.0
         for k in range(K):
