@@ -312,11 +312,12 @@ def _check_log_norm(log_norm: np.ndarray, X: np.ndarray, row_offset: int) -> Non
 SUB_ROWS = 2048
 # Bytes of the linear route's per-thread work arrays (features and
 # log-probabilities of one sub-block): small enough that each sub-block's
-# features are still cached when the second GEMM reads them. With the whole
-# block in one compiled call a sub-block costs no Python, and 1 MiB measured
-# best of 0.5-4 MiB on 2 threads (d=8, K=4 full 18% faster than 4 MiB, d=16
-# diag 6%, d=64 5%; d=16, K=8 full 2% slower).
-LINEAR_WORK_BYTES = 2**20
+# features are still in the core's cache (512 KiB of L2 here) when the
+# second GEMM reads them. With the whole block in one compiled call a
+# sub-block costs no Python; 512 KiB measured best of 0.25-4 MiB on 2
+# threads (medians of 7: d=16 diag 11% and d=8, K=4 full 5% faster than
+# 1 MiB, d=16 and d=64 full within 2%).
+LINEAR_WORK_BYTES = 2**19
 # Share of nonzero responsibilities up to which the statistics' product R F
 # is summed by rows (:func:`dgmm._jit.add_sparse_products`) rather than by a
 # GEMM: measured on 2 cores, it is as fast at half of them, and faster when
@@ -329,6 +330,11 @@ def sub_blocks(n: int, rows: int = SUB_ROWS):
     for start in range(0, n, rows):
         yield start, slice(start, min(start + rows, n))
 
+
+# Blocks of full covariance with at least this many rows use an E-step
+# compiled for their dimension (:func:`dgmm._jit.linear_estep_for`): its
+# one-off compilation (about 2 s per install) is repaid only on large data.
+SPECIALISE_ROWS = 32768
 
 # Rows of the linear route's sub-blocks come in multiples of this (see
 # :func:`dgmm._jit.linear_estep`).
@@ -405,8 +411,11 @@ def _linear_estep(X: np.ndarray, scorer: Scorer, row_offset: int,
     log_norm = np.empty(n)
     R = np.empty((n if resp else 0, K))
     G = np.zeros((K if stats else 0, m1))
-    bad = jit.linear_estep(
-        X, scorer.center, W, jit.KIND[scorer.params.covariance_type],
+    kind = scorer.params.covariance_type
+    estep = (jit.linear_estep_for(X.shape[1]) if kind == "full" and n >= SPECIALISE_ROWS
+             else jit.linear_estep)
+    bad = estep(
+        X, scorer.center, W, jit.KIND[kind],
         _NO_LABEL if label is None else np.asarray(label, dtype=np.int64),
         _NO_WEIGHT if weight is None else np.asarray(weight, dtype=np.float64),
         _LOG_NEGLIGIBLE, SPARSE_SHARE, _WORK.get("features", (rows, m1)),

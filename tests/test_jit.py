@@ -112,3 +112,23 @@ def test_statistics_by_rows_or_gemm_equal_the_reference_route(monkeypatch, covar
         a, b = getattr(fast, field), getattr(ref, field)
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12 * np.abs(b).max())
     np.testing.assert_allclose(fast.loglik, ref.loglik, rtol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_an_estep_compiled_for_its_dimension_gives_the_same_bits(monkeypatch, dtype):
+    params, _ = random_params("full", 6, 3, seed=7)
+    rng = np.random.default_rng(8)
+    X = (params.means[rng.integers(0, 6, 700)] + rng.normal(size=(700, 3))).astype(dtype)
+    weight = rng.uniform(0.0, 2.0, 700)
+    monkeypatch.setattr(kernels, "SPECIALISE_ROWS", 10**9)
+    generic = kernels.estep_stats(X, params, sample_weight=weight)
+    generic_rows = kernels.per_row_outputs(X, params, ("log_density", "proba"))
+    monkeypatch.setattr(kernels, "SPECIALISE_ROWS", 1)
+    compiled = kernels.estep_stats(X, params, sample_weight=weight)
+    for field in ("nk", "sk", "qk", "loglik"):
+        np.testing.assert_array_equal(getattr(compiled, field), getattr(generic, field))
+    for a, b in zip(kernels.per_row_outputs(X, params, ("log_density", "proba")), generic_rows,
+                    strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert _jit.linear_estep_for(3) is not _jit.linear_estep
+    assert _jit.linear_estep_for(_jit.SPECIALISED_FEATURES + 1) is _jit.linear_estep
