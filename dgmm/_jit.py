@@ -102,6 +102,7 @@ def normalise_rows(P, label, log_norm, negligible, hot):
     labelled = label.shape[0] > 0
     finite = True
     nonzero = 0
+    shifted = np.empty(K)
     for i in range(n):
         row = P[i]
         hot[i] = -1
@@ -126,23 +127,24 @@ def normalise_rows(P, label, log_norm, negligible, hot):
             log_norm[i] = np.nan if np.isnan(check) else top
             finite = False
             continue
+        # One branch-free pass (where the maximum sits is random) writes the
+        # row as if one-hot, which most rows are, keeping what the others need.
         kept = 0
+        h = 0
         for k in range(K):
-            kept += row[k] - top > negligible
+            shifted[k] = row[k] - top
+            kept += shifted[k] > negligible
+            at_top = 1 if shifted[k] == 0.0 else 0
+            h += k * at_top
+            row[k] = at_top
         nonzero += kept
         log_norm[i] = top
         if kept == 1:
-            h = 0
-            for k in range(K):  # branch-free: where the maximum sits is random
-                at_top = 1 if row[k] == top else 0
-                h += k * at_top
-                row[k] = at_top
             hot[i] = h
             continue
         total = 0.0
         for k in range(K):
-            shifted = row[k] - top
-            e = np.exp(shifted) if shifted > negligible else 0.0
+            e = np.exp(shifted[k]) if shifted[k] > negligible else 0.0
             row[k] = e
             total += e
         inverse = 1.0 / total
