@@ -30,8 +30,8 @@ _JIT = {"nogil": True, "cache": True, "error_model": "numpy", "boundscheck": Fal
 @numba.njit(**_JIT)
 def _fill_full_d(X, center, F, d):
     # [z | upper triangle of z z^T, row by row | 1], the order of _covariance._outer_rows.
-    # ``d`` (X's columns) is a compile-time constant where linear_estep_for(d) inlines
-    # this: the short triangle loops then unroll, 2-3x faster for d <= 16.
+    # ``d`` (X's columns) is a compile-time constant where linear_estep_for inlines
+    # this: the short triangle loops then unroll, 2-3x faster for d = 8.
     n = X.shape[0]
     z = np.empty(d)
     for i in range(n):
@@ -53,9 +53,9 @@ def _fill_full(X, center, F):
 
 
 @numba.njit(**_JIT)
-def _fill_diag(X, center, F):
+def _fill_diag_d(X, center, F, d):
     # [z | z**2 | 1]
-    n, d = X.shape
+    n = X.shape[0]
     for i in range(n):
         for j in range(d):
             z = X[i, j] - center[j]
@@ -65,9 +65,14 @@ def _fill_diag(X, center, F):
 
 
 @numba.njit(**_JIT)
-def _fill_spherical(X, center, F):
+def _fill_diag(X, center, F):
+    _fill_diag_d(X, center, F, X.shape[1])
+
+
+@numba.njit(**_JIT)
+def _fill_spherical_d(X, center, F, d):
     # [z | |z|^2 | 1]
-    n, d = X.shape
+    n = X.shape[0]
     for i in range(n):
         total = 0.0
         for j in range(d):
@@ -76,6 +81,11 @@ def _fill_spherical(X, center, F):
             total += z * z
         F[i, d] = total
         F[i, d + 1] = 1.0
+
+
+@numba.njit(**_JIT)
+def _fill_spherical(X, center, F):
+    _fill_spherical_d(X, center, F, X.shape[1])
 
 
 FILL = {"full": _fill_full, "diag": _fill_diag, "spherical": _fill_spherical}
@@ -98,7 +108,13 @@ def normalise_rows(P, label, log_norm, negligible, hot):
     finite (a NaN anywhere in a row makes its log-norm NaN) and the number of
     nonzero responsibilities.
     """
-    n, K = P.shape
+    return _normalise_rows_k(P, label, log_norm, negligible, hot, P.shape[1])
+
+
+@numba.njit(**_JIT)
+def _normalise_rows_k(P, label, log_norm, negligible, hot, K):
+    # ``K`` = P's columns, a compile-time constant where linear_estep_for inlines this.
+    n = P.shape[0]
     labelled = label.shape[0] > 0
     finite = True
     nonzero = 0
@@ -163,7 +179,13 @@ def add_sparse_products(R, F, G, hot):
     one row of ``F`` to one row of ``G`` (m + 1 products) instead of K of
     them; other rows add theirs for each nonzero responsibility.
     """
-    n, K = R.shape
+    _add_sparse_products_k(R, F, G, hot, R.shape[1])
+
+
+@numba.njit(**_JIT)
+def _add_sparse_products_k(R, F, G, hot, K):
+    # ``K`` as in _normalise_rows_k.
+    n = R.shape[0]
     m = F.shape[1]
     for i in range(n):
         k = hot[i]
@@ -179,8 +201,8 @@ def add_sparse_products(R, F, G, hot):
                     G[k, j] += r * F[i, j]
 
 
-def _linear_estep_for(features: int):
-    """``linear_estep``, compiled for ``features`` columns of full covariance (0: any)."""
+def _linear_estep_for(features: int, components: int):
+    """``linear_estep`` compiled for ``features`` columns and ``components`` (0: any)."""
 
     @numba.njit(**_JIT)
     def linear_estep(X, center, W, kind, label, weight, negligible, max_share, F, P,
@@ -203,6 +225,8 @@ def _linear_estep_for(features: int):
         to the last bit, in any block (edge tiles round differently).
         """
         n = X.shape[0]
+        d = features if features > 0 else X.shape[1]
+        K = components if components > 0 else P.shape[1]
         step = F.shape[0]
         Wt = np.ascontiguousarray(W.T)
         hot = np.empty(step, dtype=np.int64)
@@ -212,17 +236,16 @@ def _linear_estep_for(features: int):
             rows = stop - start
             padded = (rows + 7) // 8 * 8
             if kind == 0:
-                _fill_full_d(X[start:stop], center, F[:rows],
-                             features if features > 0 else X.shape[1])
+                _fill_full_d(X[start:stop], center, F[:rows], d)
             elif kind == 1:
-                _fill_diag(X[start:stop], center, F[:rows])
+                _fill_diag_d(X[start:stop], center, F[:rows], d)
             else:
-                _fill_spherical(X[start:stop], center, F[:rows])
+                _fill_spherical_d(X[start:stop], center, F[:rows], d)
             F[rows:padded] = 0.0
             np.dot(F[:padded], Wt, P[:padded])
             Ps, ln = P[:rows], log_norm[start:stop]
             lab = label[start:stop] if label.shape[0] > 0 else label
-            finite, nonzero = normalise_rows(Ps, lab, ln, negligible, hot)
+            finite, nonzero = _normalise_rows_k(Ps, lab, ln, negligible, hot, K)
             if not finite and bad < 0:
                 for i in range(rows):
                     if not np.isfinite(ln[i]):
@@ -234,8 +257,8 @@ def _linear_estep_for(features: int):
                 if weight.shape[0] > 0:
                     for i in range(rows):
                         Ps[i] *= weight[start + i]
-                if nonzero <= max_share * rows * Ps.shape[1]:
-                    add_sparse_products(Ps, F[:rows], G, hot)
+                if nonzero <= max_share * rows * K:
+                    _add_sparse_products_k(Ps, F[:rows], G, hot, K)
                 else:
                     G += np.dot(Ps.T, F[:rows])
         return bad
@@ -243,22 +266,24 @@ def _linear_estep_for(features: int):
     return linear_estep
 
 
-linear_estep = _linear_estep_for(0)
+linear_estep = _linear_estep_for(0, 0)
 
-# Full covariance of at most this many features gets an E-step compiled for
-# its dimension (:func:`linear_estep_for`).
+# Blocks of at most this many features get an E-step compiled for their
+# shape (:func:`linear_estep_for`).
 SPECIALISED_FEATURES = 16
 
 
 @functools.cache
-def linear_estep_for(features: int):
-    """:func:`linear_estep` compiled for full covariance of ``features`` columns, if few.
+def linear_estep_for(features: int, components: int):
+    """:func:`linear_estep` compiled for ``features`` columns and ``components``, if few.
 
-    Its feature fill then unrolls: for d = 8 it is 2-3x faster. Each
-    dimension compiles once per install (about 2 s; cached on disk), so the
-    caller asks for it only where blocks are large enough to repay that.
-    Above :data:`SPECIALISED_FEATURES`, the generic :func:`linear_estep`.
+    Its loops over the features and the components then unroll: the full
+    covariance fill is 2-3x faster for d = 8, and the log-sum-exp and the
+    statistics run on whole vector registers. Each shape compiles once per
+    install (about 2 s; cached on disk), so the caller asks for it only where
+    blocks are large enough to repay that. Above
+    :data:`SPECIALISED_FEATURES`, the generic :func:`linear_estep`.
     """
     if features > SPECIALISED_FEATURES:
         return linear_estep
-    return _linear_estep_for(features)
+    return _linear_estep_for(features, components)

@@ -331,9 +331,9 @@ def sub_blocks(n: int, rows: int = SUB_ROWS):
         yield start, slice(start, min(start + rows, n))
 
 
-# Blocks of full covariance with at least this many rows use an E-step
-# compiled for their dimension (:func:`dgmm._jit.linear_estep_for`): its
-# one-off compilation (about 2 s per install) is repaid only on large data.
+# Blocks of at least this many rows use an E-step compiled for their shape
+# (:func:`dgmm._jit.linear_estep_for`): its one-off compilation (about 2 s
+# per install and shape) is repaid only on large data.
 SPECIALISE_ROWS = 32768
 
 # Rows of the linear route's sub-blocks come in multiples of this (see
@@ -412,8 +412,7 @@ def _linear_estep(X: np.ndarray, scorer: Scorer, row_offset: int,
     R = np.empty((n if resp else 0, K))
     G = np.zeros((K if stats else 0, m1))
     kind = scorer.params.covariance_type
-    estep = (jit.linear_estep_for(X.shape[1]) if kind == "full" and n >= SPECIALISE_ROWS
-             else jit.linear_estep)
+    estep = jit.linear_estep_for(X.shape[1], K) if n >= SPECIALISE_ROWS else jit.linear_estep
     bad = estep(
         X, scorer.center, W, jit.KIND[kind],
         _NO_LABEL if label is None else np.asarray(label, dtype=np.int64),

@@ -115,8 +115,10 @@ def test_statistics_by_rows_or_gemm_equal_the_reference_route(monkeypatch, covar
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_an_estep_compiled_for_its_dimension_gives_the_same_bits(monkeypatch, dtype):
-    params, _ = random_params("full", 6, 3, seed=7)
+@pytest.mark.parametrize("covariance_type", ["full", "diag"])
+def test_an_estep_compiled_for_its_shape_gives_the_same_bits(monkeypatch, covariance_type,
+                                                              dtype):
+    params, _ = random_params(covariance_type, 6, 3, seed=7)
     rng = np.random.default_rng(8)
     X = (params.means[rng.integers(0, 6, 700)] + rng.normal(size=(700, 3))).astype(dtype)
     weight = rng.uniform(0.0, 2.0, 700)
@@ -130,5 +132,5 @@ def test_an_estep_compiled_for_its_dimension_gives_the_same_bits(monkeypatch, dt
     for a, b in zip(kernels.per_row_outputs(X, params, ("log_density", "proba")), generic_rows,
                     strict=True):
         np.testing.assert_array_equal(a, b)
-    assert _jit.linear_estep_for(3) is not _jit.linear_estep
-    assert _jit.linear_estep_for(_jit.SPECIALISED_FEATURES + 1) is _jit.linear_estep
+    assert _jit.linear_estep_for(3, 6) is not _jit.linear_estep
+    assert _jit.linear_estep_for(_jit.SPECIALISED_FEATURES + 1, 6) is _jit.linear_estep
