@@ -94,6 +94,9 @@ FILL = {"full": _fill_full, "diag": _fill_diag, "spherical": _fill_spherical}
 KIND = {name: code for code, name in enumerate(FILL)}
 """The ``kind`` code of each covariance type in :func:`linear_estep`."""
 
+ROW_TILE = 8
+"""Rows of :func:`linear_estep`'s sub-blocks are padded to a multiple of this."""
+
 
 @numba.njit(**_JIT)
 def normalise_rows(P, label, log_norm, negligible, hot):
@@ -211,18 +214,19 @@ def _linear_estep_for(features: int, components: int):
 
         ``W`` (K, m + 1) maps the features of :data:`FILL` (``kind``: see
         :data:`KIND`) to weighted log-densities; ``F`` (rows, m + 1) and ``P``
-        (rows, K) are work arrays, ``rows`` a multiple of 8. Writes every row's
-        log-likelihood to ``log_norm`` (n,) and, if ``resp`` has n rows, its
-        responsibilities (:func:`normalise_rows`; ``label``: as there). If ``G``
-        has K rows, adds ``R^T F`` to it, the responsibilities ``R`` multiplied
-        by ``weight`` (n,; empty: none): by rows where at most ``max_share`` of
-        them are nonzero (:func:`add_sparse_products`), else by a GEMM, which
-        is faster then. Returns the first row whose log-likelihood is not
-        finite, or -1.
+        (rows, K) are work arrays, ``rows`` a multiple of :data:`ROW_TILE`.
+        Writes every row's log-likelihood to ``log_norm`` (n,) and, if
+        ``resp`` has n rows, its responsibilities (:func:`normalise_rows`;
+        ``label``: as there). If ``G`` has K rows, adds ``R^T F`` to it, the
+        responsibilities ``R`` multiplied by ``weight`` (n,; empty: none): by
+        rows where at most ``max_share`` of them are nonzero
+        (:func:`add_sparse_products`), else by a GEMM, which is faster then.
+        Returns the first row whose log-likelihood is not finite, or -1.
 
-        A sub-block's rows are padded to a multiple of 8 with zeros, so that
-        every row meets the same BLAS micro-kernel and gets the same densities,
-        to the last bit, in any block (edge tiles round differently).
+        A sub-block's rows are padded to a multiple of :data:`ROW_TILE` (8)
+        with zeros, so that every row meets the same BLAS micro-kernel and
+        gets the same densities, to the last bit, in any block (edge tiles
+        round differently).
         """
         n = X.shape[0]
         d = features if features > 0 else X.shape[1]
@@ -234,7 +238,7 @@ def _linear_estep_for(features: int, components: int):
         for start in range(0, n, step):
             stop = min(start + step, n)
             rows = stop - start
-            padded = (rows + 7) // 8 * 8
+            padded = -(-rows // ROW_TILE) * ROW_TILE
             if kind == 0:
                 _fill_full_d(X[start:stop], center, F[:rows], d)
             elif kind == 1:

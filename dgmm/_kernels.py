@@ -336,15 +336,12 @@ def sub_blocks(n: int, rows: int = SUB_ROWS):
 # per install and shape) is repaid only on large data.
 SPECIALISE_ROWS = 32768
 
-# Rows of the linear route's sub-blocks come in multiples of this (see
-# :func:`dgmm._jit.linear_estep`).
-_ROW_TILE = 8
-
 
 def linear_sub_rows(n_lin: int, n_components: int) -> int:
     """Rows per sub-block of the linear route with ``n_lin`` features (ones included)."""
     rows = int(np.clip(LINEAR_WORK_BYTES // (8 * (n_lin + n_components)), 128, 16384))
-    return rows // _ROW_TILE * _ROW_TILE
+    tile = _compiled().ROW_TILE  # the sub-blocks' row padding
+    return rows // tile * tile
 
 
 class _Work(threading.local):
@@ -407,7 +404,7 @@ def _linear_estep(X: np.ndarray, scorer: Scorer, row_offset: int,
     jit = _compiled()
     W = scorer.lin
     (K, m1), n = W.shape, len(X)
-    rows = min(linear_sub_rows(m1, K), -(-max(n, 1) // _ROW_TILE) * _ROW_TILE)
+    rows = min(linear_sub_rows(m1, K), -(-max(n, 1) // jit.ROW_TILE) * jit.ROW_TILE)
     log_norm = np.empty(n)
     R = np.empty((n if resp else 0, K))
     G = np.zeros((K if stats else 0, m1))
