@@ -4,7 +4,10 @@ For each store size (rows of ``--features`` float32 columns) this script
 
 1. writes a synthetic mixture store with :func:`dgmm.datasets.make_mixture_zarr`;
 2. times a bare streaming read of ``X`` (dask reads every chunk and sums it),
-   cold, and warm (median of ``--iters`` reads);
+   cold, and warm (median of ``--iters`` reads); and, for scale, reading the
+   bytes of every chunk file of ``X`` without zarr (``np.fromfile``, one
+   thread per core, warm), which says how much of the bare read is zarr's
+   own work (the EM pass reads through zarr too);
 3. times EM passes for diag and full covariance with ``cache=False`` (the
    store is streamed on every pass), started from the true parameters so no
    initialisation pass is timed: one pass right after evicting the store
@@ -33,6 +36,7 @@ import sys
 import threading
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -111,6 +115,13 @@ def evict(path: Path) -> None:
                 os.close(fd)
 
 
+def read_chunk_files(array_dir: Path) -> int:
+    """Read every chunk file under a Zarr array's directory, bypassing zarr; returns bytes read."""
+    files = [f for f in (array_dir / "c").rglob("*") if f.is_file()]
+    with ThreadPoolExecutor(os.cpu_count()) as pool:
+        return sum(pool.map(lambda f: np.fromfile(f, dtype=np.uint8).size, files))
+
+
 def bench_size(args, n_rows: int, monitor: PeakRSS) -> dict:
     d, k = args.features, args.components
     path = Path(args.dir) / f"mixture_{n_rows}.zarr"
@@ -131,6 +142,9 @@ def bench_size(args, n_rows: int, monitor: PeakRSS) -> dict:
             for _ in range(args.iters)]
     row["read_s"] = float(np.median([seconds for seconds, _, _ in warm]))
     row["read_peak"] = max(peak_cold, *(peak for _, peak, _ in warm))
+    files = [timed(monitor, lambda: read_chunk_files(path / "X"), "chunk files, warm")[0]
+             for _ in range(args.iters)]
+    row["files_s"] = float(np.median(files))
     for cov in ("diag", "full"):
         passes = []  # each pass's own seconds, as the fit reports them
 
@@ -180,8 +194,9 @@ def main():
           "fingerprint); 'fit / iters': that fit's whole time over its passes")
     print("| rows | store GB | chunk MB | bare read s cold / warm | diag pass s cold / warm "
           "(x read) | full pass s cold / warm (x read) | fit / iters s diag / full "
-          "| full GFLOP/s warm | peak RSS MiB read / diag / full | load avg |", flush=True)
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|", flush=True)
+          "| full GFLOP/s warm | peak RSS MiB read / diag / full | chunk files s warm | load avg |",
+          flush=True)
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|", flush=True)
     rows = []
     for n in args.rows:
         r = bench_size(args, n, monitor)
@@ -196,6 +211,7 @@ def main():
         cells.append(f"{r['full_gflops']:.1f}")
         cells.append(" / ".join(f"{r[key] / mb:.0f}" for key in
                                 ("read_peak", "diag_peak", "full_peak")))
+        cells.append(f"{r['files_s']:.2f}")
         cells.append(f"{os.getloadavg()[1]:.1f}")
         print("| " + " | ".join(cells) + " |", flush=True)
     monitor.stop()
